@@ -1,0 +1,44 @@
+# Every target installs into .venv first when it is missing.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO_DATA := models/demo-data
+DEMO_RUN := models/demo
+VGG16_WEIGHTS ?=
+DEMO_EPOCHS ?= 10
+DEMO_SIZE ?= 224
+
+ifeq ($(VGG16_WEIGHTS),)
+WEIGHTS_FLAGS := --weights imagenet --allow-random-weights
+else
+WEIGHTS_FLAGS := --weights $(VGG16_WEIGHTS)
+endif
+
+.PHONY: install demo test lint format bench clean-demo
+
+$(BIN)/toolkit: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(BIN)/toolkit
+
+install: $(BIN)/toolkit
+
+# The main job on the built-in demo data: data, training, export (with parity gate), bench.
+demo: $(BIN)/toolkit
+	$(BIN)/toolkit demo-data $(DEMO_DATA) --size $(DEMO_SIZE)
+	rm -rf $(DEMO_RUN)
+	$(BIN)/toolkit train $(DEMO_DATA) --out $(DEMO_RUN) --image-size $(DEMO_SIZE) --epochs $(DEMO_EPOCHS) \
+		--aug-views 3 --quiet $(WEIGHTS_FLAGS)
+	$(BIN)/toolkit export $(DEMO_RUN)
+
+test: $(BIN)/toolkit
+	$(BIN)/python -m pytest
+
+lint: $(BIN)/toolkit
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(BIN)/toolkit
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
