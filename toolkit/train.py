@@ -23,6 +23,7 @@ import json
 import math
 import os
 import time
+import warnings as warnings_module
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -158,7 +159,10 @@ def is_chief() -> bool:
 def make_strategy(name: str):
     tf = _tf()
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
+        if tf.config.list_logical_devices("GPU"):
+            return tf.distribute.MirroredStrategy()
+        # No GPU: mirror over every logical CPU device (one unless configured otherwise).
+        return tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
     if name == "multiworker":
         if "TF_CONFIG" not in os.environ:
             raise DatasetError("--strategy multiworker reads TF_CONFIG, which is not set")
@@ -475,7 +479,8 @@ def _prepare_run_dir(config: TrainConfig, resume: bool) -> tuple[Path, TrainConf
         stored = TrainConfig(**json.loads(saved.read_text()))
         stored.epochs = max(stored.epochs, config.epochs) if config.epochs != TrainConfig.epochs else stored.epochs
         return run_dir, stored
-    if (run_dir / "best.keras").exists() or saved.exists():
+    # A folder "holds a run" once an epoch finished; a start that failed earlier (bad data) is simply redone.
+    if (run_dir / "best.keras").exists() or (run_dir / "train_state.json").exists():
         raise TrainingError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
     run_dir.mkdir(parents=True, exist_ok=True)
     if is_chief():
@@ -546,6 +551,7 @@ def train(
             )
         callbacks.append(keras.callbacks.BackupAndRestore(str(backup_root / phase)))
         try:
+            warnings_module.filterwarnings("ignore", message=".*shuffle=True.*tf.data.Dataset.*")
             fit_model.fit(
                 train_ds,
                 validation_data=val_data,
@@ -627,7 +633,19 @@ def train(
     result.seconds = time.perf_counter() - start
     result.warnings = warnings
     if chief:
-        _write_run_json(config, run_dir, report, state, weights_info, precision, result, timings, total, trainable)
+        _write_run_json(
+            config,
+            run_dir,
+            report,
+            state,
+            weights_info,
+            precision,
+            result,
+            timings,
+            total,
+            trainable,
+            strategy.num_replicas_in_sync,
+        )
     return result
 
 
@@ -724,7 +742,9 @@ def predict_in_batches(model, images: np.ndarray, batch_size: int = 32) -> np.nd
     return np.concatenate(out, axis=0) if out else np.zeros((0, 0), np.float32)
 
 
-def _write_run_json(config, run_dir, report, state, weights_info, precision, result, timings, total, trainable) -> None:
+def _write_run_json(
+    config, run_dir, report, state, weights_info, precision, result, timings, total, trainable, replicas
+) -> None:
     best_row = {}
     for row in read_history_csv(run_dir / "history.csv"):
         if row["epoch"] == state.best_epoch:
@@ -743,6 +763,7 @@ def _write_run_json(config, run_dir, report, state, weights_info, precision, res
             "skipped": len(report.skipped),
         },
         "parameters": {"total": total, "trainable": trainable},
+        "strategy": {"name": config.strategy, "replicas": replicas},
         "best_epoch": state.best_epoch,
         "best_monitor_value": state.best_value,
         "best_epoch_metrics": best_row,

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from toolkit.cli import app
+
+runner = CliRunner()
+
+
+def _toolkit(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "toolkit.cli", *args], capture_output=True, text=True)
+
+
+def test_help_does_not_import_tensorflow():
+    code = (
+        "import sys; from typer.testing import CliRunner; from toolkit.cli import app; "
+        "CliRunner().invoke(app, ['--help']); "
+        "print([m for m in ('tensorflow', 'keras', 'onnxruntime') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_train_errors_are_one_line_with_exit_code_2(tmp_path):
+    result = _toolkit("train", str(tmp_path / "missing"), "--out", str(tmp_path / "run"), "--weights", "none")
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "not found" in lines[0]
+    (tmp_path / "one" / "cls").mkdir(parents=True)
+    result = _toolkit("train", str(tmp_path / "one"), "--out", str(tmp_path / "run"), "--weights", "none")
+    assert result.returncode == 2 and "at least two class folders" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_predict_reports_bad_images_and_still_predicts_the_rest(exported_run, tmp_path):
+    good = sorted((Path(json.loads((exported_run / "config.json").read_text())["data_dir"]) / "test").rglob("*.jpg"))
+    bad = tmp_path / "broken.jpg"
+    bad.write_text("not an image")
+    model = exported_run / "export" / "model_float32.onnx"
+    result = runner.invoke(app, ["predict", str(model), str(good[0]), str(bad), str(good[1]), "--json"])
+    assert result.exit_code == 2
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [line["image"] for line in lines] == [str(good[0]), str(good[1])]
+    assert set(lines[0]) == {"image", "label", "score", "probabilities"}
+    assert "broken.jpg" in result.stderr
+    ok = runner.invoke(app, ["predict", str(model), str(good[0].parent), "--top-k", "2"])
+    assert ok.exit_code == 0 and ok.stdout.count("benign") >= 4
+
+
+def test_predict_missing_or_corrupt_model_exits_2(tmp_path):
+    image = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(image)
+    result = runner.invoke(app, ["predict", str(tmp_path / "none.onnx"), str(image)])
+    assert result.exit_code == 2 and "not found" in result.stderr
+    (tmp_path / "bad.onnx").write_bytes(b"garbage")
+    result = runner.invoke(app, ["predict", str(tmp_path / "bad.onnx"), str(image)])
+    assert result.exit_code == 2 and "cannot load" in result.stderr
+
+
+def test_evaluate_writes_metrics_and_confusion(exported_run, tmp_path):
+    data = Path(json.loads((exported_run / "config.json").read_text())["data_dir"]) / "test"
+    manifest = json.loads((exported_run / "export" / "manifest.json").read_text())
+    for name in ("model_int8.tflite", "model_float32.onnx"):
+        out = tmp_path / name
+        result = runner.invoke(app, ["evaluate", str(exported_run / "export" / name), str(data), "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+        entry = next(a for a in manifest["artifacts"] if a["path"] == name)
+        assert metrics["accuracy"] == entry["parity"]["accuracy"]
+        assert {"auc", "per_class", "confusion_matrix", "sensitivity", "specificity"} <= set(metrics)
+        assert (out / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    keras_result = runner.invoke(app, ["evaluate", str(exported_run / "best.keras"), str(data)])
+    assert keras_result.exit_code == 0 and "accuracy" in keras_result.stdout
+
+
+def test_export_cli_prints_table_and_json(exported_run):
+    result = runner.invoke(app, ["export", str(exported_run), "--format", "onnx", "--precision", "float32", "--json"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads(result.stdout)
+    assert any(a["format"] == "onnx" and a["parity"]["passed"] for a in manifest["artifacts"])

@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from toolkit.data import discover_dataset, load_dataset, load_split_images, write_data_report
+from toolkit.errors import DatasetError
+
+
+def _jpeg(path: Path, colour=(120, 80, 60), size=(24, 24)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, colour).save(path, "JPEG")
+
+
+def _make_split(root: Path, classes=("a", "b"), val_name="test", per_class=3) -> None:
+    for split in ("train", val_name):
+        for i, cls in enumerate(classes):
+            for k in range(per_class):
+                _jpeg(root / split / cls / f"{cls}{k}.jpg", colour=(40 * i + 20, 10 * k, 90))
+
+
+@pytest.mark.parametrize("val_name", ["test", "val", "valid"])
+def test_tutorial_layout_with_any_validation_folder_name(tmp_path, val_name):
+    _make_split(tmp_path, val_name=val_name)
+    split = discover_dataset(tmp_path)
+    assert split.layout == "split-folders" and split.classes == ["a", "b"]
+    assert len(split.train) == 6 and len(split.val) == 6
+
+
+def test_flat_layout_is_split_stratified_and_seeded(tmp_path):
+    for cls in ("x", "y"):
+        for k in range(10):
+            _jpeg(tmp_path / cls / f"{k}.JPG")
+    one = discover_dataset(tmp_path, val_split=0.2, seed=5)
+    two = discover_dataset(tmp_path, val_split=0.2, seed=5)
+    other = discover_dataset(tmp_path, val_split=0.2, seed=6)
+    assert one.layout == "flat"
+    assert [f.label for f in one.val].count(0) == 2 and [f.label for f in one.val].count(1) == 2
+    assert [f.path for f in one.val] == [f.path for f in two.val]
+    assert [f.path for f in one.val] != [f.path for f in other.val]
+
+
+def test_junk_files_are_skipped_with_reasons_and_counts_add_up(tmp_path):
+    _make_split(tmp_path)
+    cls = tmp_path / "train" / "a"
+    (cls / ".DS_Store").write_bytes(b"\0\0")
+    (cls / "Thumbs.db").write_bytes(b"\0")
+    (cls / "._a0.jpg").write_bytes(b"apple double")
+    (cls / "README.md").write_text("notes")
+    (cls / "empty.jpg").write_bytes(b"")
+    (cls / "text.jpg").write_text("not really a jpeg")
+    good = io.BytesIO()
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(good, "JPEG")
+    (cls / "truncated.jpg").write_bytes(good.getvalue()[:100])
+    split, train, val, report = load_dataset(tmp_path, 16)
+    reasons = {Path(s.path).name: s.reason for s in report.skipped}
+    assert set(reasons) == {".DS_Store", "Thumbs.db", "._a0.jpg", "README.md", "empty.jpg", "text.jpg", "truncated.jpg"}
+    assert reasons["empty.jpg"] == "empty file" and reasons[".DS_Store"] == "hidden file"
+    assert report.used + len(report.skipped) == report.scanned == 19
+    assert len(train) == 6 and train.images.shape == (6, 16, 16, 3)
+    write_data_report(report, tmp_path / "report.json")
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["skipped_count"] == 7 and saved["counts"]["train"] == {"a": 3, "b": 3}
+
+
+def test_missing_folder_is_a_dataset_error(tmp_path):
+    with pytest.raises(DatasetError, match="not found"):
+        discover_dataset(tmp_path / "nope")
+
+
+def test_fewer_than_two_classes_is_a_dataset_error(tmp_path):
+    _make_split(tmp_path, classes=("only",))
+    with pytest.raises(DatasetError, match="at least two class folders"):
+        discover_dataset(tmp_path)
+
+
+def test_class_names_must_match_between_train_and_validation(tmp_path):
+    _make_split(tmp_path)
+    (tmp_path / "test" / "b").rename(tmp_path / "test" / "c")
+    with pytest.raises(DatasetError, match="differ"):
+        discover_dataset(tmp_path)
+
+
+def test_class_folder_without_readable_image_is_a_dataset_error(tmp_path):
+    _make_split(tmp_path)
+    for f in (tmp_path / "train" / "b").iterdir():
+        f.write_text("broken")
+    with pytest.raises(DatasetError, match="'train/b' has no readable image"):
+        load_dataset(tmp_path, 16)
+
+
+def test_decoded_cache_is_reused_and_rebuilt_when_an_image_changes(tmp_path):
+    _make_split(tmp_path / "data")
+    split = discover_dataset(tmp_path / "data")
+    cache = tmp_path / "cache"
+    first = load_split_images(split.train, (16, 16), cache)
+    assert isinstance(first.images, np.memmap) or first.images.base is not None
+    assert len(list(cache.glob("images-*.npy"))) == 1
+    second = load_split_images(split.train, (16, 16), cache)
+    np.testing.assert_array_equal(first.images, second.images)
+    assert len(list(cache.glob("images-*.npy"))) == 1
+    changed = Path(split.train[0].path)
+    _jpeg(changed, colour=(250, 250, 250))
+    os.utime(changed, (time.time() + 5, time.time() + 5))
+    third = load_split_images(split.train, (16, 16), cache)
+    assert len(list(cache.glob("images-*.npy"))) == 2
+    assert third.images[0].mean() > 240 and first.images[0].mean() < 200

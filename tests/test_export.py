@@ -1,0 +1,144 @@
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from toolkit.errors import ExportError
+
+EXPECTED = {
+    ("onnx", "float32"),
+    ("onnx", "int8"),
+    ("tflite", "float32"),
+    ("tflite", "float16"),
+    ("tflite", "dynamic"),
+    ("tflite", "int8"),
+}
+
+
+def _manifest(run):
+    return json.loads((run / "export" / "manifest.json").read_text())
+
+
+def test_manifest_lists_every_artifact_with_matching_sha256(exported_run):
+    manifest = _manifest(exported_run)
+    assert {(a["format"], a["precision"]) for a in manifest["artifacts"]} == EXPECTED
+    assert manifest["source"]["sha256"] == hashlib.sha256((exported_run / "best.keras").read_bytes()).hexdigest()
+    for a in manifest["artifacts"]:
+        path = exported_run / "export" / a["path"]
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == a["sha256"]
+        assert a["size_bytes"] == path.stat().st_size
+        assert a["labels"] == ["benign", "malignant"] and a["image_size"] == 32
+        assert a["source_sha256"] == manifest["source"]["sha256"]
+        p = a["parity"]
+        assert p["images"] == 8 and {
+            "max_abs_diff",
+            "mean_abs_diff",
+            "top1_agreement",
+            "accuracy",
+            "reference_accuracy",
+            "thresholds",
+            "passed",
+        } <= set(p)
+    float32 = [a for a in manifest["artifacts"] if a["precision"] == "float32"]
+    assert all(a["parity"]["passed"] and a["parity"]["max_abs_diff"] < 1e-4 for a in float32)
+    assert not list((exported_run / "export").glob(".*"))  # no temporary leftovers
+
+
+def test_onnx_artifacts_run_in_onnxruntime_with_named_io_and_metadata(exported_run):
+    import onnx
+    import onnxruntime as ort
+
+    for name in ("model_float32.onnx", "model_int8.onnx"):
+        path = exported_run / "export" / name
+        model = onnx.load(str(path))
+        meta = {p.key: p.value for p in model.metadata_props}
+        assert json.loads(meta["labels"]) == ["benign", "malignant"] and meta["toolkit_version"]
+        assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == 17
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        inp = session.get_inputs()[0]
+        assert inp.name == "image" and inp.shape[0] == "batch" and session.get_outputs()[0].name == "probs"
+        out = session.run(None, {"image": np.full((3, 32, 32, 3), 128, np.float32)})[0]
+        assert out.shape == (3, 2) and np.allclose(out.sum(1), 1, atol=1e-2)
+    int8 = onnx.load(str(exported_run / "export" / "model_int8.onnx"))
+    assert any(n.op_type == "QuantizeLinear" for n in int8.graph.node)
+
+
+def test_tflite_artifacts_run_in_litert(exported_run):
+    from ai_edge_litert.interpreter import Interpreter
+
+    for precision in ("float32", "float16", "dynamic", "int8"):
+        interpreter = Interpreter(model_path=str(exported_run / "export" / f"model_{precision}.tflite"))
+        interpreter.allocate_tensors()
+        inp = interpreter.get_input_details()[0]
+        if precision == "int8":
+            assert inp["dtype"] == np.uint8 and inp["quantization"] == (1.0, 0)
+            x = np.full((1, 32, 32, 3), 128, np.uint8)
+        else:
+            assert inp["dtype"] == np.float32
+            x = np.full((1, 32, 32, 3), 128, np.float32)
+        interpreter.set_tensor(inp["index"], x)
+        interpreter.invoke()
+        out = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+        assert out.shape == (1, 2) and np.isfinite(out).all()
+
+
+def test_gate_catches_an_artifact_whose_weights_changed_after_export(trained_run, tmp_path, monkeypatch):
+    """Tamper with the converted ONNX weights: the gate must fail and keep the artifact, marked."""
+    import onnx
+    from onnx import numpy_helper
+
+    from toolkit.export import ExportOptions, export_run, onnx_float
+    from toolkit.export.base import ExportFormat
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    real = onnx_float.FORMAT
+
+    def convert_then_tamper(ctx, dest):
+        real.convert(ctx, dest)
+        model = onnx.load(str(dest))
+        for init in model.graph.initializer:
+            arr = numpy_helper.to_array(init)
+            if arr.ndim == 2:  # the Dense kernel of the head
+                init.CopyFrom(numpy_helper.from_array((arr * -3.0).astype(arr.dtype), init.name))
+        onnx.save(model, str(dest))
+
+    tampered = ExportFormat(**{**real.__dict__, "convert": convert_then_tamper})
+    monkeypatch.setitem(__import__("toolkit.export", fromlist=["REGISTRY"]).REGISTRY, "onnx-float32", tampered)
+    report = export_run(run, ExportOptions(format="onnx", precisions=["float32"]), log=lambda _m: None)
+    assert len(report.failed) == 1
+    entry = report.manifest["artifacts"][0]
+    assert entry["parity"]["passed"] is False and entry["parity"]["failures"] and entry["advice"]
+    assert (run / "export" / "model_float32.onnx").is_file()
+
+
+def test_failed_conversion_leaves_no_artifact_and_no_manifest_entry(trained_run, tmp_path, monkeypatch):
+    from toolkit.export import REGISTRY, ExportOptions, export_run
+    from toolkit.export.base import ExportFormat
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+
+    def broken(ctx, dest):
+        dest.write_bytes(b"half a model")
+        raise ExportError("converter crashed")
+
+    real = REGISTRY["tflite-float16"]
+    monkeypatch.setitem(REGISTRY, "tflite-float16", ExportFormat(**{**real.__dict__, "convert": broken}))
+    with pytest.raises(ExportError, match="converter crashed"):
+        export_run(run, ExportOptions(format="tflite", precisions=["float16"]), log=lambda _m: None)
+    assert not (run / "export" / "model_float16.tflite").exists()
+    assert list((run / "export").iterdir()) == []
+
+
+def test_bad_options_are_export_errors(trained_run):
+    from toolkit.export import ExportOptions, export_run
+
+    with pytest.raises(ExportError, match="--format"):
+        export_run(trained_run, ExportOptions(format="coreml"))
+    with pytest.raises(ExportError, match="--opset"):
+        export_run(trained_run, ExportOptions(opset=19))

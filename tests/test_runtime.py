@@ -1,0 +1,215 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from toolkit.errors import DeviceError, RuntimeModelError
+
+ARTIFACTS = [
+    "model_float32.onnx",
+    "model_int8.onnx",
+    "model_float32.tflite",
+    "model_float16.tflite",
+    "model_dynamic.tflite",
+    "model_int8.tflite",
+]
+
+
+def _val_images(run: Path) -> list[Path]:
+    return sorted((Path(json.loads((run / "config.json").read_text())["data_dir"]) / "test").rglob("*.jpg"))
+
+
+@pytest.mark.parametrize("name", ARTIFACTS)
+def test_predictions_agree_with_the_parity_record(exported_run, name):
+    from toolkit.runtime import load
+
+    entry = next(
+        a for a in json.loads((exported_run / "export" / "manifest.json").read_text())["artifacts"] if a["path"] == name
+    )
+    clf = load(exported_run / "export" / name, device="cpu", threads=1)
+    assert clf.labels == ["benign", "malignant"] and clf.image_size == (32, 32) and clf.provider == "cpu"
+    images = _val_images(exported_run)
+    preds = clf.predict(images, batch_size=3)
+    labels = [0 if "benign" in p.parent.name else 1 for p in images]
+    accuracy = float(np.mean([p.index == y for p, y in zip(preds, labels)]))
+    assert accuracy == pytest.approx(entry["parity"]["accuracy"])
+    for p in preds:
+        assert p.label in clf.labels and p.score == max(p.probabilities.values())
+        assert sum(p.probabilities.values()) == pytest.approx(1.0, abs=1e-2)
+
+
+def test_runtime_and_training_pipeline_see_identical_pixels(exported_run):
+    from toolkit.data import discover_dataset, load_split_images
+    from toolkit.runtime import load
+
+    config = json.loads((exported_run / "config.json").read_text())
+    split = discover_dataset(config["data_dir"])
+    train_pixels = load_split_images(split.val, (32, 32), cache_dir=None)
+    clf = load(exported_run / "export" / "model_float32.onnx")
+    for path, pixels in zip(train_pixels.paths, train_pixels.images):
+        np.testing.assert_array_equal(clf.preprocess(path), pixels)
+
+
+def test_accepts_paths_bytes_pil_and_arrays(exported_run):
+    from PIL import Image
+
+    from toolkit.runtime import load
+
+    clf = load(exported_run / "export" / "model_float32.onnx")
+    path = _val_images(exported_run)[0]
+    pil = Image.open(path)
+    results = [
+        clf.predict(path)[0],
+        clf.predict(str(path))[0],
+        clf.predict(path.read_bytes())[0],
+        clf.predict(pil)[0],
+        clf.predict(np.asarray(pil.convert("RGB")))[0],
+    ]
+    for r in results[1:]:
+        assert r.probabilities == pytest.approx(results[0].probabilities, abs=1e-6)
+
+
+def test_lone_onnx_file_carries_its_labels(exported_run, tmp_path):
+    import shutil
+
+    from toolkit.runtime import load
+
+    lone = tmp_path / "model.onnx"
+    shutil.copy(exported_run / "export" / "model_float32.onnx", lone)
+    clf = load(lone)
+    assert clf.labels == ["benign", "malignant"] and clf.label_source == "onnx-metadata"
+
+
+def test_foreign_nchw_model_with_given_labels_and_scaling(tmp_path):
+    """A model made elsewhere: NCHW float input in 0..1, labels passed in."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from toolkit.runtime import load
+
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 3, 8, 8])
+    y = helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", 3])
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["input"], ["mean"], axes=[2, 3], keepdims=0),
+            helper.make_node("Softmax", ["mean"], ["out"], axis=1),
+        ],
+        "foreign",
+        [x],
+        [y],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.save(model, str(tmp_path / "foreign.onnx"))
+    clf = load(tmp_path / "foreign.onnx", labels=["r", "g", "b"], pixel_scale="0..1")
+    assert clf.backend.layout == "NCHW" and clf.image_size == (8, 8)
+    red = np.zeros((8, 8, 3), np.uint8)
+    red[..., 0] = 255
+    assert clf.predict(red)[0].label == "r"
+    assert load(tmp_path / "foreign.onnx").labels == ["0", "1", "2"]
+
+
+def test_classifier_is_thread_safe(exported_run):
+    from toolkit.runtime import load
+
+    images = _val_images(exported_run)
+    for name in ("model_float32.onnx", "model_int8.tflite"):
+        clf = load(exported_run / "export" / name, threads=1)
+        expected = [p.probabilities for p in clf.predict(images)]
+        errors: list[BaseException] = []
+        results: dict[int, list] = {}
+
+        def worker(i: int) -> None:
+            try:
+                order = images[i % len(images) :] + images[: i % len(images)]
+                got = clf.predict(order, batch_size=1 + i % 3)
+                results[i] = [got[(k - i) % len(images)].probabilities for k in range(len(images))]
+            except BaseException as exc:  # noqa: BLE001 - surfaced below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        for got in results.values():
+            for g, e in zip(got, expected):
+                assert g == pytest.approx(e, abs=1e-6)
+
+
+def test_runtime_never_imports_tensorflow(exported_run):
+    code = f"""
+import sys
+from toolkit.runtime import load
+for name in ("model_float32.onnx", "model_int8.tflite"):
+    clf = load({str(exported_run / "export")!r} + "/" + name)
+    clf.predict({str(_val_images(exported_run)[0])!r})
+bad = [m for m in ("tensorflow", "keras", "typer", "tf2onnx") if m in sys.modules]
+print("HEAVY:" + ",".join(bad))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "HEAVY:\n" in out
+
+
+def test_cuda_request_fails_clearly_without_a_cuda_provider(exported_run):
+    import onnxruntime as ort
+
+    from toolkit.runtime import load
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("needs a machine without a CUDA GPU (this one has the CUDA provider)")
+    with pytest.raises(DeviceError, match="cuda"):
+        load(exported_run / "export" / "model_float32.onnx", device="cuda")
+    with pytest.raises(DeviceError, match="tflite"):
+        load(exported_run / "export" / "model_int8.tflite", device="cuda")
+
+
+def test_cuda_provider_matches_cpu(exported_run):
+    import onnxruntime as ort
+
+    from toolkit.runtime import load
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("needs an NVIDIA GPU with onnxruntime-gpu (no CUDA provider on this machine)")
+    images = _val_images(exported_run)
+    path = exported_run / "export" / "model_float32.onnx"
+    cuda = load(path, device="cuda")
+    assert cuda.provider == "cuda"
+    cpu_probs = np.array([list(p.probabilities.values()) for p in load(path, device="cpu").predict(images)])
+    gpu_probs = np.array([list(p.probabilities.values()) for p in cuda.predict(images)])
+    np.testing.assert_allclose(gpu_probs, cpu_probs, atol=1e-3)
+
+
+def test_modified_artifact_is_refused_unless_verification_is_off(exported_run, tmp_path):
+    import shutil
+
+    from toolkit.runtime import load
+
+    export = tmp_path / "export"
+    shutil.copytree(exported_run / "export", export)
+    data = bytearray((export / "model_int8.tflite").read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside the weights: still a valid flatbuffer
+    (export / "model_int8.tflite").write_bytes(bytes(data))
+    with pytest.raises(RuntimeModelError, match="sha256"):
+        load(export / "model_int8.tflite")
+    load(export / "model_int8.tflite", verify=False)
+
+
+@pytest.mark.parametrize(
+    "suffix, payload",
+    [(".onnx", b"\x08\x07garbage"), (".tflite", b"TFL3nonsense"), (".onnx", b""), (".keras", b"PK\x03\x04broken")],
+)
+def test_corrupt_model_files_raise_runtime_errors(tmp_path, suffix, payload):
+    from toolkit.errors import ModelError
+    from toolkit.runtime import load
+
+    path = tmp_path / f"model{suffix}"
+    path.write_bytes(payload)
+    with pytest.raises(ModelError):
+        load(path)
