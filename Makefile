@@ -31,6 +31,15 @@ demo: $(BIN)/toolkit
 	$(BIN)/toolkit train $(DEMO_DATA) --out $(DEMO_RUN) --image-size $(DEMO_SIZE) --epochs $(DEMO_EPOCHS) \
 		--aug-views 3 --quiet $(WEIGHTS_FLAGS)
 	$(BIN)/toolkit export $(DEMO_RUN)
+	$(BIN)/toolkit bench $(DEMO_RUN) --runs 10
+
+# Speed targets live here, never in timed tests: the side-by-side bench and predict's cold start
+# on the demo run (run `make demo` first), written to bench/RESULTS.md.
+bench: $(BIN)/toolkit
+	test -f $(DEMO_RUN)/export/manifest.json || { echo "run make demo first"; exit 2; }
+	$(BIN)/toolkit bench $(DEMO_RUN) --runs 20
+	$(BIN)/python bench/predict_cold_start.py $(DEMO_RUN)
+	$(BIN)/python bench/write_results.py $(DEMO_RUN) make bench
 
 test: $(BIN)/toolkit
 	$(BIN)/python -m pytest

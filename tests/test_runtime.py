@@ -114,6 +114,27 @@ def test_foreign_nchw_model_with_given_labels_and_scaling(tmp_path):
     assert load(tmp_path / "foreign.onnx").labels == ["0", "1", "2"]
 
 
+def _predict_from_threads(clf, images, n_threads=6):
+    """Each thread predicts the same images in a rotated order with its own batch size."""
+    errors: list[BaseException] = []
+    results: dict[int, list] = {}
+
+    def worker(i: int) -> None:
+        try:
+            shift = i % len(images)
+            got = clf.predict(images[shift:] + images[:shift], batch_size=1 + i % 3)
+            results[i] = [got[(k - shift) % len(images)].probabilities for k in range(len(images))]
+        except BaseException as exc:  # surfaced by the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors, results
+
+
 def test_classifier_is_thread_safe(exported_run):
     from toolkit.runtime import load
 
@@ -121,23 +142,8 @@ def test_classifier_is_thread_safe(exported_run):
     for name in ("model_float32.onnx", "model_int8.tflite"):
         clf = load(exported_run / "export" / name, threads=1)
         expected = [p.probabilities for p in clf.predict(images)]
-        errors: list[BaseException] = []
-        results: dict[int, list] = {}
-
-        def worker(i: int) -> None:
-            try:
-                order = images[i % len(images) :] + images[: i % len(images)]
-                got = clf.predict(order, batch_size=1 + i % 3)
-                results[i] = [got[(k - i) % len(images)].probabilities for k in range(len(images))]
-            except BaseException as exc:  # noqa: BLE001 - surfaced below
-                errors.append(exc)
-
-        threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert not errors
+        errors, results = _predict_from_threads(clf, images)
+        assert not errors and len(results) == 6
         for got in results.values():
             for g, e in zip(got, expected):
                 assert g == pytest.approx(e, abs=1e-6)

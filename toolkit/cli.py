@@ -354,6 +354,110 @@ def evaluate(
         typer.echo(f"wrote {out / 'metrics.json'} and {out / 'confusion.png'}")
 
 
+@app.command()
+@user_errors
+def bench(
+    targets: Annotated[list[Path], typer.Argument(help="A run folder, or one or more model files.")],
+    formats: Annotated[
+        str | None, typer.Option(help="Comma-separated subset, e.g. keras,onnx,tflite-int8 (default: all).")
+    ] = None,
+    batch: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,8",
+    warmup: Annotated[int, typer.Option(help="Untimed runs first.")] = 3,
+    runs: Annotated[int, typer.Option(help="Timed runs per batch size.")] = 20,
+    seconds: Annotated[float | None, typer.Option(help="Time each batch size for this long instead of --runs.")] = None,
+    threads: Annotated[int | None, typer.Option(help="Intra-op threads everywhere (default: all cores).")] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Labelled folder for accuracy (default: the run's validation set).")
+    ] = None,
+    cuda: Annotated[
+        bool, typer.Option("--cuda/--no-cuda", help="Add ONNX CUDA rows where the provider exists.")
+    ] = True,
+) -> None:
+    """Latency, throughput, memory, size and accuracy of every format, side by side."""
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from toolkit.bench import BenchError, BenchOptions, best_rows, run_bench
+
+    try:
+        batches = tuple(int(b) for b in batch.split(",") if b.strip())
+    except ValueError:
+        raise BenchError(f"--batch takes comma-separated integers, got {batch}") from None
+    if not batches or min(batches) < 1 or runs < 1:
+        raise BenchError("--batch sizes and --runs must be at least 1")
+    run_dir = targets[0] if len(targets) == 1 and targets[0].is_dir() else None
+    files = [] if run_dir else targets
+    for f in files:
+        if not f.is_file():
+            raise BenchError(f"not found: {f}")
+    options = BenchOptions(
+        formats=[f.strip() for f in formats.split(",")] if formats else None,
+        batches=batches,
+        warmup=warmup,
+        runs=runs,
+        seconds=seconds,
+        threads=threads,
+        data_dir=str(data) if data else None,
+        cuda=cuda,
+    )
+    console = Console(width=max(Console().width, 140))
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("benchmarking", total=None)
+
+        def progress(name: str, index: int, total: int) -> None:
+            bar.update(task, total=total, completed=index, description=f"benchmarking {name}")
+
+        report = run_bench(run_dir, files, options, progress)
+    m = report.machine
+    console.print(
+        f"{m['cpu']}, {m['cores']} cores, {m['threads']} threads, GPU: {m['gpu'] or 'none'}; "
+        + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
+    )
+    for b in batches:
+        fastest, best_accurate = best_rows(report.records, b)
+        table = Table(title=f"batch {b}")
+        for column in (
+            "backend",
+            "provider",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "img/s",
+            "load s",
+            "peak MB",
+            "size MB",
+            "accuracy",
+            "vs keras",
+        ):
+            table.add_column(column, justify="left" if column in ("backend", "provider") else "right")
+        for r in (r for r in report.records if r.batch == b):
+            provider = (
+                r.provider
+                if r.requested_device == r.provider
+                else f"{r.provider} (asked {r.requested_device}; fell back)"
+            )
+            style = "bold green" if r is fastest else "bold cyan" if r is best_accurate else None
+            table.add_row(
+                r.name,
+                provider,
+                f"{r.p50_ms:.1f}",
+                f"{r.p90_ms:.1f}",
+                f"{r.p99_ms:.1f}",
+                f"{r.throughput_ips:.1f}",
+                f"{r.load_s:.2f}",
+                f"{r.peak_rss_mb:.0f}",
+                f"{r.size_mb:.1f}",
+                "n/a" if r.accuracy is None else f"{r.accuracy:.1%}",
+                "" if r.speedup_vs_keras is None else f"{r.speedup_vs_keras:.2f}x",
+                style=style,
+            )
+        console.print(table)
+    console.print("[bold green]green[/]: fastest; [bold cyan]cyan[/]: fastest within 1 point of the best accuracy")
+    if report.out_dir:
+        console.print(f"wrote {report.out_dir}/bench.json, bench.csv, bench.png")
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from toolkit.bench import BenchOptions, BenchTarget, best_rows, run_bench, run_worker
+
+
+def test_quick_bench_writes_records_files_and_machine_header(exported_run):
+    options = BenchOptions(
+        formats=["keras", "onnx-float32", "tflite-int8"], batches=(1, 2), warmup=1, runs=3, threads=1
+    )
+    report = run_bench(exported_run, [], options)
+    names = {r.name for r in report.records}
+    assert names == {"keras float32", "onnx float32", "tflite int8"}
+    assert len(report.records) == 6
+    for r in report.records:
+        assert r.runs == 3 and 0 < r.p50_ms <= r.p99_ms and r.throughput_ips > 0
+        assert r.peak_rss_mb > 0 and r.size_mb > 0 and 0 <= r.accuracy <= 1
+        assert r.provider == "cpu" and r.speedup_vs_keras is not None
+    keras = [r for r in report.records if r.backend == "keras"]
+    assert all(r.speedup_vs_keras == pytest.approx(1.0) for r in keras)
+    manifest = json.loads((exported_run / "export" / "manifest.json").read_text())
+    int8 = next(a for a in manifest["artifacts"] if a["path"] == "model_int8.tflite")
+    assert next(r for r in report.records if r.name == "tflite int8").accuracy == pytest.approx(
+        int8["parity"]["accuracy"]
+    )
+    out = exported_run / "bench"
+    saved = json.loads((out / "bench.json").read_text())
+    assert saved["machine"]["cores"] and saved["machine"]["versions"]["onnxruntime"]
+    assert len(saved["records"]) == 6
+    with open(out / "bench.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == 6
+    assert (out / "bench.png").read_bytes()[:4] == b"\x89PNG"
+    fastest, accurate = best_rows(report.records, 1)
+    assert fastest.p50_ms == min(r.p50_ms for r in report.records if r.batch == 1)
+
+
+def test_cuda_row_that_falls_back_is_labelled_cpu(exported_run, tmp_path):
+    """Ask for CUDA on a machine without it: the worker reports the provider that really ran."""
+    import numpy as np
+
+    from toolkit.data import discover_dataset, load_split_images
+
+    split = discover_dataset(json.loads((exported_run / "config.json").read_text())["data_dir"])
+    val = load_split_images(split.val, (32, 32), None)
+    np.savez(tmp_path / "images.npz", images=val.images, labels=val.labels)
+    target = BenchTarget(
+        "onnx float32 (cuda)", "onnx", str(exported_run / "export" / "model_float32.onnx"), "float32", device="cuda"
+    )
+    records = run_worker(
+        {
+            "target": target.__dict__,
+            "threads": 1,
+            "images": str(tmp_path / "images.npz"),
+            "batches": [1],
+            "warmup": 0,
+            "runs": 2,
+            "seconds": None,
+        }
+    )
+    import onnxruntime as ort
+
+    expected = "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
+    assert records[0]["requested_device"] == "cuda" and records[0]["provider"] == expected
