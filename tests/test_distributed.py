@@ -1,8 +1,10 @@
-"""The tf.distribute mirrored path, over two logical CPU devices in a fresh process."""
+"""The tf.distribute paths: mirrored over two logical CPUs, multi-worker over two local processes."""
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import sys
 
@@ -20,13 +22,20 @@ train(config, log=print, verbose=0)
 """
 
 
-def _run(args):
+def _run(args, env=None):
     return subprocess.Popen(
         [sys.executable, "-c", TRAIN_IN_PROCESS.format(size=IMAGE_SIZE), *map(str, args)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        env=env,
     )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def test_mirrored_strategy_on_two_logical_cpus(demo_dir, tmp_path):
@@ -36,3 +45,22 @@ def test_mirrored_strategy_on_two_logical_cpus(demo_dir, tmp_path):
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["strategy"] == {"name": "mirrored", "replicas": 2}
     assert (tmp_path / "run" / "best.keras").is_file()
+
+
+def test_multiworker_strategy_with_two_local_workers(demo_dir, tmp_path):
+    ports = [_free_port(), _free_port()]
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs = []
+    for index in range(2):
+        env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+        procs.append(_run([demo_dir, tmp_path / f"worker{index}", "multiworker"], env=env))
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    for p, out in zip(procs, outputs):
+        assert p.returncode == 0, out[-2000:]
+    chief = json.loads((tmp_path / "worker0" / "run.json").read_text())
+    assert chief["strategy"] == {"name": "multiworker", "replicas": 2}
+    assert chief["best_epoch"] in (1, 2)
+    with open(tmp_path / "worker0" / "history.csv") as fh:
+        assert [line.split(",")[0] for line in fh.read().splitlines()[1:]] == ["1", "2"]
+    assert (tmp_path / "worker0" / "best.keras").is_file()
+    assert not (tmp_path / "worker1" / "best.keras").exists()  # only the chief writes the run folder

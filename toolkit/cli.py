@@ -150,6 +150,9 @@ def train(
     )
     result = run_training(config, resume=resume, log=typer.echo, verbose=0 if quiet else 1)
     typer.echo("")
+    if result.val_accuracy != result.val_accuracy:  # NaN: a non-chief multi-worker task
+        typer.echo("worker finished; the chief worker writes the run folder")
+        return
     typer.echo(f"best epoch {result.best_epoch} ({result.monitor} {result.best_value:.4f})")
     auc = f"{result.val_auc:.3f}" if result.val_auc is not None else "n/a"
     typer.echo(f"validation accuracy {result.val_accuracy:.3f}, AUC {auc} (best model)")

@@ -551,16 +551,32 @@ def train(
             )
         callbacks.append(keras.callbacks.BackupAndRestore(str(backup_root / phase)))
         try:
-            warnings_module.filterwarnings("ignore", message=".*shuffle=True.*tf.data.Dataset.*")
-            fit_model.fit(
-                train_ds,
-                validation_data=val_data,
-                epochs=epochs,
-                initial_epoch=initial_epoch,
-                class_weight=class_weight,
-                callbacks=callbacks,
-                verbose=verbose,
-            )
+            if config.strategy == "multiworker":
+                from toolkit.distributed import fit_multiworker
+
+                fit_multiworker(
+                    fit_model,
+                    strategy,
+                    train_ds,
+                    val_data,
+                    len(train_arrays),
+                    config.batch_size,
+                    epochs,
+                    initial_epoch,
+                    callbacks,
+                    class_weight,
+                )
+            else:
+                warnings_module.filterwarnings("ignore", message=".*shuffle=True.*tf.data.Dataset.*")
+                fit_model.fit(
+                    train_ds,
+                    validation_data=val_data,
+                    epochs=epochs,
+                    initial_epoch=initial_epoch,
+                    class_weight=class_weight,
+                    callbacks=callbacks,
+                    verbose=verbose,
+                )
         except KeyboardInterrupt:
             raise Interrupted(
                 f"interrupted; finished epochs are saved in {run_dir}: continue with "
@@ -629,6 +645,21 @@ def train(
             state.save(state_path)
         timings["fine_tune_phase_s"] = time.perf_counter() - t0
 
+    if not chief:
+        # Non-chief workers trained in lockstep; the chief evaluates and writes the run folder.
+        return TrainResult(
+            str(run_dir),
+            state.best_epoch,
+            state.best_value,
+            monitor,
+            float("nan"),
+            None,
+            weights_info.source,
+            precision,
+            config.mode,
+            time.perf_counter() - start,
+            warnings,
+        )
     result = _finish_run(config, run_dir, classes, split, report, state, history, weights_info, precision, chief)
     result.seconds = time.perf_counter() - start
     result.warnings = warnings
