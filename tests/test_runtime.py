@@ -219,3 +219,94 @@ def test_corrupt_model_files_raise_runtime_errors(tmp_path, suffix, payload):
     path.write_bytes(payload)
     with pytest.raises(ModelError):
         load(path)
+
+
+def _external_data_model(folder: Path, location: str) -> Path:
+    """A tiny ONNX model whose single weight lives in an external file named `location`."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.full((1, 2), 0.5, np.float32), "w")
+    weight.data_location = TensorProto.EXTERNAL
+    weight.ClearField("raw_data")
+    entry = weight.external_data.add()
+    entry.key, entry.value = "location", location
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["image"], ["m"], axes=[1, 2, 3], keepdims=1),
+            helper.make_node("Flatten", ["m"], ["flat"], axis=1),
+            helper.make_node("Mul", ["flat", "w"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
+        ],
+        "ext",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", 4, 4, 3])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["n", 2])],
+        initializer=[weight],
+    )
+    path = folder / "ext.onnx"
+    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString())
+    return path
+
+
+def test_onnx_external_data_is_refused_unless_allowed_and_inside_the_folder(tmp_path):
+    from toolkit.runtime import load
+
+    inside = tmp_path / "model"
+    inside.mkdir()
+    (inside / "weights.bin").write_bytes(np.full((1, 2), 0.5, np.float32).tobytes())
+    model = _external_data_model(inside, "weights.bin")
+    with pytest.raises(RuntimeModelError, match="allow-external-data"):
+        load(model)
+    clf = load(model, allow_external_data=True, labels=["a", "b"])
+    assert clf.predict(np.zeros((4, 4, 3), np.uint8))[0].score == pytest.approx(0.5)
+
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(np.ones(2, np.float32).tobytes())
+    for location in ("../secret.bin", str(secret)):
+        with pytest.raises(RuntimeModelError, match="outside the model's folder"):
+            load(_external_data_model(inside, location), allow_external_data=True)
+    (inside / "link.bin").symlink_to(secret)
+    with pytest.raises(RuntimeModelError, match="outside the model's folder"):
+        load(_external_data_model(inside, "link.bin"), allow_external_data=True)
+
+
+def test_external_data_reader_matches_onnx_on_exported_models(exported_run):
+    from toolkit.runtime.onnx_external import external_data_locations
+
+    for name in ("model_float32.onnx", "model_int8.onnx"):
+        assert external_data_locations((exported_run / "export" / name).read_bytes()) == []
+
+
+def test_one_classifier_shared_by_8_threads_matches_sequential_answers(exported_run):
+    """2,000 predictions from 8 threads at once: the sequential answers, no error, bounded memory."""
+    from toolkit.runtime import load
+
+    clf = load(exported_run / "export" / "model_int8.tflite")
+    rng = np.random.default_rng(0)
+    base = np.stack([clf.preprocess(p) for p in _val_images(exported_run)])
+    images = np.clip(
+        base[rng.integers(0, len(base), 2000)].astype(np.int16) + rng.integers(-20, 20, (2000, 32, 32, 3)), 0, 255
+    ).astype(np.uint8)
+    expected = clf.predict_arrays(images, batch_size=50)
+
+    def rss_mb() -> float:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * 4096 / 1e6
+
+    before = rss_mb()
+    results: dict[int, np.ndarray] = {}
+    errors: list[BaseException] = []
+
+    def worker(k: int) -> None:
+        try:
+            results[k] = clf.predict_arrays(images[k::8], batch_size=1 + k)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for k in range(8):
+        np.testing.assert_array_equal(results[k], expected[k::8])
+    assert rss_mb() - before < 300

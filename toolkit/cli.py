@@ -270,6 +270,9 @@ def predict(
     verify: Annotated[
         bool, typer.Option("--verify/--no-verify", help="Check the sha256 in a manifest beside the model.")
     ] = True,
+    allow_external_data: Annotated[
+        bool, typer.Option(help="Let an ONNX model read external data files inside its own folder.")
+    ] = False,
 ) -> None:
     """Classify images with an exported model (no TensorFlow needed for .onnx/.tflite)."""
     from toolkit.errors import DatasetError
@@ -282,6 +285,7 @@ def predict(
         labels=labels.split(",") if labels else None,
         pixel_scale=pixel_scale,
         verify=verify,
+        allow_external_data=allow_external_data,
     )
     paths, problems = _collect_images(images)
     for problem in problems:
@@ -341,6 +345,9 @@ def evaluate(
     threads: Annotated[int | None, typer.Option()] = None,
     batch_size: Annotated[int, typer.Option()] = 32,
     verify: Annotated[bool, typer.Option("--verify/--no-verify")] = True,
+    allow_external_data: Annotated[
+        bool, typer.Option(help="Let an ONNX model read external data files inside its own folder.")
+    ] = False,
 ) -> None:
     """Accuracy, AUC, per-class precision/recall/F1 and the confusion matrix on a labelled folder."""
     if model.suffix.lower() == ".keras":
@@ -349,7 +356,16 @@ def evaluate(
         import_tensorflow()
     from toolkit.evaluate import evaluate_model, format_metrics
 
-    result = evaluate_model(model, data_dir, out, device=device, threads=threads, batch_size=batch_size, verify=verify)
+    result = evaluate_model(
+        model,
+        data_dir,
+        out,
+        device=device,
+        threads=threads,
+        batch_size=batch_size,
+        verify=verify,
+        allow_external_data=allow_external_data,
+    )
     typer.echo(format_metrics(result.metrics))
     if result.skipped:
         typer.echo(f"{len(result.skipped)} files skipped (unreadable or not images)", err=True)

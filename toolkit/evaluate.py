@@ -28,8 +28,11 @@ def evaluate_model(
     threads: int | None = None,
     batch_size: int = 32,
     verify: bool = True,
+    allow_external_data: bool = False,
 ) -> EvaluationResult:
-    classifier = load(model_path, device=device, threads=threads, verify=verify)
+    classifier = load(
+        model_path, device=device, threads=threads, verify=verify, allow_external_data=allow_external_data
+    )
     labels, arrays = load_labelled_folder(data_dir, classifier.image_size, classifier.labels)
     probs = classifier.predict_arrays(arrays.images, batch_size)
     metrics = classification_metrics(probs, arrays.labels, labels)

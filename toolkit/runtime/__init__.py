@@ -177,12 +177,14 @@ def load(
     labels: Sequence[str] | None = None,
     pixel_scale: str | None = None,
     verify: bool = True,
+    allow_external_data: bool = False,
 ) -> Classifier:
     """Load a `.onnx`, `.tflite` (or, with TensorFlow, `.keras`) classifier.
 
     `labels` and `pixel_scale` ("0..255" or "0..1") are for models made
     elsewhere; toolkit artifacts carry both. `verify` checks the file against
-    the sha256 in a manifest beside it.
+    the sha256 in a manifest beside it. ONNX external data is refused unless
+    `allow_external_data`, and then only inside the model's folder.
     """
     path = Path(path)
     if pixel_scale is not None and pixel_scale not in PIXEL_SCALES:
@@ -190,7 +192,7 @@ def load(
     if not path.is_file():
         raise RuntimeModelError(f"model file not found: {path}")
     entry = _manifest_entry(path, verify)
-    backend = open_backend(path, device, threads, pixel_scale or "0..255")
+    backend = open_backend(path, device, threads, pixel_scale or "0..255", allow_external_data)
     info = _info_from_metadata(backend.metadata())
     if entry is not None:
         info.labels = info.labels or entry.get("labels")

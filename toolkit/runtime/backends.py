@@ -16,6 +16,7 @@ import numpy as np
 
 from toolkit.errors import DeviceError, RuntimeModelError
 from toolkit.quiet import silenced
+from toolkit.runtime.onnx_external import ProtobufError, external_data_locations
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -61,7 +62,14 @@ def _detect_layout(shape: list) -> str:
 class OnnxBackend(Backend):
     kind = "onnx"
 
-    def __init__(self, path: Path, device: str = "auto", threads: int | None = None, pixel_scale: str = "0..255"):
+    def __init__(
+        self,
+        path: Path,
+        device: str = "auto",
+        threads: int | None = None,
+        pixel_scale: str = "0..255",
+        allow_external_data: bool = False,
+    ):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -70,15 +78,12 @@ class OnnxBackend(Backend):
             options.inter_op_num_threads = 1
         options.log_severity_level = 3
         providers = self._providers(ort, device)
+        data = path.read_bytes()
+        source = check_external_data(path, data, allow_external_data)
         try:
-            # Loading from bytes, not from the path, means ONNX Runtime cannot
-            # follow a reference to external data files next to (or outside) the model.
-            data = path.read_bytes()
-            self.session = ort.InferenceSession(data, sess_options=options, providers=providers)
+            self.session = ort.InferenceSession(source, sess_options=options, providers=providers)
         except Exception as exc:
             text = " ".join(str(exc).split())
-            if "external" in text.lower():
-                raise RuntimeModelError(f"{path.name} references external data files, which are refused") from exc
             raise RuntimeModelError(f"cannot load ONNX model {path.name}: {text[:200]}") from exc
         used = self.session.get_providers()
         if device == "cuda" and (not used or used[0] != "CUDAExecutionProvider"):
@@ -120,6 +125,35 @@ class OnnxBackend(Backend):
 
     def metadata(self) -> dict[str, str]:
         return dict(self.session.get_modelmeta().custom_metadata_map)
+
+
+def check_external_data(path: Path, data: bytes, allow: bool) -> bytes | str:
+    """What to hand ONNX Runtime: the bytes, or (external data allowed and safe) the path.
+
+    External data is refused unless allowed, and then only as regular files that
+    resolve inside the model's own folder: no absolute paths, no `..`, no
+    symlinks pointing elsewhere.
+    """
+    try:
+        locations = external_data_locations(data)
+    except ProtobufError as exc:
+        raise RuntimeModelError(f"cannot load ONNX model {path.name}: not a valid ONNX file ({exc})") from exc
+    if not locations:
+        return data  # from bytes: ONNX Runtime has no folder to resolve paths against
+    if not allow:
+        raise RuntimeModelError(
+            f"{path.name} references external data files ({locations[0]}); pass --allow-external-data to permit "
+            "files inside the model's folder"
+        )
+    folder = path.parent.resolve()
+    for location in set(locations):
+        candidate = Path(location)
+        target = (folder / candidate).resolve()
+        if candidate.is_absolute() or ".." in candidate.parts or not target.is_relative_to(folder):
+            raise RuntimeModelError(f"{path.name}: external data '{location}' points outside the model's folder")
+        if not target.is_file():
+            raise RuntimeModelError(f"{path.name}: external data file '{location}' is missing")
+    return str(path)
 
 
 def _litert_interpreter():
@@ -235,7 +269,9 @@ class KerasBackend(Backend):
 BACKENDS = {".onnx": OnnxBackend, ".tflite": TFLiteBackend, ".keras": KerasBackend}
 
 
-def open_backend(path: Path, device: str, threads: int | None, pixel_scale: str) -> Backend:
+def open_backend(
+    path: Path, device: str, threads: int | None, pixel_scale: str, allow_external_data: bool = False
+) -> Backend:
     backend_class = BACKENDS.get(path.suffix.lower())
     if backend_class is None:
         raise RuntimeModelError(f"unsupported model file {path.name}: expected .onnx, .tflite or .keras")
@@ -243,4 +279,6 @@ def open_backend(path: Path, device: str, threads: int | None, pixel_scale: str)
         raise RuntimeModelError(f"model file not found: {path}")
     if path.stat().st_size == 0:
         raise RuntimeModelError(f"model file is empty: {path}")
+    if backend_class is OnnxBackend:
+        return OnnxBackend(path, device, threads, pixel_scale, allow_external_data)
     return backend_class(path, device=device, threads=threads, pixel_scale=pixel_scale)
