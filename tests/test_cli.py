@@ -85,3 +85,21 @@ def test_export_cli_prints_table_and_json(exported_run):
     assert result.exit_code == 0, result.output
     manifest = json.loads(result.stdout)
     assert any(a["format"] == "onnx" and a["parity"]["passed"] for a in manifest["artifacts"])
+
+
+def test_truncated_real_models_are_one_line_errors_with_exit_2(exported_run, tmp_path):
+    image = sorted((Path(json.loads((exported_run / "config.json").read_text())["data_dir"]) / "test").rglob("*.jpg"))[
+        0
+    ]
+    for source in (
+        exported_run / "export" / "model_int8.onnx",
+        exported_run / "export" / "model_int8.tflite",
+        exported_run / "best.keras",
+    ):
+        truncated = tmp_path / source.name
+        data = source.read_bytes()
+        truncated.write_bytes(data[: len(data) // 3])
+        result = _toolkit("predict", str(truncated), str(image))
+        errors = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.returncode == 2, result.stderr
+        assert len(errors) == 1 and errors[0].startswith("error:") and "Traceback" not in result.stderr

@@ -142,3 +142,54 @@ def test_bad_options_are_export_errors(trained_run):
         export_run(trained_run, ExportOptions(format="coreml"))
     with pytest.raises(ExportError, match="--opset"):
         export_run(trained_run, ExportOptions(opset=19))
+
+
+def test_export_killed_halfway_leaves_nothing_that_looks_valid(trained_run, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    marker = tmp_path / "marker"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.faults", "export-float16", str(marker), str(run)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.time() + 240
+    while not marker.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "export" / "model_float16.tflite").exists()
+    manifest = json.loads((run / "export" / "manifest.json").read_text())
+    assert [(a["format"], a["precision"]) for a in manifest["artifacts"]] == [("tflite", "float32")]
+    for a in manifest["artifacts"]:
+        assert hashlib.sha256((run / "export" / a["path"]).read_bytes()).hexdigest() == a["sha256"]
+
+
+def test_full_disk_during_export_is_one_error_and_keeps_the_previous_artifact(exported_run, tmp_path, monkeypatch):
+    import errno
+
+    from toolkit.export import REGISTRY, ExportOptions, export_run
+    from toolkit.export.base import ExportFormat
+    from toolkit.fileio import DiskFullError
+
+    run = tmp_path / "run"
+    shutil.copytree(exported_run, run)
+    before = (run / "export" / "model_int8.tflite").read_bytes()
+
+    def disk_full(ctx, dest):
+        dest.write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    real = REGISTRY["tflite-int8"]
+    monkeypatch.setitem(REGISTRY, "tflite-int8", ExportFormat(**{**real.__dict__, "convert": disk_full}))
+    with pytest.raises(DiskFullError, match="previous file was kept"):
+        export_run(run, ExportOptions(format="tflite", precisions=["int8"]), log=lambda _m: None)
+    assert (run / "export" / "model_int8.tflite").read_bytes() == before
+    assert not [p for p in (run / "export").iterdir() if p.name.startswith(".")]

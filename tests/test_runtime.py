@@ -310,3 +310,53 @@ def test_one_classifier_shared_by_8_threads_matches_sequential_answers(exported_
     for k in range(8):
         np.testing.assert_array_equal(results[k], expected[k::8])
     assert rss_mb() - before < 300
+
+
+def _save_keras_with(tmp_path: Path, layer) -> Path:
+    import keras
+
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, layer(inputs))
+    path = tmp_path / "model.keras"
+    model.save(path)
+    return path
+
+
+def test_keras_lambda_layer_is_refused_by_safe_mode(tmp_path):
+    import keras
+
+    from toolkit.errors import ModelError
+    from toolkit.model import load_keras_model
+
+    path = _save_keras_with(tmp_path, keras.layers.Lambda(lambda x: x * 2))
+    with pytest.raises(ModelError, match="safe_mode"):
+        load_keras_model(path)
+
+
+def test_keras_unknown_custom_object_is_refused(tmp_path):
+    import zipfile
+
+    import keras
+
+    from toolkit.errors import ModelError
+    from toolkit.model import load_keras_model
+
+    path = _save_keras_with(tmp_path, keras.layers.Dense(2))
+    tampered = tmp_path / "tampered.keras"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(tampered, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename == "config.json":
+                data = data.replace(b'"class_name": "Dense"', b'"class_name": "Evil>Backdoor"')
+            dst.writestr(item, data)
+    with pytest.raises(ModelError, match="refusing|cannot load"):
+        load_keras_model(tampered)
+
+
+def test_no_pickle_and_no_eval_in_the_package():
+    import re
+
+    root = Path(__file__).resolve().parents[1] / "toolkit"
+    pattern = re.compile(r"\bimport pickle\b|allow_pickle=True|\beval\(|\bexec\(|pickle\.load")
+    offenders = [str(p) for p in root.rglob("*.py") if pattern.search(p.read_text())]
+    assert offenders == []

@@ -159,3 +159,177 @@ def test_missing_weights_file_and_offline_imagenet_are_one_line_errors(demo_dir,
     )
     assert result.weights_source.startswith("random") and result.warnings
     assert json.loads((tmp_path / "w3" / "run.json").read_text())["weights"]["source"].startswith("random")
+
+
+# --------------------------------------------------------------------------- faults and interruptions
+
+
+def _start_fault(mode: str, marker, *args):
+    import subprocess
+    import sys
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.faults", mode, str(marker), *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for(marker, proc, timeout=240.0):
+    import time
+
+    deadline = time.time() + timeout
+    while not marker.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"process ended before the fault point: {proc.communicate()}")
+        if time.time() > deadline:
+            proc.kill()
+            raise AssertionError("fault point never reached")
+        time.sleep(0.2)
+
+
+def _resume_and_check(demo_dir, out):
+    from toolkit.model import load_keras_model
+    from toolkit.train import train
+
+    train(train_config(demo_dir, out, epochs=4), resume=True, log=lambda _m: None, verbose=0)
+    with open(out / "history.csv") as fh:
+        assert [int(r["epoch"]) for r in csv.DictReader(fh)] == [1, 2, 3, 4]
+    load_keras_model(out / "best.keras")
+    assert (out / "run.json").is_file()
+
+
+def test_sigkill_mid_epoch_keeps_a_good_checkpoint_and_resumes(demo_dir, tmp_path):
+    import signal
+
+    from toolkit.model import load_keras_model
+
+    out, marker = tmp_path / "run", tmp_path / "marker"
+    proc = _start_fault("train-epoch", marker, demo_dir, out)
+    _wait_for(marker, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    load_keras_model(out / "best.keras")  # the epoch-1 checkpoint, intact
+    _resume_and_check(demo_dir, out)
+
+
+def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one(demo_dir, tmp_path):
+    import hashlib
+    import signal
+
+    from toolkit.model import load_keras_model
+
+    out, marker = tmp_path / "run", tmp_path / "marker"
+    proc = _start_fault("train-checkpoint", marker, demo_dir, out)
+    _wait_for(marker, proc)
+    before = hashlib.sha256((out / "best.keras").read_bytes()).hexdigest()
+    assert list(out.glob(".best.keras.*"))  # the new checkpoint is half-way, in its temporary file
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert hashlib.sha256((out / "best.keras").read_bytes()).hexdigest() == before
+    load_keras_model(out / "best.keras")
+    _resume_and_check(demo_dir, out)
+
+
+def test_ctrl_c_stops_cleanly_with_exit_130_and_resumes(demo_dir, tmp_path):
+    import signal
+
+    out, marker = tmp_path / "run", tmp_path / "marker"
+    proc = _start_fault("cli-train-epoch", marker, demo_dir, out)
+    _wait_for(marker, proc)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "--resume" in lines[0] and "Traceback" not in stderr
+    _resume_and_check(demo_dir, out)
+
+
+def test_full_disk_while_checkpointing_is_one_error_and_keeps_the_good_file(demo_dir, tmp_path, monkeypatch):
+    import errno
+    import hashlib
+
+    import keras
+
+    import toolkit.train as t
+    from toolkit.fileio import DiskFullError
+
+    monkeypatch.setattr(t, "_improved", lambda value, best, mode: True)
+    real_save = keras.Model.save
+    calls = {"n": 0}
+
+    def save_until_full(self, path, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] >= 2:
+            with open(path, "wb") as fh:
+                fh.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "save", save_until_full)
+    out = tmp_path / "run"
+    with pytest.raises(DiskFullError, match="no space left"):
+        t.train(train_config(demo_dir, out, epochs=3), log=lambda _m: None, verbose=0)
+    monkeypatch.setattr(keras.Model, "save", real_save)
+    from toolkit.model import load_keras_model
+
+    load_keras_model(out / "best.keras")
+    assert not list(out.glob(".best.keras.*"))
+    assert hashlib.sha256((out / "best.keras").read_bytes()).hexdigest()
+
+
+def test_real_world_folder_trains_on_readable_images_and_reports_the_rest(tmp_path):
+    """JPEG, PNG+alpha, grayscale, palette GIF, CMYK, 16-bit, WebP, BMP, TIFF, EXIF, odd names, and junk."""
+    import io
+
+    from PIL import Image
+
+    from toolkit.train import train
+
+    rng = np.random.default_rng(0)
+
+    def image(colour, mode="RGB"):
+        arr = np.clip(np.array(colour)[None, None] + rng.integers(-30, 30, (40, 40, 3)), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr).convert(mode)
+
+    root = tmp_path / "clinic"
+    for split in ("train", "test"):
+        for cls, colour in (("benign", (200, 150, 120)), ("malignant", (60, 30, 20))):
+            folder = root / split / cls
+            folder.mkdir(parents=True)
+            image(colour).save(folder / "plain.jpg")
+            image(colour, "RGBA").save(folder / "alpha.png")
+            image(colour, "L").save(folder / "gray.png")
+            image(colour).convert("P").save(folder / "palette.gif")
+            image(colour, "CMYK").save(folder / "cmyk.jpg")
+            Image.fromarray(np.asarray(image(colour, "L")).astype(np.uint16) * 257).save(folder / "deep16.png")
+            image(colour).save(folder / "photo.webp")
+            image(colour).save(folder / "bitmap.bmp")
+            image(colour).save(folder / "scan.tiff")
+            exif = Image.Exif()
+            exif[0x0112] = 6
+            image(colour).save(folder / "rotated.jpg", exif=exif.tobytes())
+            image(colour).save(folder / "UPPER.JPG")
+            image(colour).save(folder / "läsion ü 1.jpeg")
+            buf = io.BytesIO()
+            image(colour).save(buf, "JPEG")
+            (folder / "truncated.jpg").write_bytes(buf.getvalue()[:200])
+            (folder / "empty.png").write_bytes(b"")
+            (folder / "notes.jpg").write_text("this is text")
+            (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+            (folder / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0")
+            (folder / "._plain.jpg").write_bytes(b"\0\5\26\7")
+            (folder / "README.txt").write_text("scanned at the clinic")
+    result = train(train_config(root, tmp_path / "run", epochs=1), log=lambda _m: None, verbose=0)
+    report = json.loads((tmp_path / "run" / "data_report.json").read_text())
+    assert report["counts"] == {"train": {"benign": 12, "malignant": 12}, "val": {"benign": 12, "malignant": 12}}
+    assert report["skipped_count"] == 4 * 7
+    assert report["used"] + report["skipped_count"] == report["scanned"] == 4 * 19
+    reasons = {}
+    for s in report["skipped"]:
+        reasons.setdefault(s["path"].rsplit("/", 1)[-1], set()).add(s["reason"].split(":")[0])
+    assert reasons["empty.png"] == {"empty file"} and reasons["._plain.jpg"] == {"hidden file"}
+    assert reasons["README.txt"] == {"not an image file (extension)"}
+    assert reasons["truncated.jpg"] == {"cannot decode image"} and "notes.jpg" in reasons
+    assert result.val_accuracy >= 0.0 and (tmp_path / "run" / "best.keras").is_file()

@@ -239,10 +239,12 @@ class KerasBackend(Backend):
         if device == "cuda":
             raise DeviceError("device=cuda is only supported for ONNX models in the runtime")
         try:
-            from toolkit.model import load_keras_model
-        except ImportError as exc:  # pragma: no cover - depends on the install
+            from toolkit.tf_setup import import_tensorflow
+
+            tf = import_tensorflow()
+        except ImportError as exc:  # an app that installed only the runtime extra
             raise RuntimeModelError(".keras models need TensorFlow; use an exported .onnx or .tflite file") from exc
-        import tensorflow as tf
+        from toolkit.model import load_keras_model
 
         if threads:
             try:
