@@ -19,15 +19,20 @@ def main(run_dir: Path, command: str) -> None:
         "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".",
         f"Date: {m['date']}. Command: `{command}`.",
         "",
-        "| backend | provider | batch | p50 ms | p90 ms | p99 ms | img/s | load s | peak MB | size MB | accuracy | vs keras |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"Float32 matrix peak measured in the same run (numpy 4096x4096 sgemm): {m['fp32_matmul_peak_gflops']:.0f} GFLOP/s. "
+        f"The model costs {m['model_gflop_per_image']:.2f} GFLOP per image, so the float32 floor is "
+        f"{1000 * m['model_gflop_per_image'] / m['fp32_matmul_peak_gflops']:.0f} ms per image.",
+        "",
+        "| backend | provider | batch | p50 ms | p90 ms | p99 ms | img/s | load s | peak MB | size MB | accuracy | vs keras "
+        "| GFLOP/s | % of peak |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in bench["records"]:
         speed = "" if r["speedup_vs_keras"] is None else f"{r['speedup_vs_keras']:.2f}x"
         lines.append(
             f"| {r['name']} | {r['provider']} | {r['batch']} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} "
             f"| {r['throughput_ips']:.1f} | {r['load_s']:.2f} | {r['peak_rss_mb']:.0f} | {r['size_mb']:.1f} "
-            f"| {100 * r['accuracy']:.1f}% | {speed} |"
+            f"| {100 * r['accuracy']:.1f}% | {speed} | {r['gflops']:.0f} | {r['percent_of_peak']:.0f}% |"
         )
     lines += [
         "",
@@ -37,6 +42,30 @@ def main(run_dir: Path, command: str) -> None:
         "| --- | --- | --- | --- |",
     ]
     lines += [f"| {c['artifact']} | {c['median_s']:.3f} | {c['min_s']:.3f} | {c['max_s']:.3f} |" for c in cold]
+    modes_path = Path("bench/out/train_modes.json")
+    if modes_path.is_file():
+        modes = json.loads(modes_path.read_text())
+        lines += [
+            "",
+            f"Training modes ({modes['epochs']} epochs at {modes['image_size']} px, `bench/train_modes.py`; "
+            "seconds are each run's own total from run.json):",
+            "",
+            "| run | flags | precision | seconds | val accuracy |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for name in ("cached_no_augment", "tutorial_no_augment", "views3", "plain_per_epoch", "tutorial"):
+            r = modes[name]
+            lines.append(
+                f"| {name} | `{' '.join(r['flags'])}` | {r['precision']} | {r['train_s']:.1f} "
+                f"| {100 * r['val_accuracy']:.1f}% |"
+            )
+        for p in ("fp32", "bf16"):
+            f = modes[f"forward_{p}"]
+            lines.append(f"| forward pass only ({p}) | {f['images']} images | {p} | {f['seconds']:.1f} | |")
+        lines += ["", "| target | ratio | limit | accuracy gap (points) | met |", "| --- | --- | --- | --- | --- |"]
+        for key, t in modes["targets"].items():
+            gap = f"{t['accuracy_gap_points']:.1f}" if "accuracy_gap_points" in t else ""
+            lines.append(f"| {key} | {t['ratio']:.2f} | {t['limit']} | {gap} | {'yes' if t['met'] else 'no'} |")
     Path("bench/RESULTS.md").write_text("\n".join(lines) + "\n")
     print("wrote bench/RESULTS.md")
 

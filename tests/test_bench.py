@@ -10,7 +10,7 @@ from toolkit.bench import BenchOptions, BenchTarget, best_rows, run_bench, run_w
 
 def test_quick_bench_writes_records_files_and_machine_header(exported_run):
     options = BenchOptions(
-        formats=["keras", "onnx-float32", "tflite-int8"], batches=(1, 2), warmup=1, runs=3, threads=1
+        formats=["keras-float32", "onnx-float32", "tflite-int8"], batches=(1, 2), warmup=1, runs=3, threads=1
     )
     report = run_bench(exported_run, [], options)
     names = {r.name for r in report.records}
@@ -20,6 +20,9 @@ def test_quick_bench_writes_records_files_and_machine_header(exported_run):
         assert r.runs == 3 and 0 < r.p50_ms <= r.p99_ms and r.throughput_ips > 0
         assert r.peak_rss_mb > 0 and r.size_mb > 0 and 0 <= r.accuracy <= 1
         assert r.provider == "cpu" and r.speedup_vs_keras is not None
+        assert r.gflops > 0 and r.percent_of_peak == pytest.approx(
+            100 * r.gflops / report.machine["fp32_matmul_peak_gflops"]
+        )
     keras = [r for r in report.records if r.backend == "keras"]
     assert all(r.speedup_vs_keras == pytest.approx(1.0) for r in keras)
     manifest = json.loads((exported_run / "export" / "manifest.json").read_text())
@@ -30,6 +33,7 @@ def test_quick_bench_writes_records_files_and_machine_header(exported_run):
     out = exported_run / "bench"
     saved = json.loads((out / "bench.json").read_text())
     assert saved["machine"]["cores"] and saved["machine"]["versions"]["onnxruntime"]
+    assert saved["machine"]["fp32_matmul_peak_gflops"] > 1 and saved["machine"]["model_gflop_per_image"] > 0
     assert len(saved["records"]) == 6
     with open(out / "bench.csv") as fh:
         assert len(list(csv.DictReader(fh))) == 6
@@ -65,3 +69,20 @@ def test_cuda_row_that_falls_back_is_labelled_cpu(exported_run, tmp_path):
 
     expected = "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
     assert records[0]["requested_device"] == "cuda" and records[0]["provider"] == expected
+
+
+def test_vgg16_flops_match_the_published_figure():
+    from toolkit.bench import vgg16_classifier_flops
+
+    assert vgg16_classifier_flops(224, 2) / 1e9 == pytest.approx(30.7, abs=0.05)
+
+
+def test_keras_bf16_row_where_the_cpu_supports_it(exported_run):
+    from toolkit.train import cpu_supports_bf16
+
+    if not cpu_supports_bf16():
+        pytest.skip("needs a CPU with AVX512_BF16 or AMX (native bf16); this one has neither")
+    report = run_bench(exported_run, [], BenchOptions(formats=["keras"], batches=(1,), warmup=1, runs=2, threads=1))
+    rows = {r.precision: r for r in report.records}
+    assert set(rows) == {"float32", "bf16"}
+    assert abs(rows["bf16"].accuracy - rows["float32"].accuracy) <= 0.25  # 8 images on a random-weight model

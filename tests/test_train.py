@@ -333,3 +333,32 @@ def test_real_world_folder_trains_on_readable_images_and_reports_the_rest(tmp_pa
     assert reasons["README.txt"] == {"not an image file (extension)"}
     assert reasons["truncated.jpg"] == {"cannot decode image"} and "notes.jpg" in reasons
     assert result.val_accuracy >= 0.0 and (tmp_path / "run" / "best.keras").is_file()
+
+
+def test_bf16_features_stay_close_to_float32(trained_run):
+    """The bf16 extractor is the same network: relative feature error stays near bf16's 8-bit mantissa."""
+    from toolkit.model import features_part, load_keras_model
+    from toolkit.train import build_feature_extractor
+
+    model = load_keras_model(trained_run / "best.keras")
+    x = np.random.default_rng(0).integers(0, 256, (4, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32)
+    reference = features_part(model)(x, training=False).numpy()
+    low = build_feature_extractor(model, "bf16")(x, training=False).numpy()
+    assert low.dtype == np.float32 and low.shape == reference.shape
+    relative = np.linalg.norm(low - reference) / np.linalg.norm(reference)
+    assert relative < 2e-2
+
+
+def test_final_metrics_are_those_of_the_saved_model_on_validation_images(trained_run):
+    from toolkit.data import discover_dataset, load_split_images
+    from toolkit.metrics import classification_metrics
+    from toolkit.model import load_keras_model
+    from toolkit.train import predict_in_batches
+
+    config = json.loads((trained_run / "config.json").read_text())
+    val = load_split_images(discover_dataset(config["data_dir"]).val, (IMAGE_SIZE, IMAGE_SIZE), None)
+    probs = predict_in_batches(load_keras_model(trained_run / "best.keras"), val.images)
+    expected = classification_metrics(probs, val.labels, ["benign", "malignant"])
+    saved = json.loads((trained_run / "metrics.json").read_text())
+    assert saved["confusion_matrix"] == expected.confusion_matrix
+    assert saved["auc"] == pytest.approx(expected.auc, abs=1e-6)

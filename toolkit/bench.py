@@ -60,6 +60,8 @@ class BenchRecord:
     size_mb: float
     accuracy: float | None
     speedup_vs_keras: float | None = None
+    gflops: float | None = None  # achieved, from the model's FLOPs and the p50 latency
+    percent_of_peak: float | None = None  # of the float32 matrix peak measured in the same run
 
 
 @dataclasses.dataclass
@@ -72,6 +74,55 @@ class BenchOptions:
     threads: int | None = None
     data_dir: str | None = None
     cuda: bool = True
+
+
+VGG16_CONV_CHANNELS = (
+    (3, 64),
+    (64, 64),
+    "pool",
+    (64, 128),
+    (128, 128),
+    "pool",
+    (128, 256),
+    (256, 256),
+    (256, 256),
+    "pool",
+    (256, 512),
+    (512, 512),
+    (512, 512),
+    "pool",
+    (512, 512),
+    (512, 512),
+    (512, 512),
+    "pool",
+)
+
+
+def vgg16_classifier_flops(image_size: int, num_classes: int, head: str = "flatten") -> float:
+    """Floating-point operations (2 per multiply-add) of one forward pass: 30.7 GFLOP at 224 px."""
+    side, flops = image_size, 0.0
+    for layer in VGG16_CONV_CHANNELS:
+        if layer == "pool":
+            side //= 2
+            continue
+        c_in, c_out = layer
+        flops += 2.0 * side * side * 9 * c_in * c_out
+    features = side * side * 512 if head == "flatten" else 512
+    return flops + 2.0 * features * num_classes
+
+
+def measure_matmul_peak_gflops(size: int = 4096, repeats: int = 3) -> float:
+    """Float32 matrix-multiply rate of this machine (numpy sgemm), the ceiling for a dense CNN."""
+    rng = np.random.default_rng(0)
+    a = rng.random((size, size), dtype=np.float32)
+    b = rng.random((size, size), dtype=np.float32)
+    a @ b  # warm up the BLAS threads
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * size**3 / best / 1e9
 
 
 def machine_header(threads: int) -> dict:
@@ -113,6 +164,10 @@ def discover_targets(run_dir: Path, cuda: bool) -> list[BenchTarget]:
     targets = []
     if (run_dir / "best.keras").is_file():
         targets.append(BenchTarget("keras float32", "keras", str(run_dir / "best.keras"), "float32"))
+        from toolkit.train import cpu_supports_bf16
+
+        if cpu_supports_bf16():  # native bf16 (AVX512_BF16/AMX); emulated bf16 would only be slower
+            targets.append(BenchTarget("keras bf16", "keras", str(run_dir / "best.keras"), "bf16"))
     manifest = run_dir / "export" / "manifest.json"
     if manifest.is_file():
         for a in json.loads(manifest.read_text())["artifacts"]:
@@ -165,7 +220,7 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _keras_runner(path: str, threads: int):
+def _keras_runner(path: str, threads: int, precision: str = "float32"):
     from toolkit.tf_setup import import_tensorflow
 
     tf = import_tensorflow()
@@ -175,6 +230,14 @@ def _keras_runner(path: str, threads: int):
 
     model = load_keras_model(path)
     shape = model.input_shape
+    if precision == "bf16":
+        import keras
+
+        from toolkit.model import head_part
+        from toolkit.train import build_feature_extractor
+
+        image = keras.Input(shape[1:], name="image")
+        model = keras.Model(image, head_part(model)(build_feature_extractor(model, "bf16")(image)))
 
     # A tf.function with an input signature: the fastest TF path here (model.predict
     # has a heavy per-call tail at batch 1).
@@ -192,7 +255,7 @@ def run_worker(spec: dict) -> list[dict]:
     images, labels = data["images"], data["labels"]
     t0 = time.perf_counter()
     if target.backend == "keras":
-        run, provider = _keras_runner(target.path, threads)
+        run, provider = _keras_runner(target.path, threads, target.precision)
     else:
         from toolkit.runtime import load
 
@@ -325,8 +388,15 @@ def run_bench(
                 raise BenchError(f"{target.name} failed in its subprocess: {reason}")
             records += [BenchRecord(**r) for r in json.loads(lines[-1])]
     _fill_speedups(records)
+    machine = machine_header(threads)
+    machine["fp32_matmul_peak_gflops"] = measure_matmul_peak_gflops()
+    head = json.loads((run_dir / "config.json").read_text()).get("head", "flatten") if run_dir else "flatten"
+    machine["model_gflop_per_image"] = vgg16_classifier_flops(image_size, len(labels), head) / 1e9
+    for r in records:
+        r.gflops = machine["model_gflop_per_image"] * r.batch / (r.p50_ms / 1000.0)
+        r.percent_of_peak = 100.0 * r.gflops / machine["fp32_matmul_peak_gflops"]
     out_dir = run_dir / "bench" if run_dir is not None else None
-    report = BenchReport(machine_header(threads), records, out_dir)
+    report = BenchReport(machine, records, out_dir)
     if out_dir is not None:
         write_outputs(report, out_dir)
     return report

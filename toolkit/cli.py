@@ -433,6 +433,11 @@ def bench(
         f"{m['cpu']}, {m['cores']} cores, {m['threads']} threads, GPU: {m['gpu'] or 'none'}; "
         + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
     )
+    console.print(
+        f"float32 matrix peak (numpy {4096}x{4096} sgemm, this run): {m['fp32_matmul_peak_gflops']:.0f} GFLOP/s; "
+        f"model: {m['model_gflop_per_image']:.2f} GFLOP per image, so the float32 floor is "
+        f"{1000 * m['model_gflop_per_image'] / m['fp32_matmul_peak_gflops']:.0f} ms per image"
+    )
     for b in batches:
         fastest, best_accurate = best_rows(report.records, b)
         table = Table(title=f"batch {b}")
@@ -448,6 +453,8 @@ def bench(
             "size MB",
             "accuracy",
             "vs keras",
+            "GFLOP/s",
+            "% peak",
         ):
             table.add_column(column, justify="left" if column in ("backend", "provider") else "right")
         for r in (r for r in report.records if r.batch == b):
@@ -469,6 +476,8 @@ def bench(
                 f"{r.size_mb:.1f}",
                 "n/a" if r.accuracy is None else f"{r.accuracy:.1%}",
                 "" if r.speedup_vs_keras is None else f"{r.speedup_vs_keras:.2f}x",
+                f"{r.gflops:.0f}",
+                f"{r.percent_of_peak:.0f}%",
                 style=style,
             )
         console.print(table)
