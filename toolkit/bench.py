@@ -452,11 +452,21 @@ def plot_bench(report: BenchReport, path: Path) -> None:
     ax1.set_xlabel("p50 latency per image (ms)")
     ax1.legend()
     ax1.invert_yaxis()
-    for r in (r for r in report.records if r.batch == batches[0]):
-        ax2.scatter(r.per_image_ms, 100 * (r.accuracy or 0))
+    first = sorted((r for r in report.records if r.batch == batches[0]), key=lambda r: r.per_image_ms)
+    for i, r in enumerate(first):
+        accuracy = 100 * (r.accuracy or 0)
+        ax2.scatter(r.per_image_ms, accuracy)
+        # Equal accuracies are common; stagger the labels so they stay readable.
         ax2.annotate(
-            r.name, (r.per_image_ms, 100 * (r.accuracy or 0)), fontsize=7, xytext=(3, 3), textcoords="offset points"
+            r.name,
+            (r.per_image_ms, accuracy),
+            fontsize=7,
+            xytext=(4, 6 + 9 * (i % 4)),
+            textcoords="offset points",
+            arrowprops={"arrowstyle": "-", "lw": 0.5},
         )
+    lowest = min((100 * (r.accuracy or 0) for r in first), default=0)
+    ax2.set_ylim(max(0, lowest - 3), 101.5)
     ax2.set_xlabel(f"p50 latency per image at batch {batches[0]} (ms)")
     ax2.set_ylabel("accuracy (%)")
     ax2.grid(alpha=0.3)
