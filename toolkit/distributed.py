@@ -66,7 +66,7 @@ def fit_multiworker(
         weights = tf.constant([class_weight[i] for i in range(len(class_weight))], tf.float32)
     workers = strategy.extended._num_workers if hasattr(strategy.extended, "_num_workers") else 1
     steps = max(1, math.ceil(math.ceil(num_examples / batch_size) / workers))
-    distributed = iter(strategy.experimental_distribute_dataset(train_ds.repeat()))
+    distributed_ds = strategy.experimental_distribute_dataset(train_ds.repeat())
 
     def replica_step(x, y):
         with tf.GradientTape() as tape:
@@ -94,6 +94,9 @@ def fit_multiworker(
     start = model._initial_epoch if model._initial_epoch is not None else initial_epoch  # set by BackupAndRestore
     for epoch in range(start, epochs):
         callback_list.on_epoch_begin(epoch)
+        # A fresh iterator per epoch, opened after the callbacks ran (as Keras does), so
+        # callbacks that refresh the training data are seen and nothing stale is prefetched.
+        distributed = iter(distributed_ds)
         totals = np.zeros(3)
         for step in range(steps):
             callback_list.on_train_batch_begin(step)
