@@ -30,7 +30,14 @@ demo: $(BIN)/toolkit
 	rm -rf $(DEMO_RUN)
 	$(BIN)/toolkit train $(DEMO_DATA) --out $(DEMO_RUN) --image-size $(DEMO_SIZE) --epochs $(DEMO_EPOCHS) \
 		--aug-views 3 --quiet $(WEIGHTS_FLAGS)
-	$(BIN)/toolkit export $(DEMO_RUN)
+	@# Offline without VGG16_WEIGHTS the demo trains from random weights; such a model's
+	@# near-0.5 probabilities flip under quantisation, so the gate may fail (exit 1). The demo
+	@# goes on in that case only, loudly; failing artifacts stay marked passed: false.
+	$(BIN)/toolkit export $(DEMO_RUN) || { status=$$?; \
+		if [ $$status -eq 1 ] && grep -q '"source": "random' $(DEMO_RUN)/run.json; then \
+			echo "WARNING: the parity gate failed on a model trained from RANDOM weights (offline, no VGG16_WEIGHTS);" \
+				"the failing artifacts are kept and marked passed: false in the manifest." >&2; \
+		else exit $$status; fi; }
 	$(BIN)/toolkit bench $(DEMO_RUN) --runs 10
 
 # Speed targets live here, never in timed tests: the side-by-side bench and predict's cold start
