@@ -340,16 +340,6 @@ def feature_views_dataset(views: np.ndarray, labels: np.ndarray, num_classes: in
     return ds.map(load).prefetch(tf.data.AUTOTUNE).with_options(_distribute_options(tf))
 
 
-def feature_dataset(
-    features: np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int, shuffle: bool, seed: int
-):
-    return (
-        feature_views_dataset(features[None], labels, num_classes, batch_size, seed)
-        if shuffle
-        else (_plain_feature_dataset(features, labels, num_classes, batch_size))
-    )
-
-
 def _plain_feature_dataset(features: np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int):
     tf = _tf()
     ds = tf.data.Dataset.from_tensor_slices((np.asarray(features, dtype=np.float32), np.eye(num_classes)[labels]))
@@ -738,7 +728,7 @@ def _train_feature_source(config, extractor, train_arrays, num_classes, augmente
     if not config.augment:
         ds = image_dataset(train_arrays, num_classes, config.batch_size, False, config.seed, overlap=False)
         feats = extract_features(extractor, ds, cache_dir / "features-train.npy", n, feature_shape)
-        return feature_dataset(feats, train_arrays.labels, num_classes, config.batch_size, True, config.seed)
+        return feature_views_dataset(feats[None], train_arrays.labels, num_classes, config.batch_size, config.seed)
     forward = compile_forward(extractor)
     if config.aug_views:
         cache_dir.mkdir(parents=True, exist_ok=True)
