@@ -686,9 +686,7 @@ def train(
             warnings,
         )
     reusable = val_feats if config.cache_features and not config.fine_tune_epochs else None
-    result = _finish_run(
-        config, run_dir, classes, split, report, state, history, weights_info, precision, chief, reusable
-    )
+    result = _finish_run(config, run_dir, classes, val_arrays, state, history, weights_info, precision, chief, reusable)
     result.seconds = time.perf_counter() - start
     result.warnings = warnings
     if chief:
@@ -751,26 +749,19 @@ def _train_feature_source(config, extractor, train_arrays, num_classes, augmente
 
 
 def _finish_run(
-    config, run_dir, classes, split, report, state, history, weights_info, precision, chief, val_features=None
+    config, run_dir, classes, val, state, history, weights_info, precision, chief, val_features=None
 ) -> TrainResult:
     """Metrics of the saved model itself on the validation set, plots, and the result.
 
     With a frozen float32 base, the saved model's output is its head applied to
     the cached float32 validation features, so no second pass over the images is needed.
     """
-    from toolkit.data import load_split_images
     from toolkit.model import head_part, load_keras_model
 
     best_path = run_dir / "best.keras"
     if not best_path.is_file():
         raise TrainingError("no epoch produced a usable model (the monitored value was never finite)")
     best = load_keras_model(best_path)
-    val = load_split_images(
-        split.val,
-        (config.image_size, config.image_size),
-        Path(config.cache_dir) if config.cache_dir else run_dir / "cache",
-        split.root,
-    )
     if val_features is not None:
         probs = predict_in_batches(head_part(best), val_features, config.batch_size)
     else:

@@ -14,7 +14,6 @@ function training used, so the model sees the pixels the parity gate checked.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.errors import DatasetError, RuntimeModelError
+from toolkit.fileio import sha256_file
 from toolkit.imaging import ImageSource, load_image_array
 from toolkit.runtime.backends import Backend, open_backend
 
@@ -51,14 +51,6 @@ class ModelInfo:
     source: str = "model"  # where labels came from: onnx-metadata, manifest, argument, default
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _manifest_entry(path: Path, verify: bool) -> dict | None:
     manifest = path.parent / MANIFEST_NAME
     if not manifest.is_file():
@@ -69,7 +61,7 @@ def _manifest_entry(path: Path, verify: bool) -> dict | None:
         raise RuntimeModelError(f"cannot read {manifest}: {exc}") from exc
     for entry in data.get("artifacts", []):
         if Path(entry.get("path", "")).name == path.name:
-            if verify and entry.get("sha256") != _sha256(path):
+            if verify and entry.get("sha256") != sha256_file(path):
                 raise RuntimeModelError(
                     f"{path.name} does not match the sha256 in {manifest.name} (modified or corrupt); "
                     "pass --no-verify to load it anyway"
