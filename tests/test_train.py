@@ -133,6 +133,54 @@ def test_aug_views_precompute_k_views(demo_dir, tmp_path):
     assert not np.array_equal(views[0], views[1])  # two different augmentations
 
 
+def test_plain_augmented_mode_refreshes_features_before_every_epoch_reads_them(demo_dir, tmp_path, monkeypatch):
+    """Every batch of epoch e is read after epoch e's own refresh, never prefetched from e-1."""
+    from toolkit import train as train_module
+
+    events: list[tuple[str, int | None]] = []
+    snapshots: list[np.ndarray] = []
+    real_refresh, real_gather = train_module.EpochFeatures.refresh, train_module.EpochFeatures.gather
+
+    def refresh(self, epoch):
+        real_refresh(self, epoch)
+        events.append(("refresh", epoch))
+        snapshots.append(np.array(self.store, dtype=np.float32))
+
+    def gather(self, idx):
+        events.append(("read", self.epoch))
+        return real_gather(self, idx)
+
+    monkeypatch.setattr(train_module.EpochFeatures, "refresh", refresh)
+    monkeypatch.setattr(train_module.EpochFeatures, "gather", gather)
+    out = tmp_path / "plain"
+    train_module.train(train_config(demo_dir, out, epochs=3, augment=True, aug_views=0), log=lambda _m: None, verbose=0)
+    events = [e for e in events if e != ("read", None)]  # a model-building read before training, if any
+    # 24 training images in batches of 8: three reads per epoch, all after that epoch's refresh.
+    assert events == [step for e in range(3) for step in [("refresh", e), ("read", e), ("read", e), ("read", e)]]
+    assert not np.array_equal(snapshots[0], snapshots[1])  # a fresh augmentation each epoch
+    with open(out / "history.csv") as fh:
+        assert [int(r["epoch"]) for r in csv.DictReader(fh)] == [1, 2, 3]
+
+
+def test_plain_augmented_mode_refuses_batches_read_ahead_of_the_refresh(demo_dir, tmp_path):
+    import tensorflow as tf
+
+    from toolkit.data import load_dataset
+    from toolkit.train import EpochFeatures
+
+    _, arrays, _, _ = load_dataset(str(demo_dir), IMAGE_SIZE, 0.2, 1, tmp_path / "cache")
+    forward = tf.function(lambda x: tf.reduce_mean(tf.cast(x, tf.float32), axis=(1, 2), keepdims=True))
+    fresh = EpochFeatures(forward, arrays, 2, 8, 1, tmp_path / "f.npy", (1, 1, 3))
+    fresh.refresh(0)
+    assert fresh.store.shape == (24, 1, 1, 3) and float(np.abs(fresh.store).max()) > 0
+    for _ in range(fresh.batches_per_epoch):
+        fresh.gather(np.arange(8))
+    fresh.check_reads()  # one epoch's worth: fine
+    fresh.gather(np.arange(8))  # a batch fetched ahead for the next epoch
+    with pytest.raises(TrainingError, match="stale features"):
+        fresh.refresh(1)
+
+
 def test_missing_weights_file_and_offline_imagenet_are_one_line_errors(demo_dir, tmp_path, monkeypatch):
     import keras
 

@@ -192,18 +192,10 @@ def resolve_precision(requested: str) -> str:
 
 
 def make_augmenter(seed: int):
-    """Random flip, shift, zoom and rotation, applied to training batches only."""
-    import keras
+    """Random flip, shift, zoom and rotation (one affine warp), applied to training images only."""
+    from toolkit.augment import RandomAffine
 
-    return keras.Sequential(
-        [
-            keras.layers.RandomFlip("horizontal_and_vertical", seed=seed),
-            keras.layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", seed=seed + 1),
-            keras.layers.RandomZoom(0.1, fill_mode="reflect", seed=seed + 2),
-            keras.layers.RandomRotation(0.1, fill_mode="reflect", seed=seed + 3),
-        ],
-        name="augment",
-    )
+    return RandomAffine(seed)
 
 
 def _distribute_options(tf):
@@ -219,16 +211,13 @@ def image_dataset(
     shuffle: bool,
     seed: int,
     augmenter=None,
-    overlap: bool = True,
 ):
     """Batches of (float32 pixels, one-hot labels) read from the decoded-pixel cache.
 
-    Images are gathered from the (memory-mapped) cache batch by batch, so the
-    data set never has to fit in memory and nothing is decoded again.
-    `overlap=False` prepares each batch only when asked for: feature extraction
-    keeps every core busy in the convolutions already, and a prefetching
-    pipeline preempting one of oneDNN's threads made each pass up to 18% slower
-    here (73 vs 86 ms per image at 224 px in bf16, varying run to run).
+    For training the whole model (tutorial mode, fine-tuning). Images are gathered
+    from the (memory-mapped) cache batch by batch, so the data set never has to fit
+    in memory and nothing is decoded again; batches are prepared in parallel and
+    prefetched while the previous step trains.
     """
     tf = _tf()
     images, labels = arrays.images, arrays.labels
@@ -247,13 +236,10 @@ def image_dataset(
     ds = tf.data.Dataset.range(n)
     if shuffle:
         ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-    parallel = tf.data.AUTOTUNE if overlap else None
-    ds = ds.batch(batch_size).map(load, num_parallel_calls=parallel)
+    ds = ds.batch(batch_size).map(load, num_parallel_calls=tf.data.AUTOTUNE)
     if augmenter is not None:
-        ds = ds.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=parallel)
-    if overlap:
-        ds = ds.prefetch(tf.data.AUTOTUNE)
-    return ds.with_options(_distribute_options(tf))
+        ds = ds.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(_distribute_options(tf))
 
 
 def build_feature_extractor(model, precision: str):
@@ -286,49 +272,57 @@ def build_feature_extractor(model, precision: str):
     return keras.Model(image, x, name=f"features_{precision}")
 
 
-def compile_forward(extractor):
-    """The frozen extractor as one traced inference function."""
+def compile_forward(extractor, augmenter=None):
+    """The frozen extractor as one traced function of a uint8 batch, augmentation fused in.
+
+    Extraction calls it from the main thread on plain numpy batches, with no tf.data
+    pipeline: the convolutions already keep every core busy, and a prefetching
+    pipeline preempting one of oneDNN's threads made each pass up to 18% slower here.
+    """
     tf = _tf()
-    return tf.function(lambda x: extractor(x, training=False), reduce_retracing=True)
+
+    def forward(images):
+        x = tf.cast(images, tf.float32)
+        if augmenter is not None:
+            x = augmenter(x, training=True)
+        return extractor(x, training=False)
+
+    return tf.function(forward, reduce_retracing=True)
 
 
-def extract_into(forward, dataset, store: np.ndarray) -> int:
-    """Fill `store` (often a memmap view) with features of every batch; return the rows written."""
-    row = 0
-    for x, _ in dataset:
-        feats = forward(x).numpy()
-        store[row : row + len(feats)] = feats.astype(store.dtype)
-        row += len(feats)
-    if row != len(store):
-        raise TrainingError(f"feature extraction produced {row} rows, expected {len(store)}")
-    return row
+def extract_into(forward, images: np.ndarray, store: np.ndarray, batch_size: int) -> int:
+    """Fill `store` (often a memmap) with the features of `images` (often a memmap), in order."""
+    if len(store) != len(images):
+        raise TrainingError(f"feature store holds {len(store)} rows for {len(images)} images")
+    for start in range(0, len(images), batch_size):
+        batch = np.asarray(images[start : start + batch_size], dtype=np.uint8)
+        store[start : start + len(batch)] = forward(batch).numpy().astype(store.dtype, copy=False)
+    return len(images)
 
 
 def extract_features(
-    extractor, dataset, out_path: Path, count: int, feature_shape: tuple[int, ...], dtype=np.float16
+    extractor,
+    images: np.ndarray,
+    out_path: Path,
+    feature_shape: tuple[int, ...],
+    batch_size: int,
+    dtype=np.float16,
 ) -> np.ndarray:
-    """Run the frozen extractor over `dataset` once; store its features in a memmap.
+    """Run the frozen extractor over `images` once; store its features in a memmap.
 
     float16 storage is plenty for training features (7x7x512 per image at 224 px)
     and halves their footprint; validation features are kept in float32.
     """
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    store = np.lib.format.open_memmap(out_path, mode="w+", dtype=dtype, shape=(count, *feature_shape))
-    extract_into(compile_forward(extractor), dataset, store)
+    store = np.lib.format.open_memmap(out_path, mode="w+", dtype=dtype, shape=(len(images), *feature_shape))
+    extract_into(compile_forward(extractor), images, store, batch_size)
     store.flush()
     return np.load(out_path, mmap_mode="r", allow_pickle=False)
 
 
-def feature_views_dataset(views: np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int, seed: int):
-    """Each epoch draws one of the K stored augmented views of every image."""
+def _feature_batches(gather, n: int, feature_shape, num_classes: int, batch_size: int, seed: int):
+    """Shuffled batches of (float32 features, one-hot labels), each fetched by `gather(indices)`."""
     tf = _tf()
-    k, n = views.shape[:2]
-    feature_shape = views.shape[2:]
-    rng = np.random.default_rng(seed)
-
-    def gather(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        chosen = rng.integers(0, k, size=len(idx))
-        return np.asarray(views[chosen, idx], dtype=np.float32), labels[idx].astype(np.int64)
 
     def load(idx):
         x, y = tf.numpy_function(gather, [idx], (tf.float32, tf.int64), stateful=True)
@@ -338,6 +332,114 @@ def feature_views_dataset(views: np.ndarray, labels: np.ndarray, num_classes: in
 
     ds = tf.data.Dataset.range(n).shuffle(n, seed=seed, reshuffle_each_iteration=True).batch(batch_size)
     return ds.map(load).prefetch(tf.data.AUTOTUNE).with_options(_distribute_options(tf))
+
+
+def feature_views_dataset(views: np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int, seed: int):
+    """Each epoch draws one of the K stored augmented views of every image."""
+    k, n = views.shape[:2]
+    rng = np.random.default_rng(seed)
+
+    def gather(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        chosen = rng.integers(0, k, size=len(idx))
+        return np.asarray(views[chosen, idx], dtype=np.float32), labels[idx].astype(np.int64)
+
+    return _feature_batches(gather, n, views.shape[2:], num_classes, batch_size, seed)
+
+
+class EpochFeatures:
+    """Features of a fresh augmented pass over the training images, recomputed before each epoch.
+
+    The plain per-epoch mode (augmentation, `aug_views=0`) costs one base pass per
+    image per epoch by definition. Here that pass runs alone and synchronously, at
+    the start of the epoch, with every core, exactly like the one-off extraction
+    (`forward` is `compile_forward(extractor, augmenter)`); run instead inside a
+    prefetching tf.data map it competed with the training loop for the same two
+    cores and cost ~15% more per image.
+
+    The head's dataset reads the buffer lazily, so nothing may read it ahead of
+    `refresh`. Keras opens the next epoch's iterator at the end of the previous
+    epoch, but tf.data starts reading (shuffle, map, prefetch) only at the first
+    `next()`, which comes after `on_epoch_begin`. Reads are counted all the same:
+    with `strict`, a batch read while the buffer is being rewritten, or more batches
+    in an epoch than it has, means a batch was fetched ahead for the next epoch and
+    would train on stale features; that raises rather than passing silently, should
+    Keras or tf.data ever start reading earlier.
+    """
+
+    def __init__(
+        self,
+        forward,
+        arrays: ImageArrays,
+        num_classes: int,
+        batch_size: int,
+        seed: int,
+        path: Path,
+        feature_shape: tuple[int, ...],
+        strict: bool = True,
+    ) -> None:
+        import threading
+
+        self.forward, self.arrays = forward, arrays
+        self.num_classes, self.batch_size, self.seed, self.strict = num_classes, batch_size, seed, strict
+        self.feature_shape = feature_shape
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.store = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(len(arrays), *feature_shape))
+        self.batches_per_epoch = math.ceil(len(arrays) / batch_size)
+        self.epoch: int | None = None  # whose features the buffer holds
+        self.reads = 0
+        self.refreshing = False
+        self._lock = threading.Lock()
+
+    def refresh(self, epoch: int) -> None:
+        """Recompute the buffer for `epoch` before any of its batches is read."""
+        self.check_reads()
+        with self._lock:
+            self.refreshing = True
+        extract_into(self.forward, self.arrays.images, self.store, self.batch_size)
+        with self._lock:
+            self.refreshing, self.epoch, self.reads = False, epoch, 0
+
+    def gather(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        idx = np.sort(idx)
+        with self._lock:
+            if self.refreshing:
+                self.reads = -1  # poisoned: a batch was read while the buffer was half rewritten
+            elif self.epoch is not None and self.reads >= 0:
+                self.reads += 1
+            return np.asarray(self.store[idx], dtype=np.float32), self.arrays.labels[idx].astype(np.int64)
+
+    def check_reads(self) -> None:
+        if not self.strict or self.epoch is None:
+            return  # reads before the first refresh only build the model
+        if self.reads < 0 or self.reads > self.batches_per_epoch:
+            raise TrainingError(
+                f"internal: epoch {self.epoch + 1} read training batches ahead of the feature refresh "
+                "(stale features); use --aug-views K or report this with your Keras version"
+            )
+
+    def dataset(self):
+        return _feature_batches(
+            self.gather,
+            len(self.arrays),
+            self.feature_shape,
+            self.num_classes,
+            self.batch_size,
+            self.seed,
+        )
+
+    def callback(self):
+        import keras
+
+        source = self
+
+        class RefreshFeatures(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                source.refresh(epoch)
+
+            def on_train_end(self, logs=None):
+                source.check_reads()
+
+        return RefreshFeatures()
 
 
 def _plain_feature_dataset(features: np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int):
@@ -559,9 +661,9 @@ def train(
     backup_root = run_dir / ".resume" if chief else Path(tempfile_dir())
     timings: dict[str, float] = {}
 
-    def fit(fit_model, train_ds, val_data, initial_epoch: int, epochs: int, phase: str) -> Any:
+    def fit(fit_model, train_ds, val_data, initial_epoch: int, epochs: int, phase: str, data_callbacks=()) -> Any:
         run_cb = make_run_callback(model, run_dir, state, history, monitor, chief)
-        callbacks = [run_cb, keras.callbacks.TerminateOnNaN()]
+        callbacks = [*data_callbacks, run_cb, keras.callbacks.TerminateOnNaN()]
         if config.patience:
             callbacks.append(
                 keras.callbacks.EarlyStopping(monitor=monitor, patience=config.patience, mode=_monitor_mode(monitor))
@@ -615,23 +717,22 @@ def train(
                 compile_model(head, config.lr)
             extractor = build_feature_extractor(model, precision)
             feature_shape = tuple(features_part(model).output.shape[1:])
-            val_ds = image_dataset(val_arrays, num_classes, config.batch_size, False, config.seed, overlap=False)
             # Validation runs the float32 base whatever --precision says: epochs are then
             # judged (and the best one picked) on exactly what the saved model computes.
             val_feats = extract_features(
                 features_part(model),
-                val_ds,
+                val_arrays.images,
                 cache_dir / "features-val.npy",
-                len(val_arrays),
                 feature_shape,
+                config.batch_size,
                 dtype=np.float32,
             )
             val_data = _plain_feature_dataset(val_feats, val_arrays.labels, num_classes, config.batch_size)
-            train_ds = _train_feature_source(
+            train_ds, data_callbacks = _train_feature_source(
                 config, extractor, train_arrays, num_classes, augmenter, cache_dir, feature_shape, log
             )
             timings["feature_extraction_s"] = time.perf_counter() - t0
-            fit(head, train_ds, val_data, state.completed_epochs, config.epochs, "frozen")
+            fit(head, train_ds, val_data, state.completed_epochs, config.epochs, "frozen", data_callbacks)
         else:
             with strategy.scope():
                 compile_model(model, config.lr)
@@ -713,21 +814,17 @@ def tempfile_dir() -> str:
 
 
 def _train_feature_source(config, extractor, train_arrays, num_classes, augmenter, cache_dir, feature_shape, log):
-    """Where the head's training features come from, per the configuration.
+    """Where the head's training features come from, per the configuration: (dataset, callbacks).
 
     No augmentation: one pass, once. `--aug-views K`: K augmented passes up front,
-    each epoch draws one view per image. Augmentation with K=0: the base runs inside
-    the input pipeline on fresh augmentations every epoch. (Refreshing a stored view
-    in `on_epoch_begin` instead would be ~10% faster, but Keras's TF epoch iterator
-    opens, and starts prefetching, the next epoch's iterator at the end of the
-    previous epoch, so some batches would train on last epoch's features.)
+    each epoch draws one view per image. Augmentation with K=0: one fresh augmented
+    pass before every epoch (`EpochFeatures`).
     """
-    n = len(train_arrays)
+    n, labels, batch = len(train_arrays), train_arrays.labels, config.batch_size
     if not config.augment:
-        ds = image_dataset(train_arrays, num_classes, config.batch_size, False, config.seed, overlap=False)
-        feats = extract_features(extractor, ds, cache_dir / "features-train.npy", n, feature_shape)
-        return feature_views_dataset(feats[None], train_arrays.labels, num_classes, config.batch_size, config.seed)
-    forward = compile_forward(extractor)
+        feats = extract_features(extractor, train_arrays.images, cache_dir / "features-train.npy", feature_shape, batch)
+        return feature_views_dataset(feats[None], labels, num_classes, batch, config.seed), []
+    forward = compile_forward(extractor, augmenter)
     if config.aug_views:
         cache_dir.mkdir(parents=True, exist_ok=True)
         path = cache_dir / "features-train-views.npy"
@@ -735,17 +832,24 @@ def _train_feature_source(config, extractor, train_arrays, num_classes, augmente
             path, mode="w+", dtype=np.float16, shape=(config.aug_views, n, *feature_shape)
         )
         for view in range(config.aug_views):
-            ds = image_dataset(
-                train_arrays, num_classes, config.batch_size, False, config.seed + view, augmenter, overlap=False
-            )
-            extract_into(forward, ds, views[view])
+            extract_into(forward, train_arrays.images, views[view], batch)
         views.flush()
         log(f"precomputed {config.aug_views} augmented views of {n} training images")
         stored = np.load(path, mmap_mode="r", allow_pickle=False)
-        return feature_views_dataset(stored, train_arrays.labels, num_classes, config.batch_size, config.seed)
-    tf = _tf()
-    ds = image_dataset(train_arrays, num_classes, config.batch_size, True, config.seed, augmenter)
-    return ds.map(lambda x, y: (forward(x), y)).prefetch(tf.data.AUTOTUNE)
+        return feature_views_dataset(stored, labels, num_classes, batch, config.seed), []
+    fresh = EpochFeatures(
+        forward,
+        train_arrays,
+        num_classes,
+        batch,
+        config.seed,
+        cache_dir / "features-train-epoch.npy",
+        feature_shape,
+        # The multi-worker loop opens each epoch's iterator after the callbacks itself, and its
+        # repeated, sharded dataset reads a varying number of batches per epoch.
+        strict=config.strategy != "multiworker",
+    )
+    return fresh.dataset(), [fresh.callback()]
 
 
 def _finish_run(
