@@ -204,6 +204,20 @@ def _distribute_options(tf):
     return options
 
 
+def _feature_options(tf):
+    """Options for the head's feature batches: no autotuning, no background work.
+
+    A batch of stored features is gathered in milliseconds, so prefetching gains
+    nothing, while tf.data's autotuning and prefetch threads wake up during the
+    base's forward passes and preempt one of oneDNN's two threads (here: 4-6%
+    slower passes in the plain per-epoch mode), and dropping a prefetching
+    iterator at an epoch's start stalled it for up to 3 s.
+    """
+    options = _distribute_options(tf)
+    options.autotune.enabled = False
+    return options
+
+
 def image_dataset(
     arrays: ImageArrays,
     num_classes: int,
@@ -278,6 +292,7 @@ def compile_forward(extractor, augmenter=None):
     Extraction calls it from the main thread on plain numpy batches, with no tf.data
     pipeline: the convolutions already keep every core busy, and a prefetching
     pipeline preempting one of oneDNN's threads made each pass up to 18% slower here.
+    One signature with any batch size: a last, smaller batch does not retrace it.
     """
     tf = _tf()
 
@@ -287,7 +302,8 @@ def compile_forward(extractor, augmenter=None):
             x = augmenter(x, training=True)
         return extractor(x, training=False)
 
-    return tf.function(forward, reduce_retracing=True)
+    signature = [tf.TensorSpec((None, *extractor.input.shape[1:]), tf.uint8)]
+    return tf.function(forward, input_signature=signature)
 
 
 def extract_into(forward, images: np.ndarray, store: np.ndarray, batch_size: int) -> int:
@@ -331,7 +347,7 @@ def _feature_batches(gather, n: int, feature_shape, num_classes: int, batch_size
         return x, tf.one_hot(y, num_classes)
 
     ds = tf.data.Dataset.range(n).shuffle(n, seed=seed, reshuffle_each_iteration=True).batch(batch_size)
-    return ds.map(load).prefetch(tf.data.AUTOTUNE).with_options(_distribute_options(tf))
+    return ds.map(load).with_options(_feature_options(tf))
 
 
 def feature_views_dataset(views: np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int, seed: int):
@@ -445,7 +461,7 @@ class EpochFeatures:
 def _plain_feature_dataset(features: np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int):
     tf = _tf()
     ds = tf.data.Dataset.from_tensor_slices((np.asarray(features, dtype=np.float32), np.eye(num_classes)[labels]))
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE).with_options(_distribute_options(tf))
+    return ds.batch(batch_size).with_options(_feature_options(tf))
 
 
 def balanced_class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
