@@ -156,6 +156,15 @@ def is_chief() -> bool:
     return task.get("type", "worker") == "worker" and int(task.get("index", 0)) == 0
 
 
+def worker_tag() -> str:
+    """ "type-index" of this TF_CONFIG task ("" outside multi-worker), to keep per-worker files apart."""
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return ""
+    task = json.loads(raw).get("task", {})
+    return f"{task.get('type', 'worker')}-{int(task.get('index', 0))}"
+
+
 def make_strategy(name: str):
     tf = _tf()
     if name == "mirrored":
@@ -374,8 +383,8 @@ class EpochFeatures:
 
     The head's dataset reads the buffer lazily, so nothing may read it ahead of
     `refresh`. Keras opens the next epoch's iterator at the end of the previous
-    epoch, but tf.data starts reading (shuffle, map, prefetch) only at the first
-    `next()`, which comes after `on_epoch_begin`. Reads are counted all the same:
+    epoch, but tf.data starts reading (shuffle, then map) only at the first
+    `next()`, which comes after `on_epoch_begin`; the dataset has no prefetch. Reads are counted all the same:
     with `strict`, a batch read while the buffer is being rewritten, or more batches
     in an epoch than it has, means a batch was fetched ahead for the next epoch and
     would train on stale features; that raises rather than passing silently, should
@@ -728,6 +737,9 @@ def train(
     if state.phase == "frozen":
         t0 = time.perf_counter()
         if config.cache_features:
+            # Every worker computes its own features (its own augmentations): workers sharing
+            # one --out must not write one another's feature files.
+            features_dir = cache_dir / "features" / worker_tag() if config.strategy == "multiworker" else cache_dir
             with strategy.scope():
                 head = head_part(model)
                 compile_model(head, config.lr)
@@ -738,14 +750,14 @@ def train(
             val_feats = extract_features(
                 features_part(model),
                 val_arrays.images,
-                cache_dir / "features-val.npy",
+                features_dir / "features-val.npy",
                 feature_shape,
                 config.batch_size,
                 dtype=np.float32,
             )
             val_data = _plain_feature_dataset(val_feats, val_arrays.labels, num_classes, config.batch_size)
             train_ds, data_callbacks = _train_feature_source(
-                config, extractor, train_arrays, num_classes, augmenter, cache_dir, feature_shape, log
+                config, extractor, train_arrays, num_classes, augmenter, features_dir, feature_shape, log
             )
             timings["feature_extraction_s"] = time.perf_counter() - t0
             fit(head, train_ds, val_data, state.completed_epochs, config.epochs, "frozen", data_callbacks)
