@@ -142,13 +142,17 @@ def _tf():
     return import_tensorflow()
 
 
+def _tf_config() -> dict:
+    raw = os.environ.get("TF_CONFIG")
+    return json.loads(raw) if raw else {}
+
+
 def is_chief() -> bool:
     """True unless TF_CONFIG names this process a non-chief multi-worker task."""
-    raw = os.environ.get("TF_CONFIG")
-    if not raw:
+    config = _tf_config()
+    if not config:
         return True
-    task = json.loads(raw).get("task", {})
-    cluster = json.loads(raw).get("cluster", {})
+    task, cluster = config.get("task", {}), config.get("cluster", {})
     if task.get("type") == "chief":
         return True
     if "chief" in cluster:
@@ -158,10 +162,10 @@ def is_chief() -> bool:
 
 def worker_tag() -> str:
     """ "type-index" of this TF_CONFIG task ("" outside multi-worker), to keep per-worker files apart."""
-    raw = os.environ.get("TF_CONFIG")
-    if not raw:
+    config = _tf_config()
+    if not config:
         return ""
-    task = json.loads(raw).get("task", {})
+    task = config.get("task", {})
     return f"{task.get('type', 'worker')}-{int(task.get('index', 0))}"
 
 
