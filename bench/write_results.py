@@ -19,9 +19,9 @@ def main(run_dir: Path, command: str) -> None:
         "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".",
         f"Date: {m['date']}. Command: `{command}`.",
         "",
-        f"Float32 matrix peak measured in the same run (numpy 4096x4096 sgemm): {m['fp32_matmul_peak_gflops']:.0f} GFLOP/s. "
-        f"The model costs {m['model_gflop_per_image']:.2f} GFLOP per image, so the float32 floor is "
-        f"{1000 * m['model_gflop_per_image'] / m['fp32_matmul_peak_gflops']:.0f} ms per image.",
+        f"Float32 matrix peak measured in the same run (numpy {m['fp32_matmul_size']}x{m['fp32_matmul_size']} sgemm): "
+        f"{m['fp32_matmul_peak_gflops']:.0f} GFLOP/s. The model costs {m['model_gflop_per_image']:.2f} GFLOP per "
+        f"image, so the float32 floor is {m['fp32_floor_ms']:.0f} ms per image.",
         "",
         "| backend | provider | batch | p50 ms | p90 ms | p99 ms | img/s | load s | peak MB | size MB | accuracy | vs keras "
         "| GFLOP/s | % of peak |",

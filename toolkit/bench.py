@@ -111,7 +111,10 @@ def vgg16_classifier_flops(image_size: int, num_classes: int, head: str = "flatt
     return flops + 2.0 * features * num_classes
 
 
-def measure_matmul_peak_gflops(size: int = 4096, repeats: int = 3) -> float:
+MATMUL_SIZE = 4096
+
+
+def measure_matmul_peak_gflops(size: int = MATMUL_SIZE, repeats: int = 3) -> float:
     """Float32 matrix-multiply rate of this machine (numpy sgemm), the ceiling for a dense CNN."""
     rng = np.random.default_rng(0)
     a = rng.random((size, size), dtype=np.float32)
@@ -392,6 +395,8 @@ def run_bench(
     machine["fp32_matmul_peak_gflops"] = measure_matmul_peak_gflops()
     head = json.loads((run_dir / "config.json").read_text()).get("head", "flatten") if run_dir else "flatten"
     machine["model_gflop_per_image"] = vgg16_classifier_flops(image_size, len(labels), head) / 1e9
+    machine["fp32_matmul_size"] = MATMUL_SIZE
+    machine["fp32_floor_ms"] = 1000 * machine["model_gflop_per_image"] / machine["fp32_matmul_peak_gflops"]
     for r in records:
         r.gflops = machine["model_gflop_per_image"] * r.batch / (r.p50_ms / 1000.0)
         r.percent_of_peak = 100.0 * r.gflops / machine["fp32_matmul_peak_gflops"]

@@ -434,9 +434,9 @@ def bench(
         + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
     )
     console.print(
-        f"float32 matrix peak (numpy {4096}x{4096} sgemm, this run): {m['fp32_matmul_peak_gflops']:.0f} GFLOP/s; "
-        f"model: {m['model_gflop_per_image']:.2f} GFLOP per image, so the float32 floor is "
-        f"{1000 * m['model_gflop_per_image'] / m['fp32_matmul_peak_gflops']:.0f} ms per image"
+        f"float32 matrix peak (numpy {m['fp32_matmul_size']}x{m['fp32_matmul_size']} sgemm, this run): "
+        f"{m['fp32_matmul_peak_gflops']:.0f} GFLOP/s; model: {m['model_gflop_per_image']:.2f} GFLOP per image, "
+        f"so the float32 floor is {m['fp32_floor_ms']:.0f} ms per image"
     )
     for b in batches:
         fastest, best_accurate = best_rows(report.records, b)

@@ -319,6 +319,12 @@ def compile_forward(extractor, augmenter=None):
     return tf.function(forward, input_signature=signature)
 
 
+def open_feature_store(path: Path, shape: tuple[int, ...], dtype) -> np.ndarray:
+    """A writable memmap for features, its folder created (float16 for training, float32 for validation)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+
+
 def extract_into(forward, images: np.ndarray, store: np.ndarray, batch_size: int) -> int:
     """Fill `store` (often a memmap) with the features of `images` (often a memmap), in order."""
     if len(store) != len(images):
@@ -342,8 +348,7 @@ def extract_features(
     float16 storage is plenty for training features (7x7x512 per image at 224 px)
     and halves their footprint; validation features are kept in float32.
     """
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    store = np.lib.format.open_memmap(out_path, mode="w+", dtype=dtype, shape=(len(images), *feature_shape))
+    store = open_feature_store(out_path, (len(images), *feature_shape), dtype)
     extract_into(compile_forward(extractor), images, store, batch_size)
     store.flush()
     return np.load(out_path, mmap_mode="r", allow_pickle=False)
@@ -380,10 +385,9 @@ class EpochFeatures:
 
     The plain per-epoch mode (augmentation, `aug_views=0`) costs one base pass per
     image per epoch by definition. Here that pass runs alone and synchronously, at
-    the start of the epoch, with every core, exactly like the one-off extraction
-    (`forward` is `compile_forward(extractor, augmenter)`); run instead inside a
-    prefetching tf.data map it competed with the training loop for the same two
-    cores and cost ~15% more per image.
+    the start of the epoch, exactly like the one-off extraction (`forward` is
+    `compile_forward(extractor, augmenter)`), rather than inside a tf.data map
+    competing with the training loop for the cores (see `compile_forward`).
 
     The head's dataset reads the buffer lazily, so nothing may read it ahead of
     `refresh`. Keras opens the next epoch's iterator at the end of the previous
@@ -411,8 +415,7 @@ class EpochFeatures:
         self.forward, self.arrays = forward, arrays
         self.num_classes, self.batch_size, self.seed, self.strict = num_classes, batch_size, seed, strict
         self.feature_shape = feature_shape
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.store = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(len(arrays), *feature_shape))
+        self.store = open_feature_store(path, (len(arrays), *feature_shape), np.float16)
         self.batches_per_epoch = math.ceil(len(arrays) / batch_size)
         self.epoch: int | None = None  # whose features the buffer holds
         self.reads = 0
@@ -858,11 +861,8 @@ def _train_feature_source(config, extractor, train_arrays, num_classes, augmente
         return feature_views_dataset(feats[None], labels, num_classes, batch, config.seed), []
     forward = compile_forward(extractor, augmenter)
     if config.aug_views:
-        cache_dir.mkdir(parents=True, exist_ok=True)
         path = cache_dir / "features-train-views.npy"
-        views = np.lib.format.open_memmap(
-            path, mode="w+", dtype=np.float16, shape=(config.aug_views, n, *feature_shape)
-        )
+        views = open_feature_store(path, (config.aug_views, n, *feature_shape), np.float16)
         for view in range(config.aug_views):
             extract_into(forward, train_arrays.images, views[view], batch)
         views.flush()
