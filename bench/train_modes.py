@@ -43,7 +43,7 @@ from toolkit.tf_setup import import_tensorflow
 tf = import_tensorflow()
 from toolkit.data import load_dataset
 from toolkit.model import build_classifier, features_part
-from toolkit.train import build_feature_extractor
+from toolkit.model import build_feature_extractor
 split, train, val, _ = load_dataset({data_dir!r}, {image_size})
 model, _ = build_classifier(len(split.classes), {image_size}, {weights!r})
 extractor = build_feature_extractor(model, {precision!r})

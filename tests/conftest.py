@@ -40,6 +40,7 @@ def train_config(data_dir: Path, out: Path, **overrides):
         precision="fp32",
         seed=1,
         lr=1e-3,
+        val_split=0.25,  # train/ + test/: 3 of each class's 12 training images validate, test/ stays held out
     )
     settings.update(overrides)
     return TrainConfig(**settings)
@@ -58,16 +59,28 @@ def trained_run(demo_dir, tmp_path_factory) -> Path:
 def exported_run(trained_run, tmp_path_factory) -> Path:
     """A copy of the trained run with every format exported.
 
-    The run has random base weights, so its probabilities sit near 0.5 and
-    int8 may flip near-ties: the int8 gates are relaxed explicitly here, and
-    the recorded parity values are checked by the tests instead.
+    The run has random base weights at 32 px, whose features carry almost no
+    signal, so its probabilities sit near 0.5 and int8 may flip near-ties: only
+    the int8 agreement and accuracy-drop gates are relaxed here. The float32 and
+    float16 gates run at their defaults and must pass, and int8 must still
+    reproduce the probabilities closely (checked below).
     """
     from toolkit.export import ExportOptions, export_run
     from toolkit.parity import ParityOverrides
 
     run = tmp_path_factory.mktemp("exported") / "run"
     shutil.copytree(trained_run, run)
-    options = ExportOptions(calib_images=16, overrides=ParityOverrides(min_agreement=0.0, max_accuracy_drop=1.0))
+    floats = export_run(run, ExportOptions(calib_images=16, precisions=["float32", "float16"]), log=lambda _m: None)
+    assert not floats.failed, [a["parity"]["failures"] for a in floats.failed]  # default float gates
+    relaxed = ParityOverrides(min_agreement=0.0, max_accuracy_drop=1.0)
+    options = ExportOptions(calib_images=16, precisions=["dynamic", "int8"], overrides=relaxed)
     report = export_run(run, options, log=lambda _m: None)
     assert report.manifest_path.is_file()
+    records = {(a["format"], a["precision"]): a["parity"] for a in report.manifest["artifacts"]}
+    assert len(records) == 6
+    for key, parity in records.items():
+        if key[1] in ("float32", "float16"):
+            assert parity["passed"] and parity["thresholds"]["min_agreement"] >= 0.99, (key, parity)
+        else:
+            assert parity["max_abs_diff"] < 0.05, (key, parity)  # int8 moves probabilities a little, not a lot
     return run

@@ -23,7 +23,7 @@ def _pause(marker: Path) -> None:
 def _patch_epoch_pause(marker: Path) -> None:
     import keras
 
-    import toolkit.train as t
+    import toolkit.train.fit as t
 
     class PauseMidEpoch(keras.callbacks.Callback):
         epoch = 0
@@ -81,12 +81,13 @@ def _train_args(data: str, out: str) -> list[str]:
 
 def main() -> None:
     mode, marker = sys.argv[1], Path(sys.argv[2])
-    import toolkit.train as t
+    import toolkit.run_folder as run_folder
+    import toolkit.train.fit as t
 
     if mode in ("train-epoch", "cli-train-epoch"):
         _patch_epoch_pause(marker)
     elif mode == "train-checkpoint":
-        t._improved = lambda value, best, mode: True  # every epoch checkpoints
+        t.improved = lambda value, best, mode: True  # every epoch checkpoints
         real = t.save_model_atomic
         calls = {"n": 0}
 
@@ -94,7 +95,7 @@ def main() -> None:
             calls["n"] += 1
             if calls["n"] < 2:
                 return real(model, dest)
-            with t.atomic_path(dest, suffix=".keras") as tmp:
+            with run_folder.atomic_path(dest, suffix=".keras") as tmp:
                 model.save(tmp)
                 _pause(marker)
 

@@ -56,5 +56,9 @@ def test_same_seed_same_augmentations_in_a_function_and_a_data_pipeline(tf, imag
     aug = RandomAffine(7)
     batches = [b.numpy() for b in tf.data.Dataset.from_tensor_slices(images).batch(8).map(aug)]
     assert [b.shape for b in batches] == [(8, 24, 32, 3)] * 2
+    # The same seed called as a function on the same batches draws the same transforms.
+    as_function = RandomAffine(7)
+    direct = [as_function(tf.constant(images[i : i + 8])).numpy() for i in (0, 8)]
+    np.testing.assert_allclose(np.concatenate(batches), np.concatenate(direct), atol=1e-3)
     assert not np.array_equal(np.concatenate(batches), images)
     assert float(np.concatenate(batches).min()) >= 0 and float(np.concatenate(batches).max()) <= 255

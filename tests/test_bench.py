@@ -46,9 +46,11 @@ def test_cuda_row_that_falls_back_is_labelled_cpu(exported_run, tmp_path):
     """Ask for CUDA on a machine without it: the worker reports the provider that really ran."""
     import numpy as np
 
-    from toolkit.data import discover_dataset, load_split_images
+    from toolkit.data import SplitOptions, discover_dataset, load_split_images
 
-    split = discover_dataset(json.loads((exported_run / "config.json").read_text())["data_dir"])
+    split = discover_dataset(
+        json.loads((exported_run / "config.json").read_text())["data_dir"], SplitOptions(val_split=0.25, seed=1)
+    )
     val = load_split_images(split.val, (32, 32), None)
     np.savez(tmp_path / "images.npz", images=val.images, labels=val.labels)
     target = BenchTarget(
@@ -78,7 +80,7 @@ def test_vgg16_flops_match_the_published_figure():
 
 
 def test_keras_bf16_row_where_the_cpu_supports_it(exported_run):
-    from toolkit.train import cpu_supports_bf16
+    from toolkit.hardware import cpu_supports_bf16
 
     if not cpu_supports_bf16():
         pytest.skip("needs a CPU with AVX512_BF16 or AMX (native bf16); this one has neither")

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from toolkit.cli import app
@@ -48,8 +49,14 @@ def test_predict_reports_bad_images_and_still_predicts_the_rest(exported_run, tm
     assert [line["image"] for line in lines] == [str(good[0]), str(good[1])]
     assert set(lines[0]) == {"image", "label", "score", "probabilities"}
     assert "broken.jpg" in result.stderr
-    ok = runner.invoke(app, ["predict", str(model), str(good[0].parent), "--top-k", "2"])
-    assert ok.exit_code == 0 and ok.stdout.count("benign") >= 4
+    folder = good[0].parent
+    ok = runner.invoke(app, ["predict", str(model), str(folder), "--top-k", "2"])
+    assert ok.exit_code == 0
+    rows = [line.split("\t") for line in ok.stdout.splitlines() if "\t" in line]
+    assert [Path(r[0]).name for r in rows] == sorted(p.name for p in folder.iterdir())
+    for _path, ranked in rows:
+        (first, p1), (second, p2) = [item.rsplit(" ", 1) for item in ranked.split(", ")]
+        assert {first, second} == {"benign", "malignant"} and float(p1) >= float(p2)
 
 
 def test_predict_missing_or_corrupt_model_exits_2(tmp_path):
@@ -84,7 +91,17 @@ def test_export_cli_prints_table_and_json(exported_run):
     result = runner.invoke(app, ["export", str(exported_run), "--format", "onnx", "--precision", "float32", "--json"])
     assert result.exit_code == 0, result.output
     manifest = json.loads(result.stdout)
-    assert any(a["format"] == "onnx" and a["parity"]["passed"] for a in manifest["artifacts"])
+    entry = next(a for a in manifest["artifacts"] if (a["format"], a["precision"]) == ("onnx", "float32"))
+    assert entry["parity"]["passed"]
+    table = runner.invoke(app, ["export", str(exported_run), "--format", "onnx", "--precision", "float32"])
+    assert table.exit_code == 0, table.output
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in table.stdout.splitlines() if "│ onnx" in line]
+    rows = [r for r in rows if r[1] == "float32"]
+    assert len(rows) == 1
+    fmt, precision, size, _diff, agreement, *_rest, parity = rows[0]
+    assert (fmt, precision, parity) == ("onnx", "float32", "pass")
+    assert float(size) == pytest.approx(entry["size_bytes"] / 1e6, abs=0.05) and agreement == "100.0%"
+    assert "manifest:" in table.stdout
 
 
 def test_truncated_real_models_are_one_line_errors_with_exit_2(exported_run, tmp_path):

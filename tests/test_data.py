@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from toolkit.data import discover_dataset, load_dataset, load_split_images, write_data_report
+from toolkit.data import SplitOptions, discover_dataset, load_dataset, load_split_images, write_data_report
 from toolkit.errors import DatasetError
 
 
@@ -19,28 +19,52 @@ def _jpeg(path: Path, colour=(120, 80, 60), size=(24, 24)) -> None:
     Image.new("RGB", size, colour).save(path, "JPEG")
 
 
-def _make_split(root: Path, classes=("a", "b"), val_name="test", per_class=3) -> None:
-    for split in ("train", val_name):
+def _make_split(root: Path, classes=("a", "b"), val_name="val", per_class=3, extra=()) -> None:
+    for split in ("train", val_name, *extra):
         for i, cls in enumerate(classes):
             for k in range(per_class):
                 _jpeg(root / split / cls / f"{cls}{k}.jpg", colour=(40 * i + 20, 10 * k, 90))
 
 
-@pytest.mark.parametrize("val_name", ["test", "val", "valid"])
-def test_tutorial_layout_with_any_validation_folder_name(tmp_path, val_name):
-    _make_split(tmp_path, val_name=val_name)
+@pytest.mark.parametrize("val_name", ["val", "valid", "validation"])
+def test_validation_folder_selects_and_test_folder_is_held_out(tmp_path, val_name):
+    _make_split(tmp_path, val_name=val_name, extra=("test",))
     split = discover_dataset(tmp_path)
     assert split.layout == "split-folders" and split.classes == ["a", "b"]
-    assert len(split.train) == 6 and len(split.val) == 6
+    assert len(split.train) == len(split.val) == len(split.test) == 6
+    assert all(f"/{val_name}/" in f.path for f in split.val) and all("/test/" in f.path for f in split.test)
+    assert split.val_source == f"{val_name}/"
+
+
+def test_tutorial_layout_carves_validation_from_train_and_keeps_test_held_out(tmp_path):
+    _make_split(tmp_path, val_name="test", per_class=8)
+    split = discover_dataset(tmp_path, SplitOptions(val_split=0.25, seed=3))
+    assert len(split.train) == 12 and len(split.val) == 4 and len(split.test) == 16
+    assert all("/train/" in f.path for f in split.train + split.val)
+    assert not {f.path for f in split.train} & {f.path for f in split.val}
+    assert [f.label for f in split.val].count(0) == 2  # stratified
+    tutorial = discover_dataset(tmp_path, SplitOptions(validate_on_test=True))
+    assert len(tutorial.train) == 16 and len(tutorial.val) == 16 and tutorial.test == []
+    assert all("/test/" in f.path for f in tutorial.val) and "validate-on-test" in tutorial.val_source
+
+
+def test_flat_layout_carves_test_and_validation(tmp_path):
+    for cls in ("x", "y"):
+        for k in range(20):
+            _jpeg(tmp_path / cls / f"{k}.JPG")
+    split = discover_dataset(tmp_path, SplitOptions(val_split=0.2, test_split=0.2, seed=1))
+    assert (len(split.train), len(split.val), len(split.test)) == (24, 8, 8)
+    paths = [{f.path for f in part} for part in (split.train, split.val, split.test)]
+    assert not (paths[0] & paths[1]) and not (paths[0] & paths[2]) and not (paths[1] & paths[2])
 
 
 def test_flat_layout_is_split_stratified_and_seeded(tmp_path):
     for cls in ("x", "y"):
         for k in range(10):
             _jpeg(tmp_path / cls / f"{k}.JPG")
-    one = discover_dataset(tmp_path, val_split=0.2, seed=5)
-    two = discover_dataset(tmp_path, val_split=0.2, seed=5)
-    other = discover_dataset(tmp_path, val_split=0.2, seed=6)
+    one = discover_dataset(tmp_path, SplitOptions(val_split=0.2, test_split=0.0, seed=5))
+    two = discover_dataset(tmp_path, SplitOptions(val_split=0.2, test_split=0.0, seed=5))
+    other = discover_dataset(tmp_path, SplitOptions(val_split=0.2, test_split=0.0, seed=6))
     assert one.layout == "flat"
     assert [f.label for f in one.val].count(0) == 2 and [f.label for f in one.val].count(1) == 2
     assert [f.path for f in one.val] == [f.path for f in two.val]
@@ -59,7 +83,8 @@ def test_junk_files_are_skipped_with_reasons_and_counts_add_up(tmp_path):
     good = io.BytesIO()
     Image.new("RGB", (32, 32), (1, 2, 3)).save(good, "JPEG")
     (cls / "truncated.jpg").write_bytes(good.getvalue()[:100])
-    split, train, val, report = load_dataset(tmp_path, 16)
+    data = load_dataset(tmp_path, 16)
+    train, report = data.train, data.report
     reasons = {Path(s.path).name: s.reason for s in report.skipped}
     assert set(reasons) == {".DS_Store", "Thumbs.db", "._a0.jpg", "README.md", "empty.jpg", "text.jpg", "truncated.jpg"}
     assert reasons["empty.jpg"] == "empty file" and reasons[".DS_Store"] == "hidden file"
@@ -83,7 +108,7 @@ def test_fewer_than_two_classes_is_a_dataset_error(tmp_path):
 
 def test_class_names_must_match_between_train_and_validation(tmp_path):
     _make_split(tmp_path)
-    (tmp_path / "test" / "b").rename(tmp_path / "test" / "c")
+    (tmp_path / "val" / "b").rename(tmp_path / "val" / "c")
     with pytest.raises(DatasetError, match="differ"):
         discover_dataset(tmp_path)
 

@@ -32,3 +32,26 @@ def test_multiclass_auc_is_one_vs_rest_mean():
     m = classification_metrics(probs, np.array([0, 1, 2, 1]), ["a", "b", "c"])
     assert m.sensitivity is None and len(m.auc_per_class) == 3
     assert m.auc == pytest.approx(np.mean(list(m.auc_per_class.values())))
+
+
+def test_multiworker_logs_mean_what_the_compiled_keras_metrics_mean():
+    """The loop that cannot use Keras's fit logs the numbers Keras would, under the same names."""
+    import keras
+
+    from toolkit.metrics import keras_style_logs
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(40, 3))
+    probs = (np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)).astype(np.float32)
+    onehot = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 40)]
+    ours = keras_style_logs(probs, onehot, prefix="val_")
+    for name, metric in (
+        ("accuracy", keras.metrics.CategoricalAccuracy()),
+        ("precision", keras.metrics.Precision()),
+        ("recall", keras.metrics.Recall()),
+        ("auc", keras.metrics.AUC(num_thresholds=2000)),
+    ):
+        metric.update_state(onehot, probs)
+        assert ours[f"val_{name}"] == pytest.approx(float(metric.result()), abs=2e-3), name
+    loss = float(keras.losses.CategoricalCrossentropy()(onehot, probs))
+    assert ours["val_loss"] == pytest.approx(loss, rel=1e-4)

@@ -45,11 +45,11 @@ def test_predictions_agree_with_the_parity_record(exported_run, name):
 
 
 def test_runtime_and_training_pipeline_see_identical_pixels(exported_run):
-    from toolkit.data import discover_dataset, load_split_images
+    from toolkit.data import SplitOptions, discover_dataset, load_split_images
     from toolkit.runtime import load
 
     config = json.loads((exported_run / "config.json").read_text())
-    split = discover_dataset(config["data_dir"])
+    split = discover_dataset(config["data_dir"], SplitOptions(val_split=0.25, seed=1))
     train_pixels = load_split_images(split.val, (32, 32), cache_dir=None)
     clf = load(exported_run / "export" / "model_float32.onnx")
     for path, pixels in zip(train_pixels.paths, train_pixels.images):
@@ -133,6 +133,42 @@ def _predict_from_threads(clf, images, n_threads=6):
     for t in threads:
         t.join()
     return errors, results
+
+
+def test_cuda_listed_but_not_running_is_refused_not_silently_on_cpu(exported_run, monkeypatch):
+    """onnxruntime-gpu lists CUDA, but the session fell back to CPU (no driver, missing cuDNN)."""
+    import onnxruntime as ort
+
+    from toolkit.runtime import load
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    real_session = ort.InferenceSession
+
+    class FellBackToCpu(real_session):
+        def __init__(self, source, sess_options=None, providers=None, **kwargs):
+            assert providers == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+            super().__init__(source, sess_options=sess_options, providers=["CPUExecutionProvider"], **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", FellBackToCpu)
+    with pytest.raises(DeviceError, match="runs CPUExecutionProvider"):
+        load(exported_run / "export" / "model_float32.onnx", device="cuda")
+    clf = load(exported_run / "export" / "model_float32.onnx", device="auto")
+    assert clf.provider == "cpu"  # auto reports what really runs
+
+
+def test_loading_a_tflite_model_leaves_the_hosts_file_descriptors_alone(exported_run, monkeypatch):
+    import os
+
+    from toolkit.runtime import load
+
+    def refuse(*_args):
+        raise AssertionError("the runtime redirected a file descriptor")
+
+    with monkeypatch.context() as patched:  # undone before pytest restores its own captured descriptors
+        patched.setattr(os, "dup2", refuse)
+        patched.setattr(os, "dup", refuse)
+        for name in ("model_int8.tflite", "model_float32.onnx"):
+            load(exported_run / "export" / name).predict(_val_images(exported_run)[0])
 
 
 def test_classifier_is_thread_safe(exported_run):
@@ -276,11 +312,67 @@ def test_external_data_reader_matches_onnx_on_exported_models(exported_run):
         assert external_data_locations((exported_run / "export" / name).read_bytes()) == []
 
 
-def test_one_classifier_shared_by_8_threads_matches_sequential_answers(exported_run):
-    """2,000 predictions from 8 threads at once: the sequential answers, no error, bounded memory."""
+def _external(name: str, location: str):
+    from onnx import TensorProto, numpy_helper
+
+    tensor = numpy_helper.from_array(np.ones(2, np.float32), name)
+    tensor.data_location = TensorProto.EXTERNAL
+    tensor.ClearField("raw_data")
+    entry = tensor.external_data.add()
+    entry.key, entry.value = "location", location
+    return tensor
+
+
+def test_external_data_reader_walks_subgraphs_functions_and_sparse_tensors():
+    """Every place a tensor can hide: initializers, If branches, Constant attributes in local functions."""
+    from onnx import TensorProto, helper
+
+    from toolkit.runtime.onnx_external import external_data_locations
+
+    branch = lambda name, loc: helper.make_graph(  # noqa: E731
+        [helper.make_node("Identity", [f"{name}_w"], [f"{name}_out"])],
+        name,
+        [],
+        [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, [2])],
+        initializer=[_external(f"{name}_w", loc)],
+    )
+    nested_if = helper.make_node(
+        "If", ["cond"], ["deep_out"], then_branch=branch("deep", "deep.bin"), else_branch=branch("deep2", "deep2.bin")
+    )
+    then_graph = helper.make_graph(
+        [nested_if], "then", [], [helper.make_tensor_value_info("deep_out", TensorProto.FLOAT, [2])]
+    )
+    if_node = helper.make_node("If", ["cond"], ["y"], then_branch=then_graph, else_branch=branch("other", "else.bin"))
+    function = helper.make_function(
+        "local",
+        "F",
+        [],
+        ["c"],
+        [helper.make_node("Constant", [], ["c"], value=_external("const", "function.bin"))],
+        [helper.make_opsetid("", 13)],
+    )
+    graph = helper.make_graph(
+        [if_node, helper.make_node("F", [], ["z"], domain="local")],
+        "main",
+        [helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+        initializer=[_external("top", "top.bin")],
+    )
+    model = helper.make_model(
+        graph,
+        functions=[function],
+        opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("local", 1)],
+    )
+    found = sorted(external_data_locations(model.SerializeToString()))
+    assert found == ["deep.bin", "deep2.bin", "else.bin", "function.bin", "top.bin"]
+
+
+@pytest.mark.parametrize("name", ["model_int8.tflite", "model_int8.onnx"])
+def test_one_classifier_shared_by_8_threads_matches_sequential_answers(exported_run, name):
+    """2,000 predictions from 8 threads at once: exactly the sequential answers, no error, bounded memory."""
     from toolkit.runtime import load
 
-    clf = load(exported_run / "export" / "model_int8.tflite")
+    clf = load(exported_run / "export" / name, threads=1)
     rng = np.random.default_rng(0)
     base = np.stack([clf.preprocess(p) for p in _val_images(exported_run)])
     images = np.clip(
@@ -308,7 +400,7 @@ def test_one_classifier_shared_by_8_threads_matches_sequential_answers(exported_
         t.join()
     assert not errors
     for k in range(8):
-        np.testing.assert_array_equal(results[k], expected[k::8])
+        np.testing.assert_array_equal(results[k], expected[k::8])  # bit for bit
     assert rss_mb() - before < 300
 
 

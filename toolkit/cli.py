@@ -7,17 +7,15 @@ and are printed here, once, as a single line.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
-import os
 from pathlib import Path
 from typing import Annotated
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before any TensorFlow import
-
 import typer
 
-from toolkit.errors import ParityError, ToolkitError
+from toolkit.errors import BenchError, ParityError, ToolkitError
 
 app = typer.Typer(
     add_completion=False,
@@ -85,7 +83,20 @@ def train(
     batch_size: Annotated[int, typer.Option()] = 32,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
     seed: Annotated[int, typer.Option(help="Seeded runs are repeatable.")] = 0,
-    val_split: Annotated[float, typer.Option(help="Validation share for a flat DATA_DIR/<class>/ folder.")] = 0.2,
+    val_split: Annotated[
+        float, typer.Option(help="Validation share carved from train/ (or from a flat DATA_DIR/<class>/).")
+    ] = 0.15,
+    test_split: Annotated[float, typer.Option(help="Held-out test share of a flat DATA_DIR/<class>/ folder.")] = 0.15,
+    validate_on_test: Annotated[
+        bool, typer.Option(help="train/ + test/ only: validate on test/ as the Keras tutorial does (no held-out test).")
+    ] = False,
+    positive_class: Annotated[
+        str | None, typer.Option(help="Two classes: the finding (AUC, sensitivity, threshold are for it).")
+    ] = None,
+    operating_point: Annotated[
+        str | None,
+        typer.Option(help="Two classes: sensitivity=S, specificity=S or threshold=T, chosen on validation."),
+    ] = None,
     augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Random flip, shift, zoom, rotation.")] = True,
     aug_views: Annotated[int, typer.Option(help="Precompute K augmented views per image (0: fresh every epoch).")] = 0,
     cache_features: Annotated[
@@ -114,40 +125,20 @@ def train(
     quiet: Annotated[bool, typer.Option(help="No per-epoch progress bars.")] = False,
 ) -> None:
     """Train a classifier on a frozen ImageNet VGG16 base plus a small new head."""
-    from toolkit.train import TrainConfig, configure_tensorflow_logging
+    from toolkit.tf_setup import import_tensorflow
+
+    import_tensorflow()
+    from toolkit.train import TrainConfig
     from toolkit.train import train as run_training
 
-    configure_tensorflow_logging()
     if out is None:
         if resume:
             raise ToolkitError("--resume needs --out RUN_DIR")
         import datetime
 
         out = Path("models") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    config = TrainConfig(
-        data_dir=str(data_dir),
-        out=str(out),
-        image_size=image_size,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        val_split=val_split,
-        augment=augment,
-        aug_views=aug_views,
-        cache_features=cache_features,
-        precision=precision,
-        head=head,
-        weights=weights,
-        allow_random_weights=allow_random_weights,
-        monitor=monitor,
-        patience=patience,
-        class_weight=class_weight,
-        fine_tune_epochs=fine_tune_epochs,
-        fine_tune_lr=fine_tune_lr,
-        strategy=strategy,
-        cache_dir=str(cache_dir) if cache_dir else None,
-    )
+    given = dict(locals(), data_dir=str(data_dir), out=str(out), cache_dir=str(cache_dir) if cache_dir else None)
+    config = TrainConfig(**{f.name: given[f.name] for f in dataclasses.fields(TrainConfig) if f.name in given})
     result = run_training(config, resume=resume, log=typer.echo, verbose=0 if quiet else 1)
     typer.echo("")
     if result.val_accuracy != result.val_accuracy:  # NaN: a non-chief multi-worker task
@@ -156,34 +147,19 @@ def train(
     typer.echo(f"best epoch {result.best_epoch} ({result.monitor} {result.best_value:.4f})")
     auc = f"{result.val_auc:.3f}" if result.val_auc is not None else "n/a"
     typer.echo(f"validation accuracy {result.val_accuracy:.3f}, AUC {auc} (best model)")
+    if result.test_accuracy is not None:
+        typer.echo(f"test accuracy {result.test_accuracy:.3f} (held out, evaluated once; see metrics.json)")
+    if result.decision is not None:
+        d = result.decision
+        typer.echo(
+            f"decision: {d.positive_class} when its probability >= {d.threshold:.4g} ({d.criterion or 'default'})"
+        )
     typer.echo(
         f"weights: {result.weights_source}; mode: {result.mode}; precision: {result.precision}; {result.seconds:.0f} s"
     )
     for warning in result.warnings:
         typer.secho(warning, fg=typer.colors.YELLOW, err=True)
     typer.echo(f"run folder: {result.run_dir} (best.keras, run.json, metrics.json, curves.png, confusion.png)")
-
-
-def _print_export_table(manifest: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="exports (parity against the Keras model)")
-    for column in ("format", "precision", "size (MB)", "max diff", "agreement", "accuracy", "keras acc", "parity"):
-        table.add_column(column, justify="right" if column not in ("format", "precision") else "left")
-    for a in manifest.get("artifacts", []):
-        p = a["parity"]
-        table.add_row(
-            a["format"],
-            a["precision"],
-            f"{a['size_bytes'] / 1e6:.1f}",
-            f"{p['max_abs_diff']:.1e}",
-            f"{p['top1_agreement']:.1%}",
-            f"{p['accuracy']:.1%}",
-            f"{p['reference_accuracy']:.1%}",
-            "[green]pass[/green]" if p["passed"] else "[red]FAIL[/red]",
-        )
-    Console(width=max(Console().width, 110)).print(table)
 
 
 @app.command()
@@ -209,6 +185,7 @@ def export(
     from toolkit.tf_setup import import_tensorflow
 
     import_tensorflow()
+    from toolkit.console import print_export_table
     from toolkit.export import ExportOptions, export_run, parity_failure_message
     from toolkit.parity import ParityOverrides
 
@@ -226,33 +203,10 @@ def export(
     if json_output:
         _echo_json(report.manifest)
     else:
-        _print_export_table(report.manifest)
+        print_export_table(report.manifest)
         typer.echo(f"manifest: {report.manifest_path}")
     if report.failed:
         raise ParityError(parity_failure_message(report.failed))
-
-
-def _collect_images(inputs: list[Path]) -> tuple[list[Path], list[str]]:
-    from toolkit.imaging import image_extensions
-
-    extensions = image_extensions()
-    images: list[Path] = []
-    problems: list[str] = []
-    for item in inputs:
-        if item.is_dir():
-            found = sorted(
-                p
-                for p in item.rglob("*")
-                if p.is_file() and p.suffix.lower() in extensions and not p.name.startswith(".")
-            )
-            if not found:
-                problems.append(f"{item}: no image files in folder")
-            images += found
-        elif item.exists():
-            images.append(item)
-        else:
-            problems.append(f"{item}: file not found")
-    return images, problems
 
 
 @app.command()
@@ -276,18 +230,21 @@ def predict(
 ) -> None:
     """Classify images with an exported model (no TensorFlow needed for .onnx/.tflite)."""
     from toolkit.errors import DatasetError
+    from toolkit.imaging import collect_images
+    from toolkit.quiet import silenced
     from toolkit.runtime import load
 
-    classifier = load(
-        model,
-        device=device,
-        threads=threads,
-        labels=labels.split(",") if labels else None,
-        pixel_scale=pixel_scale,
-        verify=verify,
-        allow_external_data=allow_external_data,
-    )
-    paths, problems = _collect_images(images)
+    with silenced((2,)):  # LiteRT and TensorFlow announce themselves on stderr
+        classifier = load(
+            model,
+            device=device,
+            threads=threads,
+            labels=labels.split(",") if labels else None,
+            pixel_scale=pixel_scale,
+            verify=verify,
+            allow_external_data=allow_external_data,
+        )
+    paths, problems = collect_images(images)
     for problem in problems:
         typer.echo(f"error: {problem}", err=True)
     failed = len(problems)
@@ -355,22 +312,18 @@ def evaluate(
 
         import_tensorflow()
     from toolkit.evaluate import evaluate_model, format_metrics
+    from toolkit.quiet import silenced
+    from toolkit.runtime import load
 
-    result = evaluate_model(
-        model,
-        data_dir,
-        out,
-        device=device,
-        threads=threads,
-        batch_size=batch_size,
-        verify=verify,
-        allow_external_data=allow_external_data,
-    )
+    with silenced((2,)):  # LiteRT and TensorFlow announce themselves on stderr
+        classifier = load(model, device=device, threads=threads, verify=verify, allow_external_data=allow_external_data)
+    result = evaluate_model(classifier, data_dir, out, batch_size=batch_size)
     typer.echo(format_metrics(result.metrics))
     if result.skipped:
         typer.echo(f"{len(result.skipped)} files skipped (unreadable or not images)", err=True)
     if out:
-        typer.echo(f"wrote {out / 'metrics.json'} and {out / 'confusion.png'}")
+        plots = "confusion.png" + (", roc.png" if classifier.decision or len(classifier.labels) == 2 else "")
+        typer.echo(f"wrote {out / 'metrics.json'}, {plots} into {out}")
 
 
 @app.command()
@@ -395,9 +348,9 @@ def bench(
     """Latency, throughput, memory, size and accuracy of every format, side by side."""
     from rich.console import Console
     from rich.progress import Progress
-    from rich.table import Table
 
-    from toolkit.bench import BenchError, BenchOptions, best_rows, run_bench
+    from toolkit.bench import BenchOptions, run_bench
+    from toolkit.console import print_bench_report
 
     try:
         batches = tuple(int(b) for b in batch.split(",") if b.strip())
@@ -428,62 +381,7 @@ def bench(
             bar.update(task, total=total, completed=index, description=f"benchmarking {name}")
 
         report = run_bench(run_dir, files, options, progress)
-    m = report.machine
-    console.print(
-        f"{m['cpu']}, {m['cores']} cores, {m['threads']} threads, GPU: {m['gpu'] or 'none'}; "
-        + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
-    )
-    console.print(
-        f"float32 matrix peak (numpy {m['fp32_matmul_size']}x{m['fp32_matmul_size']} sgemm, this run): "
-        f"{m['fp32_matmul_peak_gflops']:.0f} GFLOP/s; model: {m['model_gflop_per_image']:.2f} GFLOP per image, "
-        f"so the float32 floor is {m['fp32_floor_ms']:.0f} ms per image"
-    )
-    for b in batches:
-        fastest, best_accurate = best_rows(report.records, b)
-        table = Table(title=f"batch {b}")
-        for column in (
-            "backend",
-            "provider",
-            "p50 ms",
-            "p90 ms",
-            "p99 ms",
-            "img/s",
-            "load s",
-            "peak MB",
-            "size MB",
-            "accuracy",
-            "vs keras",
-            "GFLOP/s",
-            "% peak",
-        ):
-            table.add_column(column, justify="left" if column in ("backend", "provider") else "right")
-        for r in (r for r in report.records if r.batch == b):
-            provider = (
-                r.provider
-                if r.requested_device == r.provider
-                else f"{r.provider} (asked {r.requested_device}; fell back)"
-            )
-            style = "bold green" if r is fastest else "bold cyan" if r is best_accurate else None
-            table.add_row(
-                r.name,
-                provider,
-                f"{r.p50_ms:.1f}",
-                f"{r.p90_ms:.1f}",
-                f"{r.p99_ms:.1f}",
-                f"{r.throughput_ips:.1f}",
-                f"{r.load_s:.2f}",
-                f"{r.peak_rss_mb:.0f}",
-                f"{r.size_mb:.1f}",
-                "n/a" if r.accuracy is None else f"{r.accuracy:.1%}",
-                "" if r.speedup_vs_keras is None else f"{r.speedup_vs_keras:.2f}x",
-                f"{r.gflops:.0f}",
-                f"{r.percent_of_peak:.0f}%",
-                style=style,
-            )
-        console.print(table)
-    console.print("[bold green]green[/]: fastest; [bold cyan]cyan[/]: fastest within 1 point of the best accuracy")
-    if report.out_dir:
-        console.print(f"wrote {report.out_dir}/bench.json, bench.csv, bench.png")
+    print_bench_report(console, report, batches)
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Image-folder data sets: discovery, robust decoding, and a decoded-pixel cache.
+"""Image-folder data sets: discovery, splits (train / validation / held-out test) and the data report.
 
 Real folders hold junk (Thumbs.db, AppleDouble files, truncated uploads), so
 every file goes through the shared decoder once; what cannot be used is skipped
@@ -10,8 +10,6 @@ file list, sizes and mtimes, so epochs (and resumed runs) never decode again.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,12 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.errors import DatasetError
-from toolkit.fileio import atomic_path, write_json_atomic
-from toolkit.imaging import image_extensions, load_image_array
+from toolkit.fileio import write_json_atomic
+from toolkit.image_cache import ImageArrays, SkippedFile, decode_all, load_split_images
+from toolkit.imaging import image_extensions
 
-VAL_DIR_NAMES = ("test", "val", "valid", "validation")
+VAL_DIR_NAMES = ("val", "valid", "validation")
+TEST_DIR_NAME = "test"
 IGNORED_NAMES = frozenset({"thumbs.db", "desktop.ini", "ehthumbs.db"})
-CACHE_FORMAT_VERSION = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,15 +32,13 @@ class LabelledFile:
     label: int
 
 
-@dataclasses.dataclass(frozen=True)
-class SkippedFile:
-    path: str
-    reason: str
-
-
 @dataclasses.dataclass
 class DatasetSplit:
-    """The files of a data set, split into training and validation."""
+    """The files of a data set, split into training, validation and (when there is one) test.
+
+    Validation selects (epochs, thresholds); test is held out and evaluated once.
+    `val_source` says where validation came from, for run.json.
+    """
 
     root: str
     classes: list[str]
@@ -50,19 +47,18 @@ class DatasetSplit:
     val: list[LabelledFile]
     skipped: list[SkippedFile]
     val_dir: str | None = None
+    test: list[LabelledFile] = dataclasses.field(default_factory=list)
+    val_source: str = ""
 
 
-@dataclasses.dataclass
-class ImageArrays:
-    """Decoded images of one split: uint8 NxHxWx3 (often a read-only memmap) and labels."""
+@dataclasses.dataclass(frozen=True)
+class SplitOptions:
+    """How to split: validation and test shares where they are carved, and the tutorial's choice."""
 
-    images: np.ndarray
-    labels: np.ndarray
-    paths: list[str]
-    skipped: list[SkippedFile]
-
-    def __len__(self) -> int:
-        return len(self.labels)
+    val_split: float = 0.15
+    test_split: float = 0.15
+    seed: int = 0
+    validate_on_test: bool = False
 
 
 def _is_candidate(path: Path, extensions: frozenset[str]) -> str | None:
@@ -108,6 +104,19 @@ def _find_val_dir(root: Path) -> Path | None:
     return None
 
 
+def _scan_folders(root: Path, folder: Path, classes: list[str], skipped: list[SkippedFile]) -> list[LabelledFile]:
+    """The files of `folder/<class>/`, checking that it has the same class folders as train/."""
+    found = [p.name for p in _class_dirs(folder)]
+    if found != classes:
+        raise DatasetError(f"class folders differ between train/ {classes} and {folder.name}/ {found}")
+    files: list[LabelledFile] = []
+    for label, name in enumerate(classes):
+        got, skip = _scan_class_dir(folder / name, label, root)
+        files += got
+        skipped += skip
+    return files
+
+
 def _stratified_split(
     files: list[LabelledFile], val_split: float, seed: int
 ) -> tuple[list[LabelledFile], list[LabelledFile]]:
@@ -125,153 +134,95 @@ def _stratified_split(
     return train, val
 
 
-def discover_dataset(data_dir: str | os.PathLike[str], val_split: float = 0.2, seed: int = 0) -> DatasetSplit:
-    """Find classes and files in either supported layout.
+def stratified_sample(labels: np.ndarray, count: int | None, seed: int) -> np.ndarray:
+    """Indices of a seeded sample of `count` items with every class in proportion (all of them for None).
 
-    `DATA_DIR/train/<class>/` with `test/`, `val/` or `valid/` beside it (the
-    Keras tutorial's layout), or a flat `DATA_DIR/<class>/` split here,
-    stratified and seeded.
+    Splits are stored sorted by class, so "the first N" would check one class only.
+    """
+    labels = np.asarray(labels)
+    if count is None or count >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = np.floor(counts * count / len(labels)).astype(int)
+    leftover = count - int(quota.sum())
+    quota[np.argsort(-(counts * count / len(labels) - quota), kind="stable")[:leftover]] += 1
+    chosen = [rng.choice(np.flatnonzero(labels == c), size=q, replace=False) for c, q in zip(classes, quota)]
+    return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
+
+
+def _split_folders(root: Path, options: SplitOptions) -> DatasetSplit:
+    """`train/` with `val/` and/or `test/` beside it (or neither: validation carved from train)."""
+    train_dir, val_dir, test_dir = root / "train", _find_val_dir(root), root / TEST_DIR_NAME
+    classes = [p.name for p in _class_dirs(train_dir)]
+    _require_two_classes(classes, train_dir)
+    skipped: list[SkippedFile] = []
+    train = _scan_folders(root, train_dir, classes, skipped)
+    test = _scan_folders(root, test_dir, classes, skipped) if test_dir.is_dir() else []
+    if val_dir is not None:
+        val, source = _scan_folders(root, val_dir, classes, skipped), f"{val_dir.name}/"
+    elif test and options.validate_on_test:
+        val, test, source = test, [], "test/ (--validate-on-test: the tutorial's choice, no held-out test)"
+    else:
+        _check_share("--val-split", options.val_split)
+        train, val = _stratified_split(train, options.val_split, options.seed)
+        source = f"{options.val_split:.0%} of train/, stratified, seed {options.seed}"
+    split = DatasetSplit(str(root), classes, "split-folders", train, val, skipped, val_dir.name if val_dir else None)
+    split.test, split.val_source = test, source
+    return split
+
+
+def _flat(root: Path, options: SplitOptions) -> DatasetSplit:
+    """`DATA_DIR/<class>/`: test, then validation, carved stratified and seeded."""
+    _check_share("--val-split", options.val_split)
+    if not 0.0 <= options.test_split < 1.0 or options.val_split + options.test_split >= 1.0:
+        raise DatasetError("--test-split must be in 0..1 and leave room for training beside --val-split")
+    classes = [p.name for p in _class_dirs(root)]
+    _require_two_classes(classes, root)
+    everything: list[LabelledFile] = []
+    skipped: list[SkippedFile] = []
+    for label, name in enumerate(classes):
+        files, skip = _scan_class_dir(root / name, label, root)
+        everything += files
+        skipped += skip
+    test: list[LabelledFile] = []
+    if options.test_split > 0:
+        everything, test = _stratified_split(everything, options.test_split, options.seed)
+    share = options.val_split / (1.0 - options.test_split)  # of what is left after the test split
+    train, val = _stratified_split(everything, share, options.seed + 1)
+    split = DatasetSplit(str(root), classes, "flat", train, val, skipped)
+    split.test = test
+    split.val_source = f"{options.val_split:.0%} of the images, stratified, seed {options.seed}"
+    return split
+
+
+def _check_share(flag: str, value: float) -> None:
+    if not 0.0 < value < 1.0:
+        raise DatasetError(f"{flag} must be between 0 and 1, got {value}")
+
+
+def discover_dataset(data_dir: str | os.PathLike[str], options: SplitOptions = SplitOptions()) -> DatasetSplit:
+    """Find classes and files, split into train, validation and test.
+
+    * `train/` + `val/` (or `valid/`, `validation/`) [+ `test/`]: validation selects, test is held out;
+    * `train/` + `test/`: validation is carved from train (`val_split`), test held out; with
+      `validate_on_test` the tutorial's behaviour (validate on test/, no held-out test);
+    * flat `DATA_DIR/<class>/`: test and validation carved by `test_split` and `val_split`.
     """
     root = Path(data_dir)
     if not root.exists():
         raise DatasetError(f"data folder not found: {root}")
     if not root.is_dir():
         raise DatasetError(f"not a folder: {root}")
-    train_dir = root / "train"
-    skipped: list[SkippedFile] = []
-    if train_dir.is_dir():
-        val_dir = _find_val_dir(root)
-        if val_dir is None:
-            raise DatasetError(f"{root} has train/ but no test/, val/ or valid/ folder beside it")
-        train_classes = [p.name for p in _class_dirs(train_dir)]
-        val_classes = [p.name for p in _class_dirs(val_dir)]
-        if train_classes != val_classes:
-            raise DatasetError(f"class folders differ between train/ {train_classes} and {val_dir.name}/ {val_classes}")
-        classes = train_classes
-        _require_two_classes(classes, train_dir)
-        train: list[LabelledFile] = []
-        val: list[LabelledFile] = []
-        for label, name in enumerate(classes):
-            files, skip = _scan_class_dir(train_dir / name, label, root)
-            train += files
-            skipped += skip
-            files, skip = _scan_class_dir(val_dir / name, label, root)
-            val += files
-            skipped += skip
-        return DatasetSplit(str(root), classes, "split-folders", train, val, skipped, val_dir.name)
-    if not 0.0 < val_split < 1.0:
-        raise DatasetError(f"--val-split must be between 0 and 1 for a flat folder, got {val_split}")
-    classes = [p.name for p in _class_dirs(root)]
-    _require_two_classes(classes, root)
-    everything: list[LabelledFile] = []
-    for label, name in enumerate(classes):
-        files, skip = _scan_class_dir(root / name, label, root)
-        everything += files
-        skipped += skip
-    train, val = _stratified_split(everything, val_split, seed)
-    return DatasetSplit(str(root), classes, "flat", train, val, skipped)
+    if (root / "train").is_dir():
+        return _split_folders(root, options)
+    return _flat(root, options)
 
 
 def _require_two_classes(classes: list[str], folder: Path) -> None:
     if len(classes) < 2:
         found = ", ".join(classes) or "none"
         raise DatasetError(f"need at least two class folders in {folder}, found {len(classes)} ({found})")
-
-
-def _cache_key(files: Sequence[LabelledFile], size: tuple[int, int]) -> str:
-    digest = hashlib.sha256()
-    digest.update(json.dumps([CACHE_FORMAT_VERSION, list(size)]).encode())
-    for f in files:
-        st = os.stat(f.path)
-        digest.update(json.dumps([f.path, f.label, st.st_size, st.st_mtime_ns]).encode())
-    return digest.hexdigest()[:24]
-
-
-def load_split_images(
-    files: Sequence[LabelledFile],
-    size: tuple[int, int],
-    cache_dir: str | os.PathLike[str] | None,
-    root: str | os.PathLike[str] | None = None,
-    progress: bool = False,
-) -> ImageArrays:
-    """Decode and resize `files` once, through the on-disk cache when given."""
-    key = _cache_key(files, size)
-    if cache_dir is not None:
-        cached = _read_cache(Path(cache_dir), key)
-        if cached is not None:
-            return cached
-    arrays = _decode_all(files, size, root, progress)
-    if cache_dir is not None:
-        return _write_cache(Path(cache_dir), key, arrays)
-    return arrays
-
-
-def _relative(path: str, root: str | os.PathLike[str] | None) -> str:
-    if root is None:
-        return path
-    try:
-        return str(Path(path).relative_to(root))
-    except ValueError:
-        return path
-
-
-def _decode_all(
-    files: Sequence[LabelledFile], size: tuple[int, int], root: str | os.PathLike[str] | None, progress: bool
-) -> ImageArrays:
-    images = np.empty((len(files), size[0], size[1], 3), dtype=np.uint8)
-    kept = 0
-    labels: list[int] = []
-    paths: list[str] = []
-    skipped: list[SkippedFile] = []
-    iterator = files
-    if progress and len(files) > 50:
-        from rich.progress import track
-
-        iterator = track(files, description="decoding images", transient=True)
-    for f in iterator:
-        try:
-            images[kept] = load_image_array(f.path, size)
-        except DatasetError as exc:
-            skipped.append(SkippedFile(_relative(f.path, root), str(exc)))
-            continue
-        labels.append(f.label)
-        paths.append(f.path)
-        kept += 1
-    return ImageArrays(images[:kept], np.asarray(labels, dtype=np.int64), paths, skipped)
-
-
-def _read_cache(cache_dir: Path, key: str) -> ImageArrays | None:
-    meta_path = cache_dir / f"images-{key}.json"
-    data_path = cache_dir / f"images-{key}.npy"
-    if not (meta_path.is_file() and data_path.is_file()):
-        return None
-    try:
-        meta = json.loads(meta_path.read_text())
-        images = np.load(data_path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError):
-        return None  # a damaged cache is rebuilt, never trusted
-    if images.shape[0] != len(meta["labels"]):
-        return None
-    return ImageArrays(
-        images,
-        np.asarray(meta["labels"], dtype=np.int64),
-        meta["paths"],
-        [SkippedFile(**s) for s in meta["skipped"]],
-    )
-
-
-def _write_cache(cache_dir: Path, key: str, arrays: ImageArrays) -> ImageArrays:
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    data_path = cache_dir / f"images-{key}.npy"
-    with atomic_path(data_path) as tmp:
-        np.save(tmp, np.ascontiguousarray(arrays.images), allow_pickle=False)
-    meta = {
-        "labels": arrays.labels.tolist(),
-        "paths": arrays.paths,
-        "skipped": [dataclasses.asdict(s) for s in arrays.skipped],
-    }
-    write_json_atomic(cache_dir / f"images-{key}.json", meta)  # written last: marks the cache complete
-    return dataclasses.replace(arrays, images=np.load(data_path, mmap_mode="r", allow_pickle=False))
 
 
 def require_images_per_class(split: DatasetSplit, name: str, arrays: ImageArrays, folder_hint: str) -> None:
@@ -290,40 +241,56 @@ class DataReport:
     counts: dict[str, dict[str, int]]
     skipped: list[SkippedFile]
     scanned: int
+    val_source: str = ""
 
     @property
     def used(self) -> int:
         return sum(sum(c.values()) for c in self.counts.values())
 
 
-def build_data_report(split: DatasetSplit, train: ImageArrays, val: ImageArrays) -> DataReport:
+@dataclasses.dataclass
+class LoadedDataset:
+    """A data set decoded for training: the splits' pixels (test None without a test split) and the report."""
+
+    split: DatasetSplit
+    train: ImageArrays
+    val: ImageArrays
+    test: ImageArrays | None
+    report: DataReport
+
+    @property
+    def classes(self) -> list[str]:
+        return self.split.classes
+
+
+def build_data_report(split: DatasetSplit, arrays: dict[str, ImageArrays]) -> DataReport:
     counts = {
-        name: {cls: int((arr.labels == i).sum()) for i, cls in enumerate(split.classes)}
-        for name, arr in (("train", train), ("val", val))
+        name: {cls: int((arr.labels == i).sum()) for i, cls in enumerate(split.classes)} for name, arr in arrays.items()
     }
-    skipped = list(split.skipped) + list(train.skipped) + list(val.skipped)
-    scanned = len(split.skipped) + len(split.train) + len(split.val)
-    return DataReport(split.root, split.layout, split.classes, counts, skipped, scanned)
+    skipped = list(split.skipped) + [s for arr in arrays.values() for s in arr.skipped]
+    scanned = len(split.skipped) + len(split.train) + len(split.val) + len(split.test)
+    return DataReport(split.root, split.layout, split.classes, counts, skipped, scanned, split.val_source)
 
 
 def load_dataset(
     data_dir: str | os.PathLike[str],
     image_size: int,
-    val_split: float = 0.2,
-    seed: int = 0,
+    options: SplitOptions = SplitOptions(),
     cache_dir: str | os.PathLike[str] | None = None,
     progress: bool = False,
-) -> tuple[DatasetSplit, ImageArrays, ImageArrays, DataReport]:
+) -> LoadedDataset:
     """Discover, decode (once, cached) and check a data set for training."""
-    split = discover_dataset(data_dir, val_split, seed)
+    split = discover_dataset(data_dir, options)
     size = (image_size, image_size)
-    train = load_split_images(split.train, size, cache_dir, split.root, progress)
-    val = load_split_images(split.val, size, cache_dir, split.root, progress)
-    train_hint = "train" if split.layout == "split-folders" else "."
-    val_hint = split.val_dir if split.val_dir else "."
-    require_images_per_class(split, "train", train, train_hint)
-    require_images_per_class(split, "validation", val, val_hint)
-    return split, train, val, build_data_report(split, train, val)
+    arrays = {"train": load_split_images(split.train, size, cache_dir, split.root, progress)}
+    arrays["val"] = load_split_images(split.val, size, cache_dir, split.root, progress)
+    if split.test:
+        arrays["test"] = load_split_images(split.test, size, cache_dir, split.root, progress)
+    hints = {"train": "train" if split.layout == "split-folders" else ".", "val": split.val_dir or ".", "test": "test"}
+    for name, arr in arrays.items():
+        require_images_per_class(split, name, arr, hints[name])
+    report = build_data_report(split, arrays)
+    return LoadedDataset(split, arrays["train"], arrays["val"], arrays.get("test"), report)
 
 
 def write_data_report(report: DataReport, path: str | os.PathLike[str]) -> None:
@@ -352,7 +319,7 @@ def load_labelled_folder(
         fs, skip = _scan_class_dir(root / name, names.index(name), root)
         files += fs
         skipped += skip
-    arrays = _decode_all(files, size, root, progress=False)
+    arrays = decode_all(files, size, root, progress=False)
     arrays.skipped = skipped + arrays.skipped
     if len(arrays) == 0:
         raise DatasetError(f"no readable image in {root}")

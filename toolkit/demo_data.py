@@ -1,10 +1,13 @@
 """A seeded synthetic dermoscopy-like data set: the built-in default.
 
-Benign lesions follow the ABCD rule's "harmless" side: round, symmetric,
-sharp-bordered, one even colour. Malignant ones are asymmetric, with ragged
-borders and several colours. Both sit on varied skin tones under uneven
-lighting, at varied sizes and positions, sometimes crossed by hair, so a
-classifier has to learn the lesion and not the background.
+Each lesion has an "atypia" score in [0, 1] that drives the ABCD rule's cues
+together: asymmetry, a ragged border, and how many colours it has. Benign
+lesions draw it mostly low, malignant ones mostly high, but the two
+distributions overlap (`ATYPIA_BETA`), so some benign lesions look atypical and
+some melanomas look harmless, as in real dermoscopy: a good classifier lands
+near 90%, not 100%, and the demo can tell a better recipe from a worse one.
+Class-independent nuisances (skin tone, uneven lighting, vignetting, hair,
+ruler marks, size and position) make it learn the lesion, not the photograph.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from PIL import Image, ImageDraw, ImageFilter
 
 CLASSES = ("benign", "malignant")
 SUPERSAMPLE = 2  # draw at 2x and downsample, for antialiased edges
+# Beta(a, b) of the atypia score per class: benign leans low, malignant high, with overlap.
+ATYPIA_BETA = {"benign": (2.0, 5.0), "malignant": (5.0, 2.0)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,23 +48,18 @@ def _skin_background(rng: np.random.Generator, n: int) -> Image.Image:
 
 
 def _lesion_polygon(
-    rng: np.random.Generator, cx: float, cy: float, radius: float, malignant: bool
+    rng: np.random.Generator, cx: float, cy: float, radius: float, atypia: float
 ) -> list[tuple[float, float]]:
+    """An outline whose asymmetry and raggedness grow with `atypia`."""
     points = 180
     theta = np.linspace(0, 2 * np.pi, points, endpoint=False)
-    if malignant:
-        # Asymmetry: a few low-frequency lobes; ragged border: high-frequency noise.
-        r = np.ones(points)
-        for k in range(2, 5):
-            r += rng.uniform(0.08, 0.22) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
-        r += rng.uniform(0.3, 0.6) * np.cos(theta + rng.uniform(0, 2 * np.pi)) * rng.uniform(0.2, 0.5)
-        jagged = rng.normal(0, 0.07, points)
-        r += np.convolve(np.concatenate([jagged[-2:], jagged, jagged[:2]]), np.ones(3) / 3, "valid")[:points]
-        rx, ry = radius, radius * rng.uniform(0.6, 1.0)
-    else:
-        r = 1.0 + rng.normal(0, 0.002, points)
-        rx = radius
-        ry = radius * rng.uniform(0.85, 1.0)
+    r = np.ones(points)
+    for k in range(2, 5):
+        r += atypia * rng.uniform(0.04, 0.2) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
+    r += atypia * rng.uniform(0.1, 0.3) * np.cos(theta + rng.uniform(0, 2 * np.pi))
+    jagged = rng.normal(0, 0.005 + 0.06 * atypia, points)
+    r += np.convolve(np.concatenate([jagged[-2:], jagged, jagged[:2]]), np.ones(3) / 3, "valid")[:points]
+    rx, ry = radius, radius * rng.uniform(0.65, 1.0)
     rot = rng.uniform(0, np.pi)
     x = r * rx * np.cos(theta)
     y = r * ry * np.sin(theta)
@@ -73,37 +73,37 @@ def _brown(rng: np.random.Generator, darkness: float) -> tuple[int, int, int]:
     return tuple(int(v) for v in np.clip(base, 10, 230))
 
 
-def _draw_lesion(rng: np.random.Generator, img: Image.Image, malignant: bool) -> None:
+PALETTE = [(40, 25, 20), (20, 15, 15), (95, 100, 120), (150, 60, 55), (170, 120, 85), (90, 55, 35)]
+
+
+def _draw_lesion(rng: np.random.Generator, img: Image.Image, atypia: float) -> None:
     n = img.size[0]
-    radius = n * rng.uniform(0.14, 0.3)
-    cx = n * rng.uniform(0.35, 0.65)
-    cy = n * rng.uniform(0.35, 0.65)
-    polygon = _lesion_polygon(rng, cx, cy, radius, malignant)
+    radius = n * rng.uniform(0.12, 0.3)
+    cx = n * rng.uniform(0.33, 0.67)
+    cy = n * rng.uniform(0.33, 0.67)
+    polygon = _lesion_polygon(rng, cx, cy, radius, atypia)
     mask = Image.new("L", img.size, 0)
     ImageDraw.Draw(mask).polygon(polygon, fill=255)
-    colour = Image.new("RGB", img.size, _brown(rng, rng.uniform(0.55, 1.0)))
-    if malignant:
-        # Several colours: dark brown, black, blue-grey and red blotches inside the lesion.
-        draw = ImageDraw.Draw(colour)
-        palette = [(40, 25, 20), (20, 15, 15), (95, 100, 120), (150, 60, 55), (170, 120, 85)]
-        for _ in range(int(rng.integers(3, 7))):
-            px, py = polygon[int(rng.integers(len(polygon)))]
-            bx = cx + (px - cx) * rng.uniform(0.0, 0.8)
-            by = cy + (py - cy) * rng.uniform(0.0, 0.8)
-            br = radius * rng.uniform(0.2, 0.5)
-            fill = palette[int(rng.integers(len(palette)))]
-            draw.ellipse([bx - br, by - br * rng.uniform(0.5, 1.2), bx + br, by + br], fill=fill)
-        colour = colour.filter(ImageFilter.GaussianBlur(radius * 0.12))
-        mask = mask.filter(ImageFilter.GaussianBlur(n * 0.004))
-    else:
-        mask = mask.filter(ImageFilter.GaussianBlur(n * 0.003))
+    colour = Image.new("RGB", img.size, _brown(rng, rng.uniform(0.5, 1.05)))
+    # Colour variegation: more blotches, and more contrasting ones, with atypia.
+    draw = ImageDraw.Draw(colour)
+    blotches = int(rng.poisson(0.5 + 4.0 * atypia))
+    for _ in range(blotches):
+        px, py = polygon[int(rng.integers(len(polygon)))]
+        bx = cx + (px - cx) * rng.uniform(0.0, 0.8)
+        by = cy + (py - cy) * rng.uniform(0.0, 0.8)
+        br = radius * rng.uniform(0.15, 0.45)
+        contrast = PALETTE[int(rng.integers(len(PALETTE)))] if rng.random() < atypia else _brown(rng, 0.8)
+        draw.ellipse([bx - br, by - br * rng.uniform(0.5, 1.2), bx + br, by + br], fill=contrast)
+    colour = colour.filter(ImageFilter.GaussianBlur(radius * 0.12))
+    mask = mask.filter(ImageFilter.GaussianBlur(n * (0.002 + 0.004 * rng.random())))
     img.paste(colour, (0, 0), mask)
 
 
 def _draw_hair(rng: np.random.Generator, img: Image.Image) -> None:
     n = img.size[0]
     draw = ImageDraw.Draw(img)
-    for _ in range(int(rng.integers(1, 5))):
+    for _ in range(int(rng.integers(1, 7))):
         x0, y0 = rng.uniform(0, n, 2)
         angle = rng.uniform(0, 2 * np.pi)
         curve = rng.uniform(-0.02, 0.02)
@@ -115,13 +115,38 @@ def _draw_hair(rng: np.random.Generator, img: Image.Image) -> None:
         draw.line(points, fill=(shade, shade - 5 if shade > 5 else 0, 0), width=max(1, int(n * 0.006)))
 
 
+def _draw_ruler(rng: np.random.Generator, img: Image.Image) -> None:
+    """Millimetre ticks along one edge, as dermatoscopes with a scale print them."""
+    n = img.size[0]
+    draw = ImageDraw.Draw(img)
+    edge = n * rng.uniform(0.03, 0.1)
+    step = n * rng.uniform(0.025, 0.04)
+    shade = int(rng.uniform(0, 60))
+    for i in range(int(n / step)):
+        length = edge * (1.6 if i % 5 == 0 else 1.0)
+        draw.line([(i * step, n - 1), (i * step, n - length)], fill=(shade, shade, shade), width=max(1, n // 200))
+
+
+def _vignette(rng: np.random.Generator, img: Image.Image) -> Image.Image:
+    """The dark circular rim of a contact dermatoscope."""
+    n = img.size[0]
+    yy, xx = np.mgrid[0:n, 0:n].astype(np.float32) / n - 0.5
+    rim = np.clip((np.sqrt(xx**2 + yy**2) - rng.uniform(0.42, 0.55)) * 12, 0, 1)
+    return Image.fromarray((np.asarray(img, np.float32) * (1 - rim[..., None])).astype(np.uint8))
+
+
 def render_lesion(rng: np.random.Generator, size: int, malignant: bool) -> Image.Image:
     """One synthetic dermoscopy image of `size` x `size` pixels."""
     n = size * SUPERSAMPLE
     img = _skin_background(rng, n)
-    _draw_lesion(rng, img, malignant)
-    if rng.random() < 0.3:
+    atypia = float(rng.beta(*ATYPIA_BETA["malignant" if malignant else "benign"]))
+    _draw_lesion(rng, img, atypia)
+    if rng.random() < 0.45:
         _draw_hair(rng, img)
+    if rng.random() < 0.2:
+        _draw_ruler(rng, img)
+    if rng.random() < 0.35:
+        img = _vignette(rng, img)
     return img.resize((size, size), Image.Resampling.LANCZOS)
 
 

@@ -1,9 +1,8 @@
-"""User-facing error types.
+"""Every error type of the toolkit, in one place.
 
 Every error a user can cause (a bad folder, a corrupt model, a drifting export)
-is one of these. The CLI catches `ToolkitError` once and prints its message as a
-single line with exit code `exit_code`; anything else is a bug and keeps its
-traceback.
+is a `ToolkitError`. The CLI catches it once and prints its message as a single
+line with exit code `exit_code`; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -53,7 +52,19 @@ class TrainingError(ToolkitError):
     """Training cannot continue (diverged, nothing to resume)."""
 
 
+class BenchError(ToolkitError):
+    """A benchmark could not be set up or a backend failed to run."""
+
+
+class DiskFullError(ToolkitError):
+    """No space left while writing; the previous file (if any) is untouched."""
+
+
 class Interrupted(ToolkitError):
     """The user pressed Ctrl-C; state needed to resume was saved."""
 
     exit_code = 130
+
+
+class ProtobufError(ValueError):
+    """Internal: bytes that are not a well-formed protobuf message (the runtime turns it into a ModelError)."""

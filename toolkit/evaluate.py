@@ -7,8 +7,9 @@ from pathlib import Path
 
 from toolkit.data import SkippedFile, load_labelled_folder
 from toolkit.fileio import write_json_atomic
-from toolkit.metrics import Metrics, classification_metrics, plot_confusion
-from toolkit.runtime import load
+from toolkit.metrics import Metrics, classification_metrics, plot_confusion, plot_roc
+from toolkit.operating_point import Decision
+from toolkit.runtime import Classifier
 
 
 @dataclasses.dataclass
@@ -21,27 +22,25 @@ class EvaluationResult:
 
 
 def evaluate_model(
-    model_path: str | Path,
-    data_dir: str | Path,
-    out: str | Path | None = None,
-    device: str = "auto",
-    threads: int | None = None,
-    batch_size: int = 32,
-    verify: bool = True,
-    allow_external_data: bool = False,
+    classifier: Classifier, data_dir: str | Path, out: str | Path | None = None, batch_size: int = 32
 ) -> EvaluationResult:
-    classifier = load(
-        model_path, device=device, threads=threads, verify=verify, allow_external_data=allow_external_data
-    )
+    """Metrics of a loaded classifier on a labelled folder; metrics.json and confusion.png into `out`."""
     labels, arrays = load_labelled_folder(data_dir, classifier.image_size, classifier.labels)
     probs = classifier.predict_arrays(arrays.images, batch_size)
-    metrics = classification_metrics(probs, arrays.labels, labels)
+    decision = classifier.decision
+    if decision is None and len(labels) == 2:
+        decision = Decision(list(labels), labels[1])
+    metrics = classification_metrics(probs, arrays.labels, labels, decision)
+    model_path = classifier.path
     result = EvaluationResult(str(model_path), classifier.format, classifier.provider, metrics, arrays.skipped)
     if out is not None:
         out = Path(out)
         payload = dataclasses.asdict(result)
         write_json_atomic(out / "metrics.json", payload)
-        plot_confusion(metrics, out / "confusion.png", title=f"{Path(model_path).name} on {Path(data_dir).name}")
+        title = f"{Path(model_path).name} on {Path(data_dir).name}"
+        plot_confusion(metrics, out / "confusion.png", title=title)
+        if decision is not None:
+            plot_roc(probs, arrays.labels, decision, out / "roc.png", title=title)
     return result
 
 
@@ -52,7 +51,10 @@ def format_metrics(m: Metrics) -> str:
         else f"images: {m.count}   accuracy: {m.accuracy:.4f}   AUC: n/a"
     ]
     if m.sensitivity is not None:
-        lines.append(f"sensitivity ({m.positive_class}): {m.sensitivity:.4f}   specificity: {m.specificity:.4f}")
+        lines.append(
+            f"positive class {m.positive_class} at threshold {m.threshold:.4g}: sensitivity {m.sensitivity:.4f}   "
+            f"specificity {m.specificity:.4f}   PR-AUC {m.pr_auc:.4f}"
+        )
     width = max(max(len(name) for name in m.labels), 9)
     lines.append(f"{'class'.ljust(width)}  precision  recall     f1  support")
     for name, c in m.per_class.items():

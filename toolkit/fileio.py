@@ -18,11 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from toolkit.errors import ToolkitError
-
-
-class DiskFullError(ToolkitError):
-    """No space left while writing; the previous file (if any) is untouched."""
+from toolkit.errors import DiskFullError
 
 
 @contextlib.contextmanager

@@ -138,3 +138,25 @@ def image_extensions() -> frozenset[str]:
     """Lower-case extensions of every format this Pillow build can open."""
     Image.init()
     return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+
+
+def collect_images(inputs: list[Path]) -> tuple[list[Path], list[str]]:
+    """Image files named directly or found (recursively, hidden files skipped) in folders; and what was not found."""
+    extensions = image_extensions()
+    images: list[Path] = []
+    problems: list[str] = []
+    for item in inputs:
+        if item.is_dir():
+            found = sorted(
+                p
+                for p in item.rglob("*")
+                if p.is_file() and p.suffix.lower() in extensions and not p.name.startswith(".")
+            )
+            if not found:
+                problems.append(f"{item}: no image files in folder")
+            images += found
+        elif item.exists():
+            images.append(item)
+        else:
+            problems.append(f"{item}: file not found")
+    return images, problems

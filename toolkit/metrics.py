@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from toolkit.operating_point import Decision
+
 
 @dataclasses.dataclass
 class ClassMetrics:
@@ -29,9 +31,11 @@ class Metrics:
     confusion_matrix: list[list[int]]
     labels: list[str]
     count: int
-    sensitivity: float | None = None  # two classes: recall of the second (positive) class
-    specificity: float | None = None  # two classes: recall of the first (negative) class
+    sensitivity: float | None = None  # two classes: recall of the positive class
+    specificity: float | None = None  # two classes: recall of the other class
     positive_class: str | None = None
+    pr_auc: float | None = None  # two classes: average precision of the positive class
+    threshold: float | None = None  # two classes: the positive class is predicted from this probability on
 
 
 def binary_auc(scores: np.ndarray, positives: np.ndarray) -> float | None:
@@ -54,15 +58,59 @@ def binary_auc(scores: np.ndarray, positives: np.ndarray) -> float | None:
     return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
+def keras_style_logs(probs: np.ndarray, onehot: np.ndarray, prefix: str = "") -> dict[str, float]:
+    """loss, accuracy, auc, precision and recall with the meanings of the Keras metrics training compiles.
+
+    On one-hot labels `keras.metrics.AUC`, `Precision` and `Recall` look at every
+    (image, class) entry at once (micro-averaged; precision and recall at p > 0.5),
+    so a loop that cannot use Keras's `fit` logs the same numbers under the same names.
+    """
+    p = np.clip(np.asarray(probs, dtype=np.float64), 1e-7, 1.0 - 1e-7)
+    y = np.asarray(onehot, dtype=np.float64)
+    positive, predicted = y.ravel() > 0.5, p.ravel() > 0.5
+    true_positive = float((positive & predicted).sum())
+    logs = {
+        "loss": float(-(y * np.log(p)).sum(axis=1).mean()),
+        "accuracy": float((p.argmax(axis=1) == y.argmax(axis=1)).mean()),
+        "precision": _safe_div(true_positive, float(predicted.sum())),
+        "recall": _safe_div(true_positive, float(positive.sum())),
+    }
+    auc = binary_auc(p.ravel(), positive)
+    if auc is not None:
+        logs["auc"] = auc
+    return {prefix + k: v for k, v in logs.items()}
+
+
 def _safe_div(a: float, b: float) -> float:
     return float(a / b) if b else 0.0
 
 
-def classification_metrics(probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> Metrics:
+def average_precision(scores: np.ndarray, positives: np.ndarray) -> float | None:
+    """Area under the precision-recall curve as the mean precision at each positive (PR-AUC)."""
+    positives = np.asarray(positives, dtype=bool)
+    if not positives.any():
+        return None
+    order = np.argsort(-np.asarray(scores), kind="mergesort")
+    hits = positives[order]
+    precision_at = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    return float(precision_at[hits].mean())
+
+
+def classification_metrics(
+    probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str], decision: Decision | None = None
+) -> Metrics:
+    """Accuracy, AUC, per-class P/R/F1 and the confusion matrix; for two classes, at `decision`'s point.
+
+    Two classes: AUC, PR-AUC, sensitivity and specificity are those of the positive
+    class (`decision.positive_class`, or the class that sorts second), and decisions
+    follow its threshold (0.5 without one). More classes: argmax, macro AUC.
+    """
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
     k = len(class_names)
-    pred = probs.argmax(axis=1)
+    if k == 2 and decision is None:
+        decision = Decision(list(class_names), class_names[1])
+    pred = decision.predict(probs) if k == 2 else probs.argmax(axis=1)
     confusion = np.zeros((k, k), dtype=np.int64)
     np.add.at(confusion, (labels, pred), 1)
     per_class: dict[str, ClassMetrics] = {}
@@ -74,7 +122,7 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, class_names: S
         per_class[name] = ClassMetrics(precision, recall, f1, int(confusion[i, :].sum()))
     auc_per_class = {name: binary_auc(probs[:, i], labels == i) for i, name in enumerate(class_names)}
     if k == 2:
-        auc = auc_per_class[class_names[1]]
+        auc = auc_per_class[decision.positive_class]
     else:
         values = [v for v in auc_per_class.values() if v is not None]
         auc = float(np.mean(values)) if values else None
@@ -88,10 +136,45 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, class_names: S
         count=int(len(labels)),
     )
     if k == 2:
-        metrics.sensitivity = per_class[class_names[1]].recall
-        metrics.specificity = per_class[class_names[0]].recall
-        metrics.positive_class = class_names[1]
+        positive = decision.positive_index
+        metrics.sensitivity = per_class[class_names[positive]].recall
+        metrics.specificity = per_class[class_names[1 - positive]].recall
+        metrics.positive_class = decision.positive_class
+        metrics.pr_auc = average_precision(probs[:, positive], labels == positive)
+        metrics.threshold = decision.threshold
     return metrics
+
+
+def plot_roc(
+    probs: np.ndarray, labels: np.ndarray, decision: Decision, path: str | os.PathLike[str], title: str = "ROC"
+) -> None:
+    """The positive class's ROC curve with the operating point marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from toolkit.fileio import write_with
+
+    positive = decision.positive_index
+    scores, hits = np.asarray(probs)[:, positive], np.asarray(labels) == positive
+    thresholds = np.concatenate([[np.inf], np.sort(np.unique(scores))[::-1], [-np.inf]])
+    tpr = [float(((scores >= t) & hits).sum() / max(hits.sum(), 1)) for t in thresholds]
+    fpr = [float(((scores >= t) & ~hits).sum() / max((~hits).sum(), 1)) for t in thresholds]
+    at = ((scores >= decision.threshold) & hits).sum() / max(hits.sum(), 1)
+    false_alarms = ((scores >= decision.threshold) & ~hits).sum() / max((~hits).sum(), 1)
+    fig, ax = plt.subplots(figsize=(4.6, 4.4))
+    ax.plot(fpr, tpr, "-", label=f"AUC {binary_auc(scores, hits) or float('nan'):.3f}")
+    ax.plot([0, 1], [0, 1], ":", color="grey")
+    ax.plot([false_alarms], [at], "o", color="red", label=f"threshold {decision.threshold:.3g}")
+    ax.set_xlabel("1 - specificity")
+    ax.set_ylabel(f"sensitivity ({decision.positive_class})")
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
 
 
 def plot_confusion(metrics: Metrics, path: str | os.PathLike[str], title: str = "Confusion matrix") -> None:

@@ -185,6 +185,67 @@ def unfreeze_for_fine_tuning(model, block: str = FINE_TUNE_BLOCK) -> int:
     return count
 
 
+def build_feature_extractor(model, precision: str):
+    """The frozen `features` sub-model, rebuilt in bf16/fp16 compute when asked.
+
+    Only the base's convolutions change precision; preprocessing runs in
+    float32 and the output is cast back, so the head sees float32 features.
+    """
+    keras = _keras()
+    features = features_part(model)
+    if precision == "fp32":
+        return features
+    policy = {"bf16": "mixed_bfloat16", "fp16": "mixed_float16"}[precision]
+    base = vgg_base(model)
+    image_shape = tuple(features.input.shape[1:])
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        low = keras.applications.VGG16(include_top=False, weights=None, input_shape=image_shape)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    low.set_weights(base.get_weights())
+    image = keras.Input(image_shape, name="image")
+    x = caffe_preprocess_layer(dtype="float32")(image)
+    x = low(x, training=False)
+    x = keras.ops.cast(x, "float32")
+    return keras.Model(image, x, name=f"features_{precision}")
+
+
+def with_precision(model, precision: str):
+    """The whole classifier with its base computing in `precision` (bf16/fp16), head in float32."""
+    if precision == "fp32":
+        return model
+    keras = _keras()
+    image = keras.Input(model.input_shape[1:], name="image")
+    return keras.Model(image, head_part(model)(build_feature_extractor(model, precision)(image)))
+
+
+def inference_function(model):
+    """`model` as one traced function of a float32 batch of any size: numpy in, numpy out.
+
+    The one Keras inference path of the toolkit (export's reference outputs, bench's
+    Keras rows, the runtime's Keras backend, training's final metrics):
+    `model.predict` has a heavy per-call tail at batch 1, and an input signature
+    with an open batch dimension means a smaller last batch does not retrace.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    signature = [tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)]
+    forward = tf.function(lambda x: model(x, training=False), input_signature=signature)
+    return lambda batch: forward(tf.constant(np.asarray(batch, dtype=np.float32))).numpy()
+
+
+def predict_in_batches(model, images, batch_size: int = 32):
+    """Probabilities of `model` for `images` (often a memmap), `batch_size` at a time."""
+    import numpy as np
+
+    forward = inference_function(model)
+    out = [forward(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+    return np.concatenate(out, axis=0) if out else np.zeros((0, 0), np.float32)
+
+
 def count_params(model) -> tuple[int, int]:
     """(total, trainable) parameter counts."""
     import numpy as np

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import importlib.metadata as md
 import json
 import shutil
 from collections.abc import Callable
@@ -20,12 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from toolkit import __version__
-from toolkit.errors import DatasetError, ExportError, ModelError
+from toolkit.errors import ExportError
 from toolkit.export import onnx_float, onnx_int8, tflite
 from toolkit.export.base import ExportContext, ExportFormat
 from toolkit.fileio import atomic_path, sha256_file, write_json_atomic
 from toolkit.parity import ParityOverrides, compare_outputs, thresholds_for
 from toolkit.quiet import silenced
+from toolkit.run_folder import RunFolder, load_run
+from toolkit.versions import package_versions
 
 REGISTRY: dict[str, ExportFormat] = {f.key: f for f in (onnx_float.FORMAT, onnx_int8.FORMAT, *tflite.FORMATS)}
 FORMAT_CHOICES = ("onnx", "tflite", "all")
@@ -72,42 +73,7 @@ def select_formats(format: str, precisions: list[str] | None) -> list[ExportForm
 
 
 def _versions(converter: str) -> dict[str, str]:
-    versions = {"toolkit": __version__}
-    for package in sorted({CONVERTER_PACKAGES[converter], "tensorflow", "keras", "onnx"}):
-        try:
-            versions[package] = md.version(package)
-        except md.PackageNotFoundError:
-            continue
-    return versions
-
-
-def _load_run(run_dir: Path, data_dir: str | None):
-    from toolkit.model import load_keras_model
-
-    best = run_dir / "best.keras"
-    if not best.is_file():
-        raise ModelError(f"{run_dir} has no best.keras; train first (toolkit train DATA_DIR --out {run_dir})")
-    labels_path, config_path = run_dir / "labels.json", run_dir / "config.json"
-    if not labels_path.is_file() or not config_path.is_file():
-        raise ModelError(f"{run_dir} is not a complete run folder (labels.json and config.json are needed)")
-    labels = list(json.loads(labels_path.read_text()))
-    config = json.loads(config_path.read_text())
-    model = load_keras_model(best)
-    return best, model, labels, config, data_dir or config["data_dir"]
-
-
-def _load_images(config: dict, data_dir: str, labels: list[str], run_dir: Path, image_size: int):
-    from toolkit.data import load_dataset
-
-    if not Path(data_dir).is_dir():
-        raise DatasetError(f"the run's data folder {data_dir} is missing; pass --data DIR with the same classes")
-    cache_dir = config.get("cache_dir") or run_dir / "cache"
-    split, train, val, _ = load_dataset(
-        data_dir, image_size, config.get("val_split", 0.2), config.get("seed", 0), cache_dir
-    )
-    if split.classes != labels:
-        raise DatasetError(f"classes in {data_dir} {split.classes} differ from the model's labels {labels}")
-    return train, val
+    return package_versions(sorted({CONVERTER_PACKAGES[converter], "tensorflow", "keras", "onnx"}))
 
 
 def _calibration_subset(images: np.ndarray, count: int, seed: int) -> np.ndarray:
@@ -115,93 +81,131 @@ def _calibration_subset(images: np.ndarray, count: int, seed: int) -> np.ndarray
     return np.asarray(images[np.sort(order)], dtype=np.uint8)
 
 
-def export_run(
-    run_dir: str | Path, options: ExportOptions = ExportOptions(), log: Callable[[str], None] = print
-) -> ExportReport:
-    """Convert the run's best model to every selected format and gate each on parity."""
-    from toolkit.runtime import load as load_artifact
-    from toolkit.train import predict_in_batches
+@dataclasses.dataclass
+class ParitySet:
+    """The validation images every artifact is compared on, with the Keras model's own outputs."""
 
-    run_dir = Path(run_dir)
+    images: np.ndarray
+    labels: np.ndarray
+    reference: np.ndarray
+    overrides: ParityOverrides
+
+
+def _check_options(options: ExportOptions) -> list[ExportFormat]:
     formats = select_formats(options.format, options.precisions)
     if not 7 <= options.opset <= MAX_OPSET:
         raise ExportError(f"--opset must be between 7 and {MAX_OPSET} (tf2onnx 1.17), got {options.opset}")
     if options.calib_images < 1:
         raise ExportError("--calib-images must be at least 1")
-    best, model, labels, config, data_dir = _load_run(run_dir, options.data_dir)
-    image_size = int(model.input_shape[1])
-    train, val = _load_images(config, data_dir, labels, run_dir, image_size)
-    n_parity = len(val) if options.parity_images is None else min(options.parity_images, len(val))
-    parity_images = np.asarray(val.images[:n_parity], dtype=np.uint8)
-    parity_labels = val.labels[:n_parity]
-    reference = predict_in_batches(model, parity_images)
+    if options.parity_images is not None and options.parity_images < 1:
+        raise ExportError("--parity-images must be at least 1")
+    return formats
 
-    export_dir = run_dir / "export"
-    export_dir.mkdir(parents=True, exist_ok=True)
-    manifest_path = export_dir / MANIFEST
-    manifest = _read_manifest(manifest_path)
-    source_sha = sha256_file(best)
+
+def _parity_set(model, val, options: ExportOptions, seed: int) -> ParitySet:
+    """All validation images, or a seeded sample stratified by class (validation is stored sorted by class)."""
+    from toolkit.data import stratified_sample
+    from toolkit.model import predict_in_batches
+
+    index = stratified_sample(val.labels, options.parity_images, seed)
+    images = np.asarray(val.images[index], dtype=np.uint8)
+    return ParitySet(images, val.labels[index], predict_in_batches(model, images), options.overrides)
+
+
+def _open_manifest(export_dir: Path, source_sha: str, run: RunFolder) -> dict:
+    manifest = _read_manifest(export_dir / MANIFEST)
     if manifest.get("source", {}).get("sha256") not in (None, source_sha):
         manifest["artifacts"] = []  # a different checkpoint: older artifacts no longer describe it
     manifest.update(
         {
             "toolkit_version": __version__,
             "source": {"path": "../best.keras", "sha256": source_sha},
-            "labels": labels,
-            "image_size": image_size,
+            "labels": run.labels,
+            "image_size": run.image_size,
+            "decision": run.decision.to_json() if run.decision else None,
         }
     )
     manifest.setdefault("artifacts", [])
+    return manifest
+
+
+def _export_one(fmt: ExportFormat, ctx: ExportContext, parity: ParitySet) -> dict:
+    """Convert (atomically), run the artifact through the runtime, and describe it for the manifest."""
+    from toolkit.runtime import load as load_artifact
+
+    dest = ctx.export_dir / fmt.filename
+    with atomic_path(dest) as tmp, silenced((1, 2)):  # converters print pages of graph dumps
+        fmt.convert(ctx, tmp)
+    if fmt.key == "onnx-float32":
+        ctx.scratch["onnx-float32"] = dest
+    classifier = load_artifact(dest, device="cpu", labels=ctx.labels, verify=False)
+    candidate = classifier.predict_arrays(parity.images)
+    record = compare_outputs(
+        parity.reference, candidate, parity.labels, thresholds_for(fmt.precision, parity.overrides)
+    )
+    entry = {
+        "format": fmt.format,
+        "precision": fmt.precision,
+        "path": fmt.filename,
+        "sha256": sha256_file(dest),
+        "size_bytes": dest.stat().st_size,
+        **fmt.describe_io(dest),
+        "labels": ctx.labels,
+        "decision": ctx.decision,
+        "image_size": ctx.image_size,
+        "preprocessing": onnx_float.PREPROCESSING,
+        "source_sha256": ctx.source_sha256,
+        "versions": _versions(fmt.converter),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "parity": dataclasses.asdict(record),
+    }
+    if not record.passed:
+        entry["advice"] = fmt.advice
+    return entry
+
+
+def export_run(
+    run_dir: str | Path, options: ExportOptions = ExportOptions(), log: Callable[[str], None] = print
+) -> ExportReport:
+    """Convert the run's best model to every selected format and gate each on parity."""
+    from toolkit.model import load_keras_model
+
+    formats = _check_options(options)
+    run = load_run(run_dir)
+    model = load_keras_model(run.best)
+    data = run.load_data(options.data_dir)
+    seed = int(run.config.get("seed", 0))
+    parity = _parity_set(model, data.val, options, seed)
+    export_dir = run.path / "export"
+    export_dir.mkdir(parents=True, exist_ok=True)
+    source_sha = sha256_file(run.best)
+    manifest = _open_manifest(export_dir, source_sha, run)
     ctx = ExportContext(
         model=model,
         export_dir=export_dir,
-        labels=labels,
-        image_size=image_size,
-        calibration_images=_calibration_subset(train.images, options.calib_images, config.get("seed", 0)),
+        labels=run.labels,
+        image_size=run.image_size,
+        calibration_images=_calibration_subset(data.train.images, options.calib_images, seed),
         opset=options.opset,
         source_sha256=source_sha,
+        decision=run.decision.to_json() if run.decision else None,
     )
     failed: list[dict] = []
     try:
         for fmt in formats:
             log(f"exporting {fmt.format} {fmt.precision} ...")
-            dest = export_dir / fmt.filename
-            with atomic_path(dest) as tmp, silenced((1, 2)):  # converters print pages of graph dumps
-                fmt.convert(ctx, tmp)
-            if fmt.key == "onnx-float32":
-                ctx.scratch["onnx-float32"] = dest
-            classifier = load_artifact(dest, device="cpu", labels=labels, verify=False)
-            candidate = classifier.predict_arrays(parity_images)
-            record = compare_outputs(
-                reference, candidate, parity_labels, thresholds_for(fmt.precision, options.overrides)
-            )
-            entry = {
-                "format": fmt.format,
-                "precision": fmt.precision,
-                "path": fmt.filename,
-                "sha256": sha256_file(dest),
-                "size_bytes": dest.stat().st_size,
-                **fmt.describe_io(dest),
-                "labels": labels,
-                "image_size": image_size,
-                "preprocessing": onnx_float.PREPROCESSING,
-                "source_sha256": source_sha,
-                "versions": _versions(fmt.converter),
-                "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                "parity": dataclasses.asdict(record),
-            }
-            if not record.passed:
-                entry["advice"] = fmt.advice
+            entry = _export_one(fmt, ctx, parity)
+            if not entry["parity"]["passed"]:
                 failed.append(entry)
             manifest["artifacts"] = [
                 a for a in manifest["artifacts"] if (a["format"], a["precision"]) != (fmt.format, fmt.precision)
             ] + [entry]
-            write_json_atomic(manifest_path, manifest)
+            write_json_atomic(export_dir / MANIFEST, manifest)
     finally:
-        for key, path in ctx.scratch.items():
-            if key == "onnx-float32" and path.parent != export_dir:
-                shutil.rmtree(path.parent, ignore_errors=True)
-    return ExportReport(manifest, failed, manifest_path)
+        scratch = ctx.scratch.get("onnx-float32")
+        if scratch is not None and scratch.parent != export_dir:
+            shutil.rmtree(scratch.parent, ignore_errors=True)
+    return ExportReport(manifest, failed, export_dir / MANIFEST)
 
 
 def _read_manifest(path: Path) -> dict:

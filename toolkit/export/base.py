@@ -21,6 +21,7 @@ class ExportContext:
     calibration_images: np.ndarray  # uint8 NxHxWx3 from the training set
     opset: int
     source_sha256: str
+    decision: dict | None = None  # binary models: {"positive_class", "threshold", "criterion"}
     scratch: dict[str, Path] = dataclasses.field(default_factory=dict)  # shared intermediates
 
 

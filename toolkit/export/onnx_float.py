@@ -17,7 +17,9 @@ PREPROCESSING = "raw RGB pixels 0..255, NHWC; caffe preprocessing (RGB->BGR, min
 
 def onnx_metadata(ctx: ExportContext) -> dict[str, str]:
     """Stored in `metadata_props`, so a lone .onnx file is enough for the runtime."""
+    decision = {"decision": json.dumps(ctx.decision)} if ctx.decision else {}
     return {
+        **decision,
         "labels": json.dumps(ctx.labels),
         "image_size": json.dumps([ctx.image_size, ctx.image_size]),
         "pixel_scale": "0..255",

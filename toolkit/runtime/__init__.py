@@ -24,6 +24,7 @@ import numpy as np
 from toolkit.errors import DatasetError, RuntimeModelError
 from toolkit.fileio import sha256_file
 from toolkit.imaging import ImageSource, load_image_array
+from toolkit.operating_point import Decision, decision_from_json
 from toolkit.runtime.backends import Backend, open_backend
 
 __all__ = ["Classifier", "Prediction", "load", "PIXEL_SCALES"]
@@ -49,6 +50,7 @@ class ModelInfo:
     image_size: tuple[int, int] | None = None
     pixel_scale: str | None = None
     source: str = "model"  # where labels came from: onnx-metadata, manifest, argument, default
+    decision: dict | None = None  # {"positive_class", "threshold", "criterion"} for binary models
 
 
 def _manifest_entry(path: Path, verify: bool) -> dict | None:
@@ -86,6 +88,11 @@ def _info_from_metadata(meta: dict[str, str]) -> ModelInfo:
             pass
     if meta.get("pixel_scale") in PIXEL_SCALES:
         info.pixel_scale = meta["pixel_scale"]
+    if "decision" in meta:
+        try:
+            info.decision = json.loads(meta["decision"])
+        except ValueError:
+            pass
     return info
 
 
@@ -93,13 +100,19 @@ class Classifier:
     """A loaded image classifier; `predict` is safe to call from several threads."""
 
     def __init__(
-        self, backend: Backend, labels: Sequence[str], image_size: tuple[int, int], path: Path, label_source: str
+        self,
+        backend: Backend,
+        info: ModelInfo,
+        image_size: tuple[int, int],
+        path: Path,
     ):
         self.backend = backend
-        self.labels = list(labels)
+        self.labels = list(info.labels or [])
         self.image_size = image_size
         self.path = path
-        self.label_source = label_source
+        self.label_source = info.source
+        # Binary models: the positive class and its threshold (the operating point chosen on validation).
+        self.decision: Decision | None = decision_from_json(self.labels, info.decision)
 
     @property
     def provider(self) -> str:
@@ -137,8 +150,13 @@ class Classifier:
         )
         return [self.to_prediction(p) for p in self.predict_arrays(pixels, batch_size)]
 
+    def decide(self, probs: np.ndarray) -> np.ndarray:
+        """Class indices for a batch of probabilities: the stored operating point, or argmax."""
+        return self.decision.predict(probs) if self.decision else np.asarray(probs).argmax(axis=1)
+
     def to_prediction(self, probs: np.ndarray) -> Prediction:
-        index = int(np.argmax(probs))
+        """The label (at the operating point for binary models), its probability, and all probabilities."""
+        index = int(self.decide(np.asarray(probs)[None])[0])
         return Prediction(
             label=self.labels[index],
             score=float(probs[index]),
@@ -187,6 +205,7 @@ def load(
     backend = open_backend(path, device, threads, pixel_scale or "0..255", allow_external_data)
     info = _info_from_metadata(backend.metadata())
     if entry is not None:
+        info.decision = info.decision or entry.get("decision")
         info.labels = info.labels or entry.get("labels")
         if info.source == "model" and entry.get("labels"):
             info.source = "manifest"
@@ -195,10 +214,12 @@ def load(
     if path.suffix.lower() == ".keras" and info.labels is None:
         sidecar = path.parent / "labels.json"
         if sidecar.is_file():
-            info.labels, info.source = list(json.loads(sidecar.read_text())), "labels.json"
+            info.labels, info.decision, info.source = *_read_sidecar(sidecar), "labels.json"
     if pixel_scale is None and info.pixel_scale:
         backend.pixel_scale = info.pixel_scale
     if labels is not None:
+        if info.labels is not None and list(labels) != info.labels:
+            info.decision = None  # relabelled: the stored positive class may no longer mean the same
         info.labels, info.source = list(labels), "argument"
     image_size = info.image_size or backend.image_size
     if not image_size or not all(image_size):
@@ -207,4 +228,16 @@ def load(
         # A foreign model without labels: probe its output width and number the classes.
         probe = backend.run(np.zeros((1, *image_size, 3), np.uint8))
         info.labels, info.source = [str(i) for i in range(probe.shape[1])], "default"
-    return Classifier(backend, info.labels, tuple(image_size), path, info.source)
+    return Classifier(backend, info, tuple(image_size), path)
+
+
+def _read_sidecar(path: Path) -> tuple[list[str], dict | None]:
+    """labels.json beside a .keras file: a list (older runs) or {"labels": [...], "positive_class", "threshold"}."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise RuntimeModelError(f"cannot read {path}: {' '.join(str(exc).split())[:120]}") from None
+    labels = data.get("labels") if isinstance(data, dict) else data
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise RuntimeModelError(f"{path} must hold a JSON list of class names")
+    return list(labels), data if isinstance(data, dict) else None

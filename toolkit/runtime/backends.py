@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.errors import DeviceError, RuntimeModelError
-from toolkit.quiet import silenced
 from toolkit.runtime.onnx_external import ProtobufError, external_data_locations
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -177,9 +176,10 @@ class TFLiteBackend(Backend):
         Interpreter = _litert_interpreter()
         self.threads = threads or os.cpu_count() or 1
         try:
-            with silenced((2,)):  # LiteRT announces its XNNPACK delegate on stderr
-                self.interpreter = Interpreter(model_content=path.read_bytes(), num_threads=self.threads)
-                self.interpreter.allocate_tensors()
+            # LiteRT may announce its XNNPACK delegate on stderr: that is the host's stream,
+            # so the runtime leaves it alone (the CLI quiets it for its own output).
+            self.interpreter = Interpreter(model_content=path.read_bytes(), num_threads=self.threads)
+            self.interpreter.allocate_tensors()
         except Exception as exc:
             text = " ".join(str(exc).split())
             raise RuntimeModelError(f"cannot load TFLite model {path.name}: {text[:200]}") from exc
@@ -241,10 +241,10 @@ class KerasBackend(Backend):
         try:
             from toolkit.tf_setup import import_tensorflow
 
-            tf = import_tensorflow()
+            tf = import_tensorflow(quiet=False)  # embedded in an app: never touch the host's descriptors
         except ImportError as exc:  # an app that installed only the runtime extra
             raise RuntimeModelError(".keras models need TensorFlow; use an exported .onnx or .tflite file") from exc
-        from toolkit.model import load_keras_model
+        from toolkit.model import inference_function, load_keras_model
 
         if threads:
             try:
@@ -252,7 +252,7 @@ class KerasBackend(Backend):
             except RuntimeError:
                 pass  # already initialised in this process
         self.model = load_keras_model(path)
-        self._forward = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
+        self._forward = inference_function(self.model)
         shape = list(self.model.input_shape)
         self.layout = "NHWC"
         self.image_size = (int(shape[1]), int(shape[2]))
@@ -262,10 +262,8 @@ class KerasBackend(Backend):
         self._lock = threading.Lock()
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        import tensorflow as tf
-
         with self._lock:
-            return self._forward(tf.constant(_scaled(batch, self.pixel_scale))).numpy().astype(np.float32)
+            return self._forward(_scaled(batch, self.pixel_scale)).astype(np.float32)
 
 
 BACKENDS = {".onnx": OnnxBackend, ".tflite": TFLiteBackend, ".keras": KerasBackend}

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from toolkit.errors import ProtobufError
+
 # Field numbers from onnx.proto.
 MODEL_GRAPH, MODEL_FUNCTIONS = 7, 25
 GRAPH_NODE, GRAPH_INITIALIZER, GRAPH_SPARSE_INITIALIZER = 1, 5, 15
@@ -23,10 +25,6 @@ SPARSE_VALUES, SPARSE_INDICES = 1, 2
 TENSOR_EXTERNAL_DATA, TENSOR_DATA_LOCATION = 13, 14
 ENTRY_KEY, ENTRY_VALUE = 1, 2
 MAX_DEPTH = 64
-
-
-class ProtobufError(ValueError):
-    """The bytes are not a well-formed protobuf message."""
 
 
 def _varint(data: memoryview, pos: int) -> tuple[int, int]:

@@ -14,58 +14,45 @@ so every worker makes the same early-stopping decision.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 
-from toolkit.metrics import binary_auc
+from toolkit.metrics import keras_style_logs
+
+
+@dataclasses.dataclass
+class LoopPlan:
+    """How much to train: examples per epoch, batch size, the epoch range, optional class weights."""
+
+    num_examples: int
+    batch_size: int
+    epochs: int
+    initial_epoch: int
+    class_weight: dict[int, float] | None = None
 
 
 def _validation_logs(model, val_ds) -> dict[str, float]:
+    """The same keys and meanings as Keras's compiled metrics (see `metrics.keras_style_logs`)."""
     probs, labels = [], []
     for x, y in val_ds:
         probs.append(model(x, training=False).numpy())
         labels.append(y.numpy())
-    p = np.clip(np.concatenate(probs).astype(np.float64), 1e-7, 1.0)
-    y = np.concatenate(labels)
-    true = y.argmax(axis=1)
-    pred = p.argmax(axis=1)
-    logs = {
-        "val_loss": float(-(y * np.log(p)).sum(axis=1).mean()),
-        "val_accuracy": float((pred == true).mean()),
-    }
-    auc = binary_auc(p.ravel(), y.ravel() > 0.5)  # micro-averaged, as keras.metrics.AUC on one-hot labels
-    if auc is not None:
-        logs["val_auc"] = auc
-    tp = float(((pred == true) & (pred == 1)).sum()) if p.shape[1] == 2 else None
-    if tp is not None:
-        logs["val_precision"] = tp / max(float((pred == 1).sum()), 1.0)
-        logs["val_recall"] = tp / max(float((true == 1).sum()), 1.0)
-    return logs
+    return keras_style_logs(np.concatenate(probs), np.concatenate(labels), prefix="val_")
 
 
-def fit_multiworker(
-    model,
-    strategy,
-    train_ds,
-    val_ds,
-    num_examples: int,
-    batch_size: int,
-    epochs: int,
-    initial_epoch: int,
-    callbacks: list,
-    class_weight: dict[int, float] | None = None,
-) -> None:
-    """Train `model` (compiled under `strategy.scope()`) for epochs [initial_epoch, epochs)."""
+def fit_multiworker(model, strategy, train_ds, val_ds, callbacks: list, plan: LoopPlan) -> None:
+    """Train `model` (compiled under `strategy.scope()`) for epochs [plan.initial_epoch, plan.epochs)."""
     import keras
     import tensorflow as tf
 
     optimizer = model.optimizer
     weights = None
-    if class_weight:
-        weights = tf.constant([class_weight[i] for i in range(len(class_weight))], tf.float32)
+    if plan.class_weight:
+        weights = tf.constant([plan.class_weight[i] for i in range(len(plan.class_weight))], tf.float32)
     workers = strategy.extended._num_workers if hasattr(strategy.extended, "_num_workers") else 1
-    steps = max(1, math.ceil(math.ceil(num_examples / batch_size) / workers))
+    steps = max(1, math.ceil(math.ceil(plan.num_examples / plan.batch_size) / workers))
     distributed_ds = strategy.experimental_distribute_dataset(train_ds.repeat())
 
     def replica_step(x, y):
@@ -91,8 +78,8 @@ def fit_multiworker(
     model.stop_training = False
     model._initial_epoch = None
     callback_list.on_train_begin()
-    start = model._initial_epoch if model._initial_epoch is not None else initial_epoch  # set by BackupAndRestore
-    for epoch in range(start, epochs):
+    start = model._initial_epoch if model._initial_epoch is not None else plan.initial_epoch  # set by BackupAndRestore
+    for epoch in range(start, plan.epochs):
         callback_list.on_epoch_begin(epoch)
         # A fresh iterator per epoch, opened after the callbacks ran (as Keras does), so
         # callbacks that refresh the training data are seen and nothing stale is prefetched.
