@@ -3,7 +3,7 @@
 Runs each training configuration in a fresh process on the same data (the demo data at 224 px
 with real weights, in `make bench`) and compares wall times and validation accuracy:
 
-  a. --no-augment (cached features)        <= 1.3x one float32 forward pass over train+val images,
+  a. --no-augment (cached features)        <= 1.3x one float32 forward pass over train+val+test images,
                                               accuracy within 1 point of the uncached run
   b. augmentation with --aug-views 3        <= 40% of the plain per-epoch run, accuracy within 1 point
   c. the plain per-epoch run                input pipeline + head add <= 10% over its forward passes
@@ -28,15 +28,19 @@ from pathlib import Path
 RUNS = {
     # name: extra `toolkit train` flags
     "cached_no_augment": ["--no-augment"],
-    "tutorial_no_augment": ["--no-augment", "--no-cache-features", "--precision", "fp32"],
+    "tutorial_no_augment": ["--no-augment", "--no-cache-features", "--base-precision", "fp32"],
     "views3": ["--aug-views", "3"],
     "plain_per_epoch": ["--aug-views", "0"],
-    "tutorial": ["--no-cache-features", "--precision", "fp32"],
+    "tutorial": ["--no-cache-features", "--base-precision", "fp32"],
 }
 
 
+VAL_SPLIT = 0.34  # as `make demo`
+
+
 def forward_pass_seconds(data_dir: str, weights: str, image_size: int, precision: str) -> dict:
-    """Time the frozen base alone over every train+val image, as the floor training cannot beat."""
+    """Time the frozen base alone over every image a run touches (train, validation and the held-out test,
+    which the run predicts once at the end), as the floor training cannot beat."""
     code = f"""
 import json, time, numpy as np
 from toolkit.tf_setup import import_tensorflow
@@ -44,11 +48,13 @@ tf = import_tensorflow()
 from toolkit.data import load_dataset
 from toolkit.model import build_classifier, features_part
 from toolkit.model import build_feature_extractor
-split, train, val, _ = load_dataset({data_dir!r}, {image_size})
-model, _ = build_classifier(len(split.classes), {image_size}, {weights!r})
+from toolkit.data import SplitOptions
+data = load_dataset({data_dir!r}, {image_size}, SplitOptions(val_split={VAL_SPLIT}))
+model, _ = build_classifier(len(data.classes), {image_size}, {weights!r})
 extractor = build_feature_extractor(model, {precision!r})
 forward = tf.function(lambda x: extractor(x, training=False), reduce_retracing=True)
-images = np.concatenate([np.asarray(train.images), np.asarray(val.images)]).astype(np.float32)
+parts = [data.train, data.val] + ([data.test] if data.test is not None else [])
+images = np.concatenate([np.asarray(p.images) for p in parts]).astype(np.float32)
 forward(tf.constant(images[:32]))
 start = time.perf_counter()
 for i in range(0, len(images), 32):
@@ -78,6 +84,8 @@ def train_run(
         str(image_size),
         "--weights",
         weights,
+        "--val-split",
+        str(VAL_SPLIT),
         "--quiet",
         *flags,
     ]
@@ -93,6 +101,7 @@ def train_run(
         "precision": run["precision"],
         "train_images": sum(run["dataset"]["counts"]["train"].values()),
         "val_images": sum(run["dataset"]["counts"]["val"].values()),
+        "test_images": sum(run["dataset"]["counts"].get("test", {}).values()),
     }
 
 
@@ -110,7 +119,8 @@ def main() -> None:
     for precision in ("fp32", "bf16"):
         results[f"forward_{precision}"] = forward_pass_seconds(args.data_dir, args.weights, args.image_size, precision)
         print(
-            f"forward pass ({precision}) over train+val: {results[f'forward_{precision}']['seconds']:.1f} s", flush=True
+            f"forward pass ({precision}) over train+val+test: {results[f'forward_{precision}']['seconds']:.1f} s",
+            flush=True,
         )
     for name, flags in RUNS.items():
         results[name] = train_run(name, flags, args.data_dir, args.weights, args.epochs, args.image_size, args.out)
@@ -120,8 +130,8 @@ def main() -> None:
     fwd32 = results["forward_fp32"]
     per_image = {p: results[f"forward_{p}"]["seconds"] / results[f"forward_{p}"]["images"] for p in ("fp32", "bf16")}
     plain = results["plain_per_epoch"]
-    plain_passes = (
-        per_image[plain["precision"]] * plain["train_images"] * args.epochs + per_image["fp32"] * plain["val_images"]
+    plain_passes = per_image[plain["precision"]] * plain["train_images"] * args.epochs + per_image["fp32"] * (
+        plain["val_images"] + plain["test_images"]
     )
     points = lambda a, b: abs(results[a]["val_accuracy"] - results[b]["val_accuracy"]) * 100  # noqa: E731
     results["targets"] = {

@@ -70,11 +70,11 @@ def exported_run(trained_run, tmp_path_factory) -> Path:
 
     run = tmp_path_factory.mktemp("exported") / "run"
     shutil.copytree(trained_run, run)
-    floats = export_run(run, ExportOptions(calib_images=16, precisions=["float32", "float16"]), log=lambda _m: None)
+    floats = export_run(run, ExportOptions(calib_images=16, precisions=["float32", "float16"]))
     assert not floats.failed, [a["parity"]["failures"] for a in floats.failed]  # default float gates
     relaxed = ParityOverrides(min_agreement=0.0, max_accuracy_drop=1.0)
     options = ExportOptions(calib_images=16, precisions=["dynamic", "int8"], overrides=relaxed)
-    report = export_run(run, options, log=lambda _m: None)
+    report = export_run(run, options)
     assert report.manifest_path.is_file()
     records = {(a["format"], a["precision"]): a["parity"] for a in report.manifest["artifacts"]}
     assert len(records) == 6

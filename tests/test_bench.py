@@ -10,11 +10,11 @@ from toolkit.bench import BenchOptions, BenchTarget, best_rows, run_bench, run_w
 
 def test_quick_bench_writes_records_files_and_machine_header(exported_run):
     options = BenchOptions(
-        formats=["keras-float32", "onnx-float32", "tflite-int8"], batches=(1, 2), warmup=1, runs=3, threads=1
+        formats=["keras", "tflite"], precisions=["float32", "int8"], batches=(1, 2), warmup=1, runs=3, threads=1
     )
     report = run_bench(exported_run, [], options)
     names = {r.name for r in report.records}
-    assert names == {"keras float32", "onnx float32", "tflite int8"}
+    assert names == {"keras float32", "tflite float32", "tflite int8"}
     assert len(report.records) == 6
     for r in report.records:
         assert r.runs == 3 and 0 < r.p50_ms <= r.p99_ms and r.throughput_ips > 0
@@ -88,3 +88,27 @@ def test_keras_bf16_row_where_the_cpu_supports_it(exported_run):
     rows = {r.precision: r for r in report.records}
     assert set(rows) == {"float32", "bf16"}
     assert abs(rows["bf16"].accuracy - rows["float32"].accuracy) <= 0.25  # 8 images on a random-weight model
+
+
+def test_bench_refuses_manifest_paths_outside_the_export_folder(exported_run, tmp_path):
+    import shutil
+
+    from toolkit.errors import BenchError
+
+    run = tmp_path / "run"
+    shutil.copytree(exported_run, run, ignore=shutil.ignore_patterns("cache", "bench"))
+    manifest = json.loads((run / "export" / "manifest.json").read_text())
+    manifest["artifacts"][0]["path"] = "../../../../etc/passwd.onnx"
+    (run / "export" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BenchError, match="outside"):
+        run_bench(run, [], BenchOptions(formats=["onnx"], batches=(1,), runs=1))
+
+
+def test_device_cuda_without_a_cuda_provider_is_refused_before_any_work(exported_run):
+    from toolkit.bench.targets import cuda_available
+    from toolkit.errors import BenchError
+
+    if cuda_available():
+        pytest.skip("needs a machine without a CUDA GPU (this one has the CUDA provider)")
+    with pytest.raises(BenchError, match="no CUDA provider"):
+        run_bench(exported_run, [], BenchOptions(device="cuda", batches=(1,), runs=1))

@@ -137,3 +137,14 @@ def test_decoded_cache_is_reused_and_rebuilt_when_an_image_changes(tmp_path):
     third = load_split_images(split.train, (16, 16), cache)
     assert len(list(cache.glob("images-*.npy"))) == 2
     assert third.images[0].mean() > 240 and first.images[0].mean() < 200
+
+
+def test_parity_sample_is_stratified_seeded_and_complete_when_asked_for_all():
+    from toolkit.data import stratified_sample
+
+    labels = np.array([0] * 30 + [1] * 10)  # stored sorted by class, as splits are
+    index = stratified_sample(labels, 8, seed=4)
+    assert len(index) == 8 and list(labels[index]).count(0) == 6 and list(labels[index]).count(1) == 2
+    assert np.array_equal(index, stratified_sample(labels, 8, seed=4))
+    assert not np.array_equal(index, stratified_sample(labels, 8, seed=5))
+    assert np.array_equal(stratified_sample(labels, None, seed=0), np.arange(40))

@@ -109,7 +109,7 @@ def test_gate_catches_an_artifact_whose_weights_changed_after_export(trained_run
 
     tampered = ExportFormat(**{**real.__dict__, "convert": convert_then_tamper})
     monkeypatch.setitem(__import__("toolkit.export", fromlist=["REGISTRY"]).REGISTRY, "onnx-float32", tampered)
-    report = export_run(run, ExportOptions(format="onnx", precisions=["float32"]), log=lambda _m: None)
+    report = export_run(run, ExportOptions(format="onnx", precisions=["float32"]))
     assert len(report.failed) == 1
     entry = report.manifest["artifacts"][0]
     assert entry["parity"]["passed"] is False and entry["parity"]["failures"] and entry["advice"]
@@ -130,7 +130,7 @@ def test_failed_conversion_leaves_no_artifact_and_no_manifest_entry(trained_run,
     real = REGISTRY["tflite-float16"]
     monkeypatch.setitem(REGISTRY, "tflite-float16", ExportFormat(**{**real.__dict__, "convert": broken}))
     with pytest.raises(ExportError, match="converter crashed"):
-        export_run(run, ExportOptions(format="tflite", precisions=["float16"]), log=lambda _m: None)
+        export_run(run, ExportOptions(format="tflite", precisions=["float16"]))
     assert not (run / "export" / "model_float16.tflite").exists()
     assert list((run / "export").iterdir()) == []
 
@@ -190,6 +190,6 @@ def test_full_disk_during_export_is_one_error_and_keeps_the_previous_artifact(ex
     real = REGISTRY["tflite-int8"]
     monkeypatch.setitem(REGISTRY, "tflite-int8", ExportFormat(**{**real.__dict__, "convert": disk_full}))
     with pytest.raises(DiskFullError, match="previous file was kept"):
-        export_run(run, ExportOptions(format="tflite", precisions=["int8"]), log=lambda _m: None)
+        export_run(run, ExportOptions(format="tflite", precisions=["int8"]))
     assert (run / "export" / "model_int8.tflite").read_bytes() == before
     assert not [p for p in (run / "export").iterdir() if p.name.startswith(".")]

@@ -277,15 +277,14 @@ def load_dataset(
     image_size: int,
     options: SplitOptions = SplitOptions(),
     cache_dir: str | os.PathLike[str] | None = None,
-    progress: bool = False,
 ) -> LoadedDataset:
     """Discover, decode (once, cached) and check a data set for training."""
     split = discover_dataset(data_dir, options)
     size = (image_size, image_size)
-    arrays = {"train": load_split_images(split.train, size, cache_dir, split.root, progress)}
-    arrays["val"] = load_split_images(split.val, size, cache_dir, split.root, progress)
+    arrays = {"train": load_split_images(split.train, size, cache_dir, split.root, "training")}
+    arrays["val"] = load_split_images(split.val, size, cache_dir, split.root, "validation")
     if split.test:
-        arrays["test"] = load_split_images(split.test, size, cache_dir, split.root, progress)
+        arrays["test"] = load_split_images(split.test, size, cache_dir, split.root, "test")
     hints = {"train": "train" if split.layout == "split-folders" else ".", "val": split.val_dir or ".", "test": "test"}
     for name, arr in arrays.items():
         require_images_per_class(split, name, arr, hints[name])
@@ -319,7 +318,7 @@ def load_labelled_folder(
         fs, skip = _scan_class_dir(root / name, names.index(name), root)
         files += fs
         skipped += skip
-    arrays = decode_all(files, size, root, progress=False)
+    arrays = decode_all(files, size, root)
     arrays.skipped = skipped + arrays.skipped
     if len(arrays) == 0:
         raise DatasetError(f"no readable image in {root}")

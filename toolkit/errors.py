@@ -60,6 +60,10 @@ class DiskFullError(ToolkitError):
     """No space left while writing; the previous file (if any) is untouched."""
 
 
+class MissingDependencyError(ToolkitError):
+    """A command needs a package that this install left out (the base install has no TensorFlow)."""
+
+
 class Interrupted(ToolkitError):
     """The user pressed Ctrl-C; state needed to resume was saved."""
 

@@ -31,7 +31,7 @@ def atomic_path(dest: str | os.PathLike[str], suffix: str | None = None) -> Iter
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{dest.name}.",
+        prefix=f".{dest.name}{TEMP_MARK}",
         suffix=suffix if suffix is not None else "".join(dest.suffixes) or ".tmp",
         dir=dest.parent,
     )
@@ -40,6 +40,7 @@ def atomic_path(dest: str | os.PathLike[str], suffix: str | None = None) -> Iter
     try:
         yield tmp
         _fsync_file(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts are for service accounts too
         os.replace(tmp, dest)
         _fsync_dir(dest.parent)
     except OSError as exc:
@@ -50,6 +51,32 @@ def atomic_path(dest: str | os.PathLike[str], suffix: str | None = None) -> Iter
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+TEMP_MARK = ".toolkit-tmp-"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str]) -> int:
+    """Delete temporary files a killed run left (`.NAME.toolkit-tmp-*`) in `folder` and below; return the count.
+
+    Called when a run, an export or a bench starts in a folder that only it writes,
+    so a SIGKILL mid-write (up to a 60 MB model) costs no disk for good.
+    """
+    removed = 0
+    root = Path(folder)
+    if not root.is_dir():
+        return 0
+    for path in root.rglob(f".*{TEMP_MARK}*"):
+        with contextlib.suppress(OSError):
+            path.unlink()
+            removed += 1
+    return removed
 
 
 def _fsync_file(path: Path) -> None:

@@ -21,6 +21,7 @@ import numpy as np
 from toolkit.errors import DatasetError
 from toolkit.fileio import atomic_path, write_json_atomic
 from toolkit.imaging import load_image_array
+from toolkit.progress import track
 
 CACHE_FORMAT_VERSION = 1
 
@@ -63,7 +64,7 @@ def load_split_images(
     size: tuple[int, int],
     cache_dir: str | os.PathLike[str] | None,
     root: str | os.PathLike[str] | None = None,
-    progress: bool = False,
+    name: str = "",
 ) -> ImageArrays:
     """Decode and resize `files` once, through the on-disk cache when given."""
     key = _cache_key(files, size)
@@ -71,7 +72,7 @@ def load_split_images(
         cached = _read_cache(Path(cache_dir), key)
         if cached is not None:
             return cached
-    arrays = decode_all(files, size, root, progress)
+    arrays = decode_all(files, size, root, name)
     if cache_dir is not None:
         return _write_cache(Path(cache_dir), key, arrays)
     return arrays
@@ -87,19 +88,14 @@ def _relative(path: str, root: str | os.PathLike[str] | None) -> str:
 
 
 def decode_all(
-    files: Sequence[LabelledPath], size: tuple[int, int], root: str | os.PathLike[str] | None, progress: bool
+    files: Sequence[LabelledPath], size: tuple[int, int], root: str | os.PathLike[str] | None, name: str = ""
 ) -> ImageArrays:
     images = np.empty((len(files), size[0], size[1], 3), dtype=np.uint8)
     kept = 0
     labels: list[int] = []
     paths: list[str] = []
     skipped: list[SkippedFile] = []
-    iterator = files
-    if progress and len(files) > 50:
-        from rich.progress import track
-
-        iterator = track(files, description="decoding images", transient=True)
-    for f in iterator:
+    for f in track(files, f"decoding {name + ' ' if name else ''}images"):
         try:
             images[kept] = load_image_array(f.path, size)
         except DatasetError as exc:

@@ -152,7 +152,7 @@ class RunFolder:
     def image_size(self) -> int:
         return int(self.config["image_size"])
 
-    def load_data(self, data_dir: str | None = None, progress: bool = False) -> RunData:
+    def load_data(self, data_dir: str | None = None) -> RunData:
         """The run's training and validation images (decoded once, cached inside the run folder).
 
         Never the test split: export's parity runs on validation and int8 calibrates on train.
@@ -169,7 +169,7 @@ class RunFolder:
             self.config.get("seed", 0),
             self.config.get("validate_on_test", False),
         )
-        data = load_dataset(folder, self.image_size, options, self.path / "cache", progress=progress)
+        data = load_dataset(folder, self.image_size, options, self.path / "cache")
         if data.classes != self.labels:
             raise DatasetError(f"classes in {folder} {data.classes} differ from the model's labels {self.labels}")
         return RunData(data.train, data.val)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import sys
 
+from toolkit.errors import MissingDependencyError
+
 
 def quiet_tensorflow_env() -> None:
     """Ask TensorFlow's C++ side for errors only; must run before TensorFlow is imported."""
@@ -37,7 +39,12 @@ def import_tensorflow(quiet: bool = True):
 
 
 def _import():
-    import tensorflow as tf
+    try:
+        import tensorflow as tf
+    except ImportError:
+        raise MissingDependencyError(
+            "this needs TensorFlow, which the base install leaves out: pip install 'toolkit[train]'"
+        ) from None
 
     tf.config.list_physical_devices()
     import keras  # noqa: F401

@@ -298,3 +298,12 @@ def test_positive_class_and_operating_point_reach_predict_on_an_int8_export(demo
     assert any(r["probabilities"]["benign"] < 0.5 and r["label"] == "benign" for r in rows) or all(
         r["probabilities"]["benign"] >= 0.5 or r["probabilities"]["benign"] < 0.3 for r in rows
     )
+
+
+def test_base_precision_is_honoured_or_refused_never_ignored(demo_dir, tmp_path):
+    from toolkit.errors import DatasetError
+
+    for overrides in ({"cache_features": False}, {"fine_tune_epochs": 1}):
+        with pytest.raises(DatasetError, match="--base-precision bf16"):
+            train_config(demo_dir, tmp_path / "x", precision="bf16", **overrides).validate()
+    train_config(demo_dir, tmp_path / "x", precision="auto", fine_tune_epochs=1).validate()

@@ -17,7 +17,6 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ from toolkit.bench.targets import cuda_available, discover_targets, selected, ta
 from toolkit.bench.types import DEFAULT_BATCHES, BenchOptions, BenchRecord, BenchTarget
 from toolkit.bench.worker import run_worker
 from toolkit.errors import BenchError
+from toolkit.progress import phase
 
 __all__ = [
     "DEFAULT_BATCHES",
@@ -124,24 +124,26 @@ def run_bench(
     run_dir: Path | None,
     model_files: list[Path],
     options: BenchOptions,
-    progress: Callable[[str, int, int], None] | None = None,
 ) -> BenchReport:
     """Time every selected target in its own subprocess; write bench.json/csv/png into a run folder."""
     threads = options.threads or os.cpu_count() or 1
-    cuda = options.cuda and cuda_available()
+    cuda = options.device != "cpu" and cuda_available()
+    if options.device == "cuda" and not cuda:
+        raise BenchError(
+            "--device cuda: this onnxruntime has no CUDA provider (install the gpu extra on a GPU machine)"
+        )
     plan = _plan_for_run(run_dir, cuda) if run_dir is not None else _plan_for_files(model_files, cuda)
-    targets = [t for t in plan.targets if selected(t, options.formats)]
+    targets = [t for t in plan.targets if selected(t, options.formats, options.precisions, options.device)]
     if not targets:
-        raise BenchError("nothing to benchmark (no best.keras or exports, or --formats matched none)")
+        raise BenchError("nothing to benchmark (no best.keras or exports, or --format/--precision matched none)")
     images, image_labels = _bench_images(run_dir, options.data_dir, plan.image_size, plan.labels)
     records: list[BenchRecord] = []
     with tempfile.TemporaryDirectory(prefix="toolkit-bench-") as tmp:
         data_path = Path(tmp) / "images.npz"
         np.savez(data_path, images=images, labels=image_labels)
-        for index, target in enumerate(targets):
-            if progress:
-                progress(target.name, index, len(targets))
-            records += _run_in_subprocess(target, data_path, options, threads)
+        for target in targets:
+            with phase(f"benchmarking {target.name}"):
+                records += _run_in_subprocess(target, data_path, options, threads)
     fill_speedups(records)
     out_dir = run_dir / "bench" if run_dir is not None else None
     report = BenchReport(_machine(threads, plan, records), records, out_dir)

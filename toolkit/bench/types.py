@@ -41,11 +41,12 @@ class BenchRecord:
 
 @dataclasses.dataclass
 class BenchOptions:
-    formats: list[str] | None = None  # subset of target names' backends/precisions, e.g. ["onnx", "tflite-int8"]
+    formats: list[str] | None = None  # keras, onnx, tflite (None: all)
+    precisions: list[str] | None = None  # float32, float16, dynamic, int8, bf16 (None: all)
     batches: tuple[int, ...] = DEFAULT_BATCHES
     warmup: int = 3
     runs: int = 20
     seconds: float | None = None
     threads: int | None = None
     data_dir: str | None = None
-    cuda: bool = True
+    device: str = "auto"  # auto: CPU rows plus CUDA rows where ONNX Runtime has CUDA; cpu; cuda

@@ -13,7 +13,6 @@ import dataclasses
 import datetime
 import json
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +21,9 @@ from toolkit import __version__
 from toolkit.errors import ExportError
 from toolkit.export import onnx_float, onnx_int8, tflite
 from toolkit.export.base import ExportContext, ExportFormat
-from toolkit.fileio import atomic_path, sha256_file, write_json_atomic
+from toolkit.fileio import atomic_path, remove_stale_temporaries, sha256_file, write_json_atomic
 from toolkit.parity import ParityOverrides, compare_outputs, thresholds_for
+from toolkit.progress import phase
 from toolkit.quiet import silenced
 from toolkit.run_folder import RunFolder, load_run
 from toolkit.versions import package_versions
@@ -134,12 +134,15 @@ def _export_one(fmt: ExportFormat, ctx: ExportContext, parity: ParitySet) -> dic
     from toolkit.runtime import load as load_artifact
 
     dest = ctx.export_dir / fmt.filename
-    with atomic_path(dest) as tmp, silenced((1, 2)):  # converters print pages of graph dumps
+    # The converters print pages of graph dumps: silenced inside the phase, whose line comes after.
+    with phase(f"converting {fmt.format} {fmt.precision}"), atomic_path(dest) as tmp, silenced((1, 2)):
         fmt.convert(ctx, tmp)
     if fmt.key == "onnx-float32":
         ctx.scratch["onnx-float32"] = dest
-    classifier = load_artifact(dest, device="cpu", labels=ctx.labels, verify=False)
-    candidate = classifier.predict_arrays(parity.images)
+    with phase(f"parity of {fmt.format} {fmt.precision} on {len(parity.images)} validation images"):
+        with silenced((2,)):  # LiteRT announces its XNNPACK delegate
+            classifier = load_artifact(dest, device="cpu", labels=ctx.labels, verify=False)
+        candidate = classifier.predict_arrays(parity.images)
     record = compare_outputs(
         parity.reference, candidate, parity.labels, thresholds_for(fmt.precision, parity.overrides)
     )
@@ -164,9 +167,7 @@ def _export_one(fmt: ExportFormat, ctx: ExportContext, parity: ParitySet) -> dic
     return entry
 
 
-def export_run(
-    run_dir: str | Path, options: ExportOptions = ExportOptions(), log: Callable[[str], None] = print
-) -> ExportReport:
+def export_run(run_dir: str | Path, options: ExportOptions = ExportOptions()) -> ExportReport:
     """Convert the run's best model to every selected format and gate each on parity."""
     from toolkit.model import load_keras_model
 
@@ -178,6 +179,7 @@ def export_run(
     parity = _parity_set(model, data.val, options, seed)
     export_dir = run.path / "export"
     export_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(export_dir)
     source_sha = sha256_file(run.best)
     manifest = _open_manifest(export_dir, source_sha, run)
     ctx = ExportContext(
@@ -193,7 +195,6 @@ def export_run(
     failed: list[dict] = []
     try:
         for fmt in formats:
-            log(f"exporting {fmt.format} {fmt.precision} ...")
             entry = _export_one(fmt, ctx, parity)
             if not entry["parity"]["passed"]:
                 failed.append(entry)

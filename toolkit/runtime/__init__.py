@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -149,6 +149,31 @@ class Classifier:
             else np.zeros((0, *self.image_size, 3), np.uint8)
         )
         return [self.to_prediction(p) for p in self.predict_arrays(pixels, batch_size)]
+
+    def predict_files(
+        self, paths: Iterable[str | os.PathLike[str]], batch_size: int = 32
+    ) -> Iterator[tuple[str | os.PathLike[str], Prediction | None, DatasetError | None]]:
+        """(path, prediction, None) per readable image and (path, None, error) per unreadable one, in order.
+
+        Decodes and predicts `batch_size` at a time, so a folder of any size streams through.
+        """
+        batch: list[tuple[str | os.PathLike[str], np.ndarray]] = []
+        for path in paths:
+            try:
+                batch.append((path, self.preprocess(path)))
+            except DatasetError as exc:
+                yield from self._flush(batch, batch_size)
+                yield path, None, exc
+                continue
+            if len(batch) >= batch_size:
+                yield from self._flush(batch, batch_size)
+        yield from self._flush(batch, batch_size)
+
+    def _flush(self, batch: list, batch_size: int):
+        if batch:
+            probs = self.predict_arrays(np.stack([pixels for _, pixels in batch]), batch_size)
+            yield from ((path, self.to_prediction(p), None) for (path, _), p in zip(batch, probs))
+            batch.clear()
 
     def decide(self, probs: np.ndarray) -> np.ndarray:
         """Class indices for a batch of probabilities: the stored operating point, or argmax."""

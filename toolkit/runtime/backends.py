@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.errors import DeviceError, RuntimeModelError
+from toolkit.errors import DeviceError, MissingDependencyError, RuntimeModelError
 from toolkit.runtime.onnx_external import ProtobufError, external_data_locations
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -69,6 +69,7 @@ class OnnxBackend(Backend):
         pixel_scale: str = "0..255",
         allow_external_data: bool = False,
     ):
+        check_single_onnxruntime()
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -124,6 +125,31 @@ class OnnxBackend(Backend):
 
     def metadata(self) -> dict[str, str]:
         return dict(self.session.get_modelmeta().custom_metadata_map)
+
+
+ONNXRUNTIME_FIX = "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu"
+
+
+def installed_onnxruntimes() -> set[str]:
+    """Which of the onnxruntime distributions are installed (they share one folder)."""
+    import importlib.metadata as md
+
+    found = set()
+    for name in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            md.version(name)
+            found.add(name)
+        except md.PackageNotFoundError:
+            continue
+    return found
+
+
+def check_single_onnxruntime() -> None:
+    """Refuse to run with both onnxruntime and onnxruntime-gpu: whichever installed last broke the other."""
+    if installed_onnxruntimes() >= {"onnxruntime", "onnxruntime-gpu"}:
+        raise DeviceError(
+            f"onnxruntime and onnxruntime-gpu are both installed and overwrite each other; fix: {ONNXRUNTIME_FIX}"
+        )
 
 
 def check_external_data(path: Path, data: bytes, allow: bool) -> bytes | str:
@@ -242,8 +268,10 @@ class KerasBackend(Backend):
             from toolkit.tf_setup import import_tensorflow
 
             tf = import_tensorflow(quiet=False)  # embedded in an app: never touch the host's descriptors
-        except ImportError as exc:  # an app that installed only the runtime extra
-            raise RuntimeModelError(".keras models need TensorFlow; use an exported .onnx or .tflite file") from exc
+        except MissingDependencyError:  # an app that installed only the base runtime
+            raise RuntimeModelError(
+                ".keras models need TensorFlow (pip install 'toolkit[train]'); or use an exported .onnx or .tflite file"
+            ) from None
         from toolkit.model import inference_function, load_keras_model
 
         if threads:

@@ -62,7 +62,17 @@ class TrainConfig:
         if self.aug_views and not self.cache_features:
             raise DatasetError("--aug-views precomputes features; drop --no-cache-features")
         if self.precision not in PRECISIONS:
-            raise DatasetError(f"--precision must be one of {', '.join(PRECISIONS)}")
+            raise DatasetError(f"--base-precision must be one of {', '.join(PRECISIONS)}")
+        if self.precision not in ("auto", "fp32") and not self.cache_features:
+            raise DatasetError(
+                f"--base-precision {self.precision} applies to the cached frozen-base passes, and "
+                "--no-cache-features trains the whole model in float32: drop one of them"
+            )
+        if self.precision not in ("auto", "fp32") and self.fine_tune_epochs:
+            raise DatasetError(
+                f"--base-precision {self.precision} applies to the frozen phase, and fine-tuning trains in float32: "
+                "use --base-precision auto (bf16 where native for the frozen phase, float32 for fine-tuning)"
+            )
         if self.strategy not in STRATEGIES:
             raise DatasetError(f"--strategy must be one of {', '.join(STRATEGIES)}")
         if self.head not in HEADS:

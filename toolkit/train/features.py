@@ -19,6 +19,7 @@ import numpy as np
 
 from toolkit.data import ImageArrays
 from toolkit.errors import TrainingError
+from toolkit.progress import phase
 from toolkit.tf_setup import import_tensorflow
 
 
@@ -68,17 +69,21 @@ def open_feature_store(path: Path, shape: tuple[int, ...], dtype) -> np.ndarray:
     return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
 
 
-def extract_into(forward, images: np.ndarray, store: np.ndarray, batch_size: int) -> int:
+def extract_into(forward, images: np.ndarray, store: np.ndarray, batch_size: int, description: str = "") -> int:
     """Fill `store` (often a memmap) with the features of `images` (often a memmap), in order."""
     if len(store) != len(images):
         raise TrainingError(f"feature store holds {len(store)} rows for {len(images)} images")
-    for start in range(0, len(images), batch_size):
-        batch = np.asarray(images[start : start + batch_size], dtype=np.uint8)
-        store[start : start + len(batch)] = forward(batch).numpy().astype(store.dtype, copy=False)
+    with phase(description or "extracting features", len(images)) as advance:
+        for start in range(0, len(images), batch_size):
+            batch = np.asarray(images[start : start + batch_size], dtype=np.uint8)
+            store[start : start + len(batch)] = forward(batch).numpy().astype(store.dtype, copy=False)
+            advance(len(batch))
     return len(images)
 
 
-def extract_features(extractor, images: np.ndarray, out_path: Path, batch_size: int, dtype=np.float16) -> np.ndarray:
+def extract_features(
+    extractor, images: np.ndarray, out_path: Path, batch_size: int, dtype=np.float16, description: str = ""
+) -> np.ndarray:
     """Run the frozen extractor over `images` once; store its features in a memmap.
 
     float16 storage is plenty for training features (7x7x512 per image at 224 px)
@@ -86,7 +91,7 @@ def extract_features(extractor, images: np.ndarray, out_path: Path, batch_size: 
     """
     feature_shape = tuple(extractor.output.shape[1:])
     store = open_feature_store(out_path, (len(images), *feature_shape), dtype)
-    extract_into(compile_forward(extractor), images, store, batch_size)
+    extract_into(compile_forward(extractor), images, store, batch_size, description)
     store.flush()
     return np.load(out_path, mmap_mode="r", allow_pickle=False)
 
@@ -157,7 +162,9 @@ class EpochFeatures:
         self.check_reads()
         with self._lock:
             self.refreshing = True
-        extract_into(self.forward, self.source.arrays.images, self.store, self.source.batch_size)
+        extract_into(
+            self.forward, self.source.arrays.images, self.store, self.source.batch_size, f"epoch {epoch + 1} features"
+        )
         with self._lock:
             self.refreshing, self.epoch, self.reads = False, epoch, 0
 
@@ -221,14 +228,15 @@ def training_features(extractor, source: FeatureSource, augmenter, aug_views: in
     s = source
     n, labels = len(s.arrays), s.arrays.labels
     if augmenter is None:
-        feats = extract_features(extractor, s.arrays.images, s.folder / "features-train.npy", s.batch_size)
+        path = s.folder / "features-train.npy"
+        feats = extract_features(extractor, s.arrays.images, path, s.batch_size, description="training features")
         return feature_views_dataset(feats[None], labels, s.num_classes, s.batch_size, s.seed), []
     forward = compile_forward(extractor, augmenter)
     if aug_views:
         path = s.folder / "features-train-views.npy"
         views = open_feature_store(path, (aug_views, n, *s.feature_shape), np.float16)
         for view in range(aug_views):
-            extract_into(forward, s.arrays.images, views[view], s.batch_size)
+            extract_into(forward, s.arrays.images, views[view], s.batch_size, f"augmented view {view + 1}/{aug_views}")
         views.flush()
         stored = np.load(path, mmap_mode="r", allow_pickle=False)
         return feature_views_dataset(stored, labels, s.num_classes, s.batch_size, s.seed), []

@@ -13,6 +13,7 @@ model, history and best-so-far survive a crash or Ctrl-C.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +22,7 @@ import numpy as np
 
 from toolkit.data import LoadedDataset, load_dataset, write_data_report
 from toolkit.errors import TrainingError
-from toolkit.fileio import write_json_atomic
+from toolkit.fileio import remove_stale_temporaries, write_json_atomic
 from toolkit.hardware import is_chief, make_strategy, resolve_precision, tf_config, worker_tag
 from toolkit.operating_point import resolve_positive_class
 from toolkit.run_folder import BEST, CONFIG, HISTORY, STATE, TrainState, read_history_csv, read_json_file
@@ -32,19 +33,41 @@ from toolkit.train.finish import RunFacts, final_metrics, make_result, write_run
 from toolkit.train.fit import FitContext, Phase, balanced_class_weights, compile_model, fit_phase, image_dataset
 
 
-def prepare_run_dir(config: TrainConfig, resume: bool, chief: bool) -> tuple[Path, TrainConfig]:
+def _resumed_config(config: TrainConfig, saved: Path, explicit: set[str] | None) -> TrainConfig:
+    """The stored config, refusing (not ignoring) settings given now that differ from it; --epochs may grow."""
+    try:
+        stored = TrainConfig(**read_json_file(saved, "run config"))
+    except TypeError as exc:
+        raise TrainingError(f"{saved} is not a toolkit run config ({exc})") from None
+    names = explicit if explicit is not None else {f.name for f in dataclasses.fields(TrainConfig)} - {"out"}
+    differing = []
+    for name in sorted(names - {"epochs", "out"}):
+        given, kept = getattr(config, name), getattr(stored, name)
+        if name in ("data_dir", "cache_dir") and given and kept:
+            given, kept = str(Path(given).resolve()), str(Path(kept).resolve())
+        if given != kept:
+            differing.append(f"{name} {given} (stored: {kept})")
+    if differing:
+        raise TrainingError(
+            "--resume continues with the run's stored settings, and these differ: "
+            + "; ".join(differing)
+            + ". Drop them, or start a new run with another --out"
+        )
+    if explicit is None or "epochs" in explicit:
+        stored.epochs = max(stored.epochs, config.epochs)
+    return stored
+
+
+def prepare_run_dir(
+    config: TrainConfig, resume: bool, chief: bool, explicit: set[str] | None = None
+) -> tuple[Path, TrainConfig]:
     """Create the run folder (or reopen it with `resume`) and store config.json."""
     run_dir = Path(config.out)
     saved = run_dir / CONFIG
     if resume:
         if not saved.is_file():
             raise TrainingError(f"nothing to resume in {run_dir} (no config.json)")
-        try:
-            stored = TrainConfig(**read_json_file(saved, "run config"))
-        except TypeError as exc:
-            raise TrainingError(f"{saved} is not a toolkit run config ({exc})") from None
-        stored.epochs = max(stored.epochs, config.epochs) if config.epochs != TrainConfig.epochs else stored.epochs
-        return run_dir, stored
+        return run_dir, _resumed_config(config, saved, explicit)
     # A folder "holds a run" once an epoch finished; a start that failed earlier (bad data) is simply redone.
     if (run_dir / BEST).exists() or (run_dir / STATE).exists():
         raise TrainingError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
@@ -54,8 +77,8 @@ def prepare_run_dir(config: TrainConfig, resume: bool, chief: bool) -> tuple[Pat
     return run_dir, config
 
 
-def load_training_data(config: TrainConfig, cache_dir: Path, log, progress: bool) -> LoadedDataset:
-    data = load_dataset(config.data_dir, config.image_size, config.split_options(), cache_dir, progress=progress)
+def load_training_data(config: TrainConfig, cache_dir: Path, log) -> LoadedDataset:
+    data = load_dataset(config.data_dir, config.image_size, config.split_options(), cache_dir)
     test = f" / {len(data.test)} test" if data.test is not None else " (no test split)"
     log(
         f"data: {len(data.train)} train / {len(data.val)} validation{test} images, {len(data.classes)} classes "
@@ -115,8 +138,9 @@ def frozen_phase(ctx: FitContext, data: LoadedDataset, precision: str, augmenter
         compile_model(head, config.lr)
     # Validation runs the float32 base whatever --precision says: epochs are then
     # judged (and the best one picked) on exactly what the saved model computes.
+    val_path = features_dir / "features-val.npy"
     val_feats = extract_features(
-        features_part(ctx.model), data.val.images, features_dir / "features-val.npy", config.batch_size, np.float32
+        features_part(ctx.model), data.val.images, val_path, config.batch_size, np.float32, "validation features"
     )
     val_ds = plain_feature_dataset(val_feats, data.val.labels, num_classes, config.batch_size)
     feature_shape = tuple(features_part(ctx.model).output.shape[1:])
@@ -176,16 +200,26 @@ def _context(config: TrainConfig, run_dir: Path, chief: bool, data: LoadedDatase
 
 
 def train(
-    config: TrainConfig, resume: bool = False, log: Callable[[str], None] = print, verbose: int = 1
+    config: TrainConfig,
+    resume: bool = False,
+    log: Callable[[str], None] = print,
+    verbose: int = 1,
+    explicit: set[str] | None = None,
 ) -> TrainResult:
-    """Train, checkpoint and evaluate one run; write its self-contained folder."""
+    """Train, checkpoint and evaluate one run; write its self-contained folder.
+
+    With `resume`, `explicit` names the settings the user gave (the command line's typed
+    flags); any that differ from the stored config are refused. None: every field of `config`.
+    """
     config.validate()
     start = time.perf_counter()
     cluster = tf_config() if config.strategy == "multiworker" else {}  # a stray TF_CONFIG changes nothing else
     chief = is_chief(cluster)
-    run_dir, config = prepare_run_dir(config, resume, chief)
+    run_dir, config = prepare_run_dir(config, resume, chief, explicit)
+    if chief:  # only the chief writes the run folder's files (workers may share it)
+        remove_stale_temporaries(run_dir)
     cache_dir = Path(config.cache_dir) if config.cache_dir else run_dir / "cache"
-    data = load_training_data(config, cache_dir, log, progress=verbose > 0)
+    data = load_training_data(config, cache_dir, log)
     if chief:
         write_data_report(data.report, run_dir / "data_report.json")
     ctx, weights_info, precision, warnings = _context(config, run_dir, chief, data, resume, log, verbose)

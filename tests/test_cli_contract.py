@@ -1,0 +1,233 @@
+"""The command line's contract: one vocabulary, choices checked before work, one-line errors, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from toolkit.cli import app
+
+runner = CliRunner()
+RESULT_COMMANDS = ("demo-data", "train", "export", "predict", "evaluate", "bench")
+
+
+def _options() -> dict[str, set[str]]:
+    group = typer.main.get_command(app)
+    return {name: {o for p in cmd.params for o in p.opts} for name, cmd in group.commands.items()}
+
+
+def _one_error_line(result, code: int, needle: str) -> None:
+    assert result.exit_code == code, (result.exit_code, result.output)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_one_vocabulary_across_commands():
+    options = _options()
+    every = set().union(*options.values())
+    assert not every & {"--batch", "--formats", "--size", "--cuda", "--no-cuda"}  # the old spellings are gone
+    for name in ("train", "predict", "evaluate", "bench"):
+        assert "--batch-size" in options[name], name
+    for name in ("export", "bench"):
+        assert {"--format", "--precision"} <= options[name], name
+    for name in ("predict", "evaluate", "bench"):
+        assert "--device" in options[name], name
+    for name in ("demo-data", "train"):
+        assert "--image-size" in options[name], name
+    for name in RESULT_COMMANDS:
+        assert "--json" in options[name], name
+    assert "--base-precision" in options["train"] and "--precision" not in options["train"]
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["train", "DATA", "--head", "dense"], "'dense' is not one of"),
+        (["train", "DATA", "--monitor", "val_acc"], "'val_acc' is not one of"),
+        (["train", "DATA", "--base-precision", "fp8"], "'fp8' is not one of"),
+        (["predict", "m.onnx", "x.jpg", "--device", "tpu"], "'tpu' is not one of"),
+        (["predict", "m.onnx", "x.jpg", "--batch-size", "0"], "0 is not in the range"),
+        (["evaluate", "m.onnx", "DATA", "--batch-size", "0"], "0 is not in the range"),
+        (["export", "RUN", "--precision", "float32,int9"], "int9 not among"),
+        (["export", "RUN", "--parity-images", "0"], "0 is not in the range"),
+        (["bench", "RUN", "--format", "pytorch"], "pytorch not among"),
+    ],
+)
+def test_bad_choices_are_refused_before_any_work(args, needle):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and needle in result.output.replace("\n", " ").replace("│", " ").replace("  ", " ")
+
+
+def test_help_lists_the_choices():
+    result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
+    assert "flatten|gap" in result.stdout and "val_loss|val_accuracy|val_auc" in result.stdout
+
+
+def test_internal_errors_are_one_line_with_exit_3_and_debug_shows_the_traceback(tmp_path, monkeypatch):
+    import toolkit.demo_data
+
+    def broken(*_args, **_kwargs):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(toolkit.demo_data, "write_demo_dataset", broken)
+    result = runner.invoke(app, ["demo-data", str(tmp_path / "d")])
+    _one_error_line(result, 3, "internal error (ZeroDivisionError: a bug); run with --debug")
+    debug = runner.invoke(app, ["--debug", "demo-data", str(tmp_path / "d")])
+    assert isinstance(debug.exception, ZeroDivisionError)
+
+
+def test_unwritable_output_folders_are_one_line_errors(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    _one_error_line(runner.invoke(app, ["demo-data", str(blocker / "demo"), "--per-class", "2"]), 2, "a-file")
+    data = tmp_path / "data"
+    runner.invoke(app, ["demo-data", str(data), "--per-class", "4", "--image-size", "32"])
+    result = runner.invoke(app, ["train", str(data), "--out", str(blocker / "run"), "--weights", "none"])
+    _one_error_line(result, 2, "a-file")
+
+
+def test_damaged_run_files_are_one_line_errors(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("cache"))
+    data = json.loads((run / "config.json").read_text())["data_dir"]
+    (run / "train_state.json").write_text("{broken")
+    result = runner.invoke(app, ["train", data, "--out", str(run), "--resume", "--image-size", "32"])
+    _one_error_line(result, 2, "train_state.json")
+    (run / "config.json").write_text("[1, 2")
+    _one_error_line(runner.invoke(app, ["train", data, "--out", str(run), "--resume"]), 2, "config.json")
+    _one_error_line(runner.invoke(app, ["export", str(run)]), 2, "config.json")
+    (run / "labels.json").unlink()
+    _one_error_line(runner.invoke(app, ["bench", str(run)]), 2, "labels.json")
+
+
+def test_corrupt_labels_beside_a_keras_file_is_one_line(trained_run, tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    shutil.copy(trained_run / "best.keras", folder / "best.keras")
+    (folder / "labels.json").write_text("{oops")
+    image = next((Path(json.loads((trained_run / "config.json").read_text())["data_dir"]) / "test").rglob("*.jpg"))
+    _one_error_line(runner.invoke(app, ["predict", str(folder / "best.keras"), str(image)]), 2, "labels.json")
+
+
+def test_resume_refuses_flags_that_differ_from_the_stored_run(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("cache"))
+    data = json.loads((run / "config.json").read_text())["data_dir"]
+    result = runner.invoke(app, ["train", data, "--out", str(run), "--resume", "--lr", "0.5", "--head", "gap"])
+    _one_error_line(result, 2, "these differ: head gap (stored: flatten); lr 0.5 (stored: 0.001)")
+    other = runner.invoke(app, ["train", str(tmp_path), "--out", str(run), "--resume"])
+    _one_error_line(other, 2, "data_dir")
+
+
+def test_progress_is_one_line_per_phase_off_a_terminal_and_silent_with_json(exported_run):
+    args = ["export", str(exported_run), "--format", "onnx", "--precision", "float32"]
+    shown = runner.invoke(app, args)
+    assert shown.exit_code == 0, shown.output
+    assert "converting onnx float32: done in" in shown.stderr
+    assert "parity of onnx float32 on 6 validation images: done in" in shown.stderr
+    silent = runner.invoke(app, [*args, "--json"])
+    assert silent.exit_code == 0 and "done in" not in silent.stderr and json.loads(silent.stdout)["artifacts"]
+    quiet = runner.invoke(app, [*args, "--quiet"])
+    assert quiet.exit_code == 0 and "done in" not in quiet.stderr
+
+
+def test_training_reports_decoding_and_feature_extraction(demo_dir, tmp_path):
+    args = ["train", str(demo_dir), "--out", str(tmp_path / "r"), "--image-size", "32", "--epochs", "1"]
+    result = runner.invoke(app, [*args, "--weights", "none", "--batch-size", "8", "--aug-views", "2"])
+    assert result.exit_code == 0, result.output
+    for phase in ("decoding training images: 18/18", "validation features: 6/6", "augmented view 2/2: 18/18"):
+        assert phase in result.stderr, result.stderr
+
+
+def test_json_results_on_train_evaluate_and_demo_data(exported_run, tmp_path):
+    demo = runner.invoke(app, ["demo-data", str(tmp_path / "d"), "--per-class", "4", "--image-size", "32", "--json"])
+    assert json.loads(demo.stdout)["counts"]["test"] == {"benign": 1, "malignant": 1}
+    data = Path(json.loads((exported_run / "config.json").read_text())["data_dir"]) / "test"
+    result = runner.invoke(app, ["evaluate", str(exported_run / "export" / "model_float32.onnx"), str(data), "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["metrics"]["count"] == 8
+
+
+def test_both_onnxruntime_packages_are_refused_with_the_fix(exported_run, monkeypatch):
+    from toolkit.runtime import backends
+
+    monkeypatch.setattr(backends, "installed_onnxruntimes", lambda: {"onnxruntime", "onnxruntime-gpu"})
+    image = next((Path(json.loads((exported_run / "config.json").read_text())["data_dir"]) / "test").rglob("*.jpg"))
+    result = runner.invoke(app, ["predict", str(exported_run / "export" / "model_float32.onnx"), str(image)])
+    _one_error_line(result, 2, "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu")
+
+
+def test_artifacts_are_readable_by_others_and_stale_temporaries_are_cleaned(exported_run, tmp_path):
+    from toolkit.fileio import remove_stale_temporaries, write_text_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_text_atomic(tmp_path / "out.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out.txt").stat().st_mode & 0o777 == 0o644
+    for name in ("model_float32.onnx", "model_int8.tflite", "manifest.json"):
+        assert (exported_run / "export" / name).stat().st_mode & 0o044 == 0o044, name
+    stale = tmp_path / ".best.keras.toolkit-tmp-abc123.keras"
+    stale.write_bytes(b"half a model")
+    keep = tmp_path / ".hidden-user-file"
+    keep.write_text("mine")
+    assert remove_stale_temporaries(tmp_path) == 1 and not stale.exists() and keep.exists()
+
+
+def test_base_install_predicts_without_tensorflow(exported_run, tmp_path):
+    """Build the wheel, install only the base into a fresh venv, and run predict on ONNX and TFLite."""
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            str(root),
+            "-w",
+            str(tmp_path),
+        ],
+        check=True,
+    )
+    wheel = next(tmp_path.glob("toolkit-*.whl"))
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = subprocess.run(
+        [str(venv / "bin/python"), "-m", "pip", "install", "-q", str(wheel)], capture_output=True, text=True
+    )
+    assert pip.returncode == 0, pip.stderr[-2000:]
+    python = str(venv / "bin/python")
+    missing = subprocess.run(
+        [
+            python,
+            "-c",
+            "import importlib.util as u; print([m for m in ('tensorflow', 'keras', 'tf2onnx') if u.find_spec(m)])",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert missing.stdout.strip() == "[]"
+    image = next((Path(json.loads((exported_run / "config.json").read_text())["data_dir"]) / "test").rglob("*.jpg"))
+    for name in ("model_float32.onnx", "model_int8.tflite"):
+        out = subprocess.run(
+            [str(venv / "bin/toolkit"), "predict", str(exported_run / "export" / name), str(image), "--json"],
+            capture_output=True,
+            text=True,
+        )
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["label"] in ("benign", "malignant")
+    train = subprocess.run([str(venv / "bin/toolkit"), "train", str(tmp_path)], capture_output=True, text=True)
+    assert train.returncode == 2 and "pip install 'toolkit[train]'" in train.stderr and "Traceback" not in train.stderr
