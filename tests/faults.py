@@ -73,8 +73,12 @@ def _train_args(data: str, out: str) -> list[str]:
         "--weights",
         "none",
         "--no-augment",
-        "--precision",
+        "--base-precision",
         "fp32",
+        "--seed",
+        "1",
+        "--val-split",
+        "0.25",  # the settings of tests.conftest.train_config, which resumes these runs
         "--quiet",
     ]
 

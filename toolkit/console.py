@@ -42,10 +42,39 @@ def print_export_table(manifest: dict) -> None:
     Console(width=max(Console().width, 110)).print(table)
 
 
-def print_bench_report(report: BenchReport, batches: tuple[int, ...]) -> None:
-    """The machine line, the float32 floor, then one table per batch size."""
+BENCH_COLUMNS = ("backend", "provider", "p50 ms", "p90 ms", "p99 ms", "img/s", "load s", "peak MB", "size MB")
+BENCH_COLUMNS += ("accuracy", "vs keras", "GFLOP/s", "% peak")
+
+
+def _bench_table(report: BenchReport, batch: int) -> Table:
+    """One batch size's rows; green the fastest, cyan the fastest within 1 point of the best accuracy."""
     from toolkit.bench import best_rows
 
+    fastest, best_accurate = best_rows(report.records, batch)
+    table = Table(title=f"batch {batch}")
+    for column in BENCH_COLUMNS:
+        table.add_column(column, justify="left" if column in ("backend", "provider") else "right")
+    for r in (r for r in report.records if r.batch == batch):
+        asked = r.requested_device
+        provider = r.provider if asked == r.provider else f"{r.provider} (asked {asked}; fell back)"
+        style = "bold green" if r is fastest else "bold cyan" if r is best_accurate else None
+        accuracy = "n/a" if r.accuracy is None else f"{r.accuracy:.1%}"
+        speedup = "" if r.speedup_vs_keras is None else f"{r.speedup_vs_keras:.2f}x"
+        timings = (
+            f"{r.p50_ms:.1f}",
+            f"{r.p90_ms:.1f}",
+            f"{r.p99_ms:.1f}",
+            f"{r.throughput_ips:.1f}",
+            f"{r.load_s:.2f}",
+        )
+        sizes = (f"{r.peak_rss_mb:.0f}", f"{r.size_mb:.1f}")
+        rates = (accuracy, speedup, f"{r.gflops:.0f}", f"{r.percent_of_peak:.0f}%")
+        table.add_row(r.name, provider, *timings, *sizes, *rates, style=style)
+    return table
+
+
+def print_bench_report(report: BenchReport, batches: tuple[int, ...]) -> None:
+    """The machine line, the float32 floor, then one table per batch size."""
     console = Console(width=max(Console().width, 140))
     m = report.machine
     console.print(
@@ -58,48 +87,7 @@ def print_bench_report(report: BenchReport, batches: tuple[int, ...]) -> None:
         f"so the float32 floor is {m['fp32_floor_ms']:.0f} ms per image"
     )
     for b in batches:
-        fastest, best_accurate = best_rows(report.records, b)
-        table = Table(title=f"batch {b}")
-        for column in (
-            "backend",
-            "provider",
-            "p50 ms",
-            "p90 ms",
-            "p99 ms",
-            "img/s",
-            "load s",
-            "peak MB",
-            "size MB",
-            "accuracy",
-            "vs keras",
-            "GFLOP/s",
-            "% peak",
-        ):
-            table.add_column(column, justify="left" if column in ("backend", "provider") else "right")
-        for r in (r for r in report.records if r.batch == b):
-            provider = (
-                r.provider
-                if r.requested_device == r.provider
-                else f"{r.provider} (asked {r.requested_device}; fell back)"
-            )
-            style = "bold green" if r is fastest else "bold cyan" if r is best_accurate else None
-            table.add_row(
-                r.name,
-                provider,
-                f"{r.p50_ms:.1f}",
-                f"{r.p90_ms:.1f}",
-                f"{r.p99_ms:.1f}",
-                f"{r.throughput_ips:.1f}",
-                f"{r.load_s:.2f}",
-                f"{r.peak_rss_mb:.0f}",
-                f"{r.size_mb:.1f}",
-                "n/a" if r.accuracy is None else f"{r.accuracy:.1%}",
-                "" if r.speedup_vs_keras is None else f"{r.speedup_vs_keras:.2f}x",
-                f"{r.gflops:.0f}",
-                f"{r.percent_of_peak:.0f}%",
-                style=style,
-            )
-        console.print(table)
+        console.print(_bench_table(report, b))
     console.print("[bold green]green[/]: fastest; [bold cyan]cyan[/]: fastest within 1 point of the best accuracy")
     if report.out_dir:
         console.print(f"wrote {report.out_dir}/bench.json, bench.csv, bench.png")

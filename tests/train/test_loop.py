@@ -280,9 +280,7 @@ def test_positive_class_and_operating_point_reach_predict_on_an_int8_export(demo
     config = train_config(demo_dir, out, epochs=2, positive_class="benign", operating_point="threshold=0.3")
     train(config, log=lambda _m: None, verbose=0)
     relaxed = ParityOverrides(min_agreement=0.0, max_accuracy_drop=1.0)
-    export_run(
-        out, ExportOptions(format="onnx", precisions=["int8"], calib_images=8, overrides=relaxed), log=lambda _m: None
-    )
+    export_run(out, ExportOptions(format="onnx", precisions=["int8"], calib_images=8, overrides=relaxed))
     model = out / "export" / "model_int8.onnx"
     meta = {p.key: p.value for p in onnx.load(str(model)).metadata_props}
     assert json.loads(meta["decision"])["positive_class"] == "benign"

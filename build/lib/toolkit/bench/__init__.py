@@ -1,0 +1,152 @@
+"""Benchmark every artifact of a run side by side: latency, throughput, memory, size, accuracy.
+
+    types.py    BenchTarget, BenchRecord, BenchOptions
+    targets.py  what to benchmark (a run folder, or model files)
+    worker.py   one backend timed in a fresh subprocess
+    machine.py  the machine header, float32 matrix peak, model FLOPs
+    report.py   speed-ups, best rows, bench.json/csv/png
+
+Inputs are the run's real validation images, never zeros.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from toolkit.bench.machine import MATMUL_SIZE, machine_header, measure_matmul_peak_gflops, vgg16_classifier_flops
+from toolkit.bench.report import BenchReport, best_rows, fill_speedups, write_outputs
+from toolkit.bench.targets import cuda_available, discover_targets, selected, targets_from_files
+from toolkit.bench.types import DEFAULT_BATCHES, BenchOptions, BenchRecord, BenchTarget
+from toolkit.bench.worker import run_worker
+from toolkit.errors import BenchError
+from toolkit.progress import phase
+
+__all__ = [
+    "DEFAULT_BATCHES",
+    "BenchError",
+    "BenchOptions",
+    "BenchRecord",
+    "BenchReport",
+    "BenchTarget",
+    "best_rows",
+    "run_bench",
+    "run_worker",
+    "vgg16_classifier_flops",
+]
+
+
+@dataclasses.dataclass
+class BenchPlan:
+    """What to time and on which images."""
+
+    targets: list[BenchTarget]
+    labels: list[str]
+    image_size: int
+    head: str
+
+
+def _plan_for_run(run_dir: Path, cuda: bool) -> BenchPlan:
+    from toolkit.run_folder import load_run
+
+    run = load_run(run_dir, need_model=False)
+    targets = discover_targets(run.path, cuda)
+    return BenchPlan(targets, run.labels, run.image_size, run.config.get("head", "flatten"))
+
+
+def _plan_for_files(files: list[Path], cuda: bool) -> BenchPlan:
+    from toolkit.runtime import load
+
+    targets = targets_from_files(files, cuda)
+    probe = next((t for t in targets if t.backend != "keras"), None)
+    if probe is None:
+        raise BenchError("benchmarking a lone .keras file needs its run folder")
+    clf = load(probe.path, device="cpu", verify=False)
+    return BenchPlan(targets, clf.labels, clf.image_size[0], "flatten")
+
+
+def _bench_images(run_dir: Path | None, data_dir: str | None, image_size: int, labels: list[str]):
+    """A labelled folder given with --data, or the run's own validation images."""
+    from toolkit.data import load_labelled_folder
+    from toolkit.run_folder import load_run
+
+    if data_dir:
+        _, arrays = load_labelled_folder(data_dir, (image_size, image_size), labels)
+        return arrays.images, arrays.labels
+    if run_dir is None:
+        raise BenchError("model files without a run folder need --data DIR (a labelled folder)")
+    val = load_run(run_dir, need_model=False).load_data().val
+    return np.asarray(val.images), val.labels
+
+
+def _run_in_subprocess(target: BenchTarget, data_path: Path, options: BenchOptions, threads: int) -> list[BenchRecord]:
+    spec = {
+        "target": dataclasses.asdict(target),
+        "threads": threads,
+        "images": str(data_path),
+        "batches": list(options.batches),
+        "warmup": options.warmup,
+        "runs": options.runs,
+        "seconds": options.seconds,
+    }
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", OMP_NUM_THREADS=str(threads))
+    proc = subprocess.run(
+        [sys.executable, "-m", "toolkit.bench.worker", json.dumps(spec)], capture_output=True, text=True, env=env
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("[")]
+    if proc.returncode != 0 or not lines:
+        reason = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise BenchError(f"{target.name} failed in its subprocess: {reason}")
+    return [BenchRecord(**r) for r in json.loads(lines[-1])]
+
+
+def _machine(threads: int, plan: BenchPlan, records: list[BenchRecord]) -> dict:
+    """The machine header, its float32 peak, and each record's achieved GFLOP/s against it."""
+    machine = machine_header(threads)
+    machine["fp32_matmul_peak_gflops"] = measure_matmul_peak_gflops()
+    machine["model_gflop_per_image"] = vgg16_classifier_flops(plan.image_size, len(plan.labels), plan.head) / 1e9
+    machine["fp32_matmul_size"] = MATMUL_SIZE
+    machine["fp32_floor_ms"] = 1000 * machine["model_gflop_per_image"] / machine["fp32_matmul_peak_gflops"]
+    for r in records:
+        r.gflops = machine["model_gflop_per_image"] * r.batch / (r.p50_ms / 1000.0)
+        r.percent_of_peak = 100.0 * r.gflops / machine["fp32_matmul_peak_gflops"]
+    return machine
+
+
+def run_bench(
+    run_dir: Path | None,
+    model_files: list[Path],
+    options: BenchOptions,
+) -> BenchReport:
+    """Time every selected target in its own subprocess; write bench.json/csv/png into a run folder."""
+    threads = options.threads or os.cpu_count() or 1
+    cuda = options.device != "cpu" and cuda_available()
+    if options.device == "cuda" and not cuda:
+        raise BenchError(
+            "--device cuda: this onnxruntime has no CUDA provider (install the gpu extra on a GPU machine)"
+        )
+    plan = _plan_for_run(run_dir, cuda) if run_dir is not None else _plan_for_files(model_files, cuda)
+    targets = [t for t in plan.targets if selected(t, options.formats, options.precisions, options.device)]
+    if not targets:
+        raise BenchError("nothing to benchmark (no best.keras or exports, or --format/--precision matched none)")
+    images, image_labels = _bench_images(run_dir, options.data_dir, plan.image_size, plan.labels)
+    records: list[BenchRecord] = []
+    with tempfile.TemporaryDirectory(prefix="toolkit-bench-") as tmp:
+        data_path = Path(tmp) / "images.npz"
+        np.savez(data_path, images=images, labels=image_labels)
+        for target in targets:
+            with phase(f"benchmarking {target.name}"):
+                records += _run_in_subprocess(target, data_path, options, threads)
+    fill_speedups(records)
+    out_dir = run_dir / "bench" if run_dir is not None else None
+    report = BenchReport(_machine(threads, plan, records), records, out_dir)
+    if out_dir is not None:
+        write_outputs(report, out_dir)
+    return report

@@ -1,0 +1,66 @@
+"""What to benchmark: a run's Keras model and exports, or model files given by path."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+from toolkit.bench.types import BenchTarget
+from toolkit.errors import BenchError
+from toolkit.hardware import cpu_supports_bf16
+
+
+def discover_targets(run_dir: Path, cuda: bool) -> list[BenchTarget]:
+    targets = []
+    if (run_dir / "best.keras").is_file() and importlib.util.find_spec("tensorflow") is not None:
+        targets.append(BenchTarget("keras float32", "keras", str(run_dir / "best.keras"), "float32"))
+        if cpu_supports_bf16():  # native bf16 (AVX512_BF16/AMX); emulated bf16 would only be slower
+            targets.append(BenchTarget("keras bf16", "keras", str(run_dir / "best.keras"), "bf16"))
+    manifest = run_dir / "export" / "manifest.json"
+    if manifest.is_file():
+        for a in json.loads(manifest.read_text())["artifacts"]:
+            path = str(_inside_export(run_dir, a["path"]))
+            targets.append(BenchTarget(f"{a['format']} {a['precision']}", a["format"], path, a["precision"]))
+            if cuda and a["format"] == "onnx":
+                targets.append(
+                    BenchTarget(f"{a['format']} {a['precision']} (cuda)", "onnx", path, a["precision"], "cuda")
+                )
+    return targets
+
+
+def _inside_export(run_dir: Path, name: str) -> Path:
+    """A manifest path, which must name a file inside RUN/export (a received manifest is not trusted)."""
+    path = Path(name)
+    if path.is_absolute() or ".." in path.parts or len(path.parts) != 1:
+        raise BenchError(f"manifest path {name!r} points outside {run_dir / 'export'}; refusing it")
+    return run_dir / "export" / path
+
+
+def targets_from_files(paths: list[Path], cuda: bool) -> list[BenchTarget]:
+    targets = []
+    for p in paths:
+        backend = {".keras": "keras", ".onnx": "onnx", ".tflite": "tflite"}.get(p.suffix.lower())
+        if backend is None:
+            raise BenchError(f"cannot benchmark {p.name}: expected .keras, .onnx or .tflite")
+        targets.append(BenchTarget(p.name, backend, str(p), "unknown"))
+        if cuda and backend == "onnx":
+            targets.append(BenchTarget(f"{p.name} (cuda)", backend, str(p), "unknown", "cuda"))
+    return targets
+
+
+def selected(target: BenchTarget, formats: list[str] | None, precisions: list[str] | None, device: str) -> bool:
+    """Whether --format, --precision and --device keep this row."""
+    if formats and target.backend not in formats:
+        return False
+    if precisions and target.precision not in precisions:
+        return False
+    return device == "auto" or target.device == device
+
+
+def cuda_available() -> bool:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return False
+    return "CUDAExecutionProvider" in ort.get_available_providers()

@@ -1,0 +1,52 @@
+"""The records a benchmark produces and the options it takes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+DEFAULT_BATCHES = (1, 8)
+
+
+@dataclasses.dataclass
+class BenchTarget:
+    name: str  # e.g. "onnx float32 (cpu)"
+    backend: str  # keras | onnx | tflite
+    path: str
+    precision: str
+    device: str = "cpu"
+
+
+@dataclasses.dataclass
+class BenchRecord:
+    name: str
+    backend: str
+    precision: str
+    requested_device: str
+    provider: str
+    batch: int
+    runs: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    per_image_ms: float
+    throughput_ips: float
+    load_s: float
+    peak_rss_mb: float
+    size_mb: float
+    accuracy: float | None
+    speedup_vs_keras: float | None = None
+    gflops: float | None = None  # achieved, from the model's FLOPs and the p50 latency
+    percent_of_peak: float | None = None  # of the float32 matrix peak measured in the same run
+
+
+@dataclasses.dataclass
+class BenchOptions:
+    formats: list[str] | None = None  # keras, onnx, tflite (None: all)
+    precisions: list[str] | None = None  # float32, float16, dynamic, int8, bf16 (None: all)
+    batches: tuple[int, ...] = DEFAULT_BATCHES
+    warmup: int = 3
+    runs: int = 20
+    seconds: float | None = None
+    threads: int | None = None
+    data_dir: str | None = None
+    device: str = "auto"  # auto: CPU rows plus CUDA rows where ONNX Runtime has CUDA; cpu; cuda

@@ -1,0 +1,103 @@
+"""One backend, timed in its own fresh process: `python -m toolkit.bench.worker SPEC_JSON`.
+
+A fresh process per backend keeps one runtime's thread pools, allocator and caches
+from skewing another's numbers. The result is one JSON line on stdout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from toolkit.bench.types import BenchRecord, BenchTarget
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _keras_runner(path: str, threads: int, precision: str = "float32"):
+    """The Keras model (its base in bf16 for the bf16 row) through the toolkit's one Keras inference path."""
+    from toolkit.tf_setup import import_tensorflow
+
+    tf = import_tensorflow()
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    from toolkit.model import inference_function, load_keras_model, with_precision
+
+    model = with_precision(load_keras_model(path), "bf16" if precision == "bf16" else "fp32")
+    return inference_function(model), "cpu"
+
+
+def run_worker(spec: dict) -> list[dict]:
+    target = BenchTarget(**spec["target"])
+    threads = spec["threads"]
+    data = np.load(spec["images"], allow_pickle=False)
+    images, labels = data["images"], data["labels"]
+    t0 = time.perf_counter()
+    if target.backend == "keras":
+        run, provider = _keras_runner(target.path, threads, target.precision)
+    else:
+        from toolkit.runtime import load
+
+        clf = load(
+            target.path, device=target.device if target.device == "cpu" else "auto", threads=threads, verify=False
+        )
+        run, provider = clf.backend.run, clf.provider
+    load_s = time.perf_counter() - t0
+    probs = np.concatenate([run(images[i : i + 16]) for i in range(0, len(images), 16)])
+    accuracy = float((probs.argmax(1) == labels).mean()) if len(labels) else None
+    records = []
+    for batch in spec["batches"]:
+        batches = [images[(i * batch + np.arange(batch)) % len(images)] for i in range(8)]
+        for i in range(spec["warmup"]):
+            run(batches[i % len(batches)])
+        times: list[float] = []
+        deadline = time.perf_counter() + spec["seconds"] if spec["seconds"] else None
+        i = 0
+        while (deadline is None and i < spec["runs"]) or (deadline is not None and time.perf_counter() < deadline):
+            x = batches[i % len(batches)]
+            start = time.perf_counter()
+            run(x)
+            times.append(time.perf_counter() - start)
+            i += 1
+        p50 = _percentile(times, 50) * 1000
+        records.append(
+            dataclasses.asdict(
+                BenchRecord(
+                    name=target.name,
+                    backend=target.backend,
+                    precision=target.precision,
+                    requested_device=target.device,
+                    provider=provider,
+                    batch=batch,
+                    runs=len(times),
+                    p50_ms=p50,
+                    p90_ms=_percentile(times, 90) * 1000,
+                    p99_ms=_percentile(times, 99) * 1000,
+                    per_image_ms=p50 / batch,
+                    throughput_ips=batch * len(times) / sum(times),
+                    load_s=load_s,
+                    peak_rss_mb=_peak_rss_mb(),
+                    size_mb=os.path.getsize(target.path) / 1e6,
+                    accuracy=accuracy,
+                )
+            )
+        )
+    return records
+
+
+if __name__ == "__main__":
+    result = run_worker(json.loads(sys.argv[1]))
+    sys.stdout.write(json.dumps(result) + "\n")

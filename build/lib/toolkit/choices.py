@@ -1,0 +1,78 @@
+"""The fixed vocabularies of the command line, as enums Typer lists in --help and checks before any work.
+
+One name means one thing everywhere: `--format` is a model format, `--precision` an
+artifact's numeric precision, `--device` where inference runs, `--batch-size`
+images per call.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class BasePrecision(StrEnum):
+    """Compute precision of the frozen base's cached forward passes during training."""
+
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class Head(StrEnum):
+    flatten = "flatten"
+    gap = "gap"
+
+
+class Strategy(StrEnum):
+    default = "default"
+    mirrored = "mirrored"
+    multiworker = "multiworker"
+
+
+class Monitor(StrEnum):
+    val_loss = "val_loss"
+    val_accuracy = "val_accuracy"
+    val_auc = "val_auc"
+    val_precision = "val_precision"
+    val_recall = "val_recall"
+    loss = "loss"
+    accuracy = "accuracy"
+
+
+class ClassWeight(StrEnum):
+    none = "none"
+    auto = "auto"
+
+
+class Device(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class PixelScale(StrEnum):
+    raw = "0..255"
+    unit = "0..1"
+
+
+class ExportFormat(StrEnum):
+    all = "all"
+    onnx = "onnx"
+    tflite = "tflite"
+
+
+class BenchFormat(StrEnum):
+    keras = "keras"
+    onnx = "onnx"
+    tflite = "tflite"
+
+
+class Precision(StrEnum):
+    """An artifact's numeric precision (bf16: the Keras model with its base in bfloat16, bench only)."""
+
+    float32 = "float32"
+    float16 = "float16"
+    dynamic = "dynamic"
+    int8 = "int8"
+    bf16 = "bf16"

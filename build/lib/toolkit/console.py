@@ -1,0 +1,185 @@
+"""What the command line shows: one-line errors with their exit codes, results, tables (rich on a terminal).
+
+Imports stay light (typer, rich): `toolkit --help` must not load TensorFlow or onnxruntime.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from toolkit.errors import ToolkitError
+
+if TYPE_CHECKING:
+    from toolkit.bench import BenchReport
+    from toolkit.runtime import Prediction
+    from toolkit.train import TrainResult
+
+
+def print_export_table(manifest: dict) -> None:
+    table = Table(title="exports (parity against the Keras model)")
+    for column in ("format", "precision", "size (MB)", "max diff", "agreement", "accuracy", "keras acc", "parity"):
+        table.add_column(column, justify="right" if column not in ("format", "precision") else "left")
+    for a in manifest.get("artifacts", []):
+        p = a["parity"]
+        table.add_row(
+            a["format"],
+            a["precision"],
+            f"{a['size_bytes'] / 1e6:.1f}",
+            f"{p['max_abs_diff']:.1e}",
+            f"{p['top1_agreement']:.1%}",
+            f"{p['accuracy']:.1%}",
+            f"{p['reference_accuracy']:.1%}",
+            "[green]pass[/green]" if p["passed"] else "[red]FAIL[/red]",
+        )
+    Console(width=max(Console().width, 110)).print(table)
+
+
+BENCH_COLUMNS = ("backend", "provider", "p50 ms", "p90 ms", "p99 ms", "img/s", "load s", "peak MB", "size MB")
+BENCH_COLUMNS += ("accuracy", "vs keras", "GFLOP/s", "% peak")
+
+
+def _bench_table(report: BenchReport, batch: int) -> Table:
+    """One batch size's rows; green the fastest, cyan the fastest within 1 point of the best accuracy."""
+    from toolkit.bench import best_rows
+
+    fastest, best_accurate = best_rows(report.records, batch)
+    table = Table(title=f"batch {batch}")
+    for column in BENCH_COLUMNS:
+        table.add_column(column, justify="left" if column in ("backend", "provider") else "right")
+    for r in (r for r in report.records if r.batch == batch):
+        asked = r.requested_device
+        provider = r.provider if asked == r.provider else f"{r.provider} (asked {asked}; fell back)"
+        style = "bold green" if r is fastest else "bold cyan" if r is best_accurate else None
+        accuracy = "n/a" if r.accuracy is None else f"{r.accuracy:.1%}"
+        speedup = "" if r.speedup_vs_keras is None else f"{r.speedup_vs_keras:.2f}x"
+        timings = (
+            f"{r.p50_ms:.1f}",
+            f"{r.p90_ms:.1f}",
+            f"{r.p99_ms:.1f}",
+            f"{r.throughput_ips:.1f}",
+            f"{r.load_s:.2f}",
+        )
+        sizes = (f"{r.peak_rss_mb:.0f}", f"{r.size_mb:.1f}")
+        rates = (accuracy, speedup, f"{r.gflops:.0f}", f"{r.percent_of_peak:.0f}%")
+        table.add_row(r.name, provider, *timings, *sizes, *rates, style=style)
+    return table
+
+
+def print_bench_report(report: BenchReport, batches: tuple[int, ...]) -> None:
+    """The machine line, the float32 floor, then one table per batch size."""
+    console = Console(width=max(Console().width, 140))
+    m = report.machine
+    console.print(
+        f"{m['cpu']}, {m['cores']} cores, {m['threads']} threads, GPU: {m['gpu'] or 'none'}; "
+        + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
+    )
+    console.print(
+        f"float32 matrix peak (numpy {m['fp32_matmul_size']}x{m['fp32_matmul_size']} sgemm, this run): "
+        f"{m['fp32_matmul_peak_gflops']:.0f} GFLOP/s; model: {m['model_gflop_per_image']:.2f} GFLOP per image, "
+        f"so the float32 floor is {m['fp32_floor_ms']:.0f} ms per image"
+    )
+    for b in batches:
+        console.print(_bench_table(report, b))
+    console.print("[bold green]green[/]: fastest; [bold cyan]cyan[/]: fastest within 1 point of the best accuracy")
+    if report.out_dir:
+        console.print(f"wrote {report.out_dir}/bench.json, bench.csv, bench.png")
+
+
+def print_train_result(result: TrainResult) -> None:
+    typer.echo("")
+    if result.val_accuracy != result.val_accuracy:  # NaN: a non-chief multi-worker task
+        typer.echo("worker finished; the chief worker writes the run folder")
+        return
+    typer.echo(f"best epoch {result.best_epoch} ({result.monitor} {result.best_value:.4f})")
+    auc = f"{result.val_auc:.3f}" if result.val_auc is not None else "n/a"
+    typer.echo(f"validation accuracy {result.val_accuracy:.3f}, AUC {auc} (best model)")
+    if result.test_accuracy is not None:
+        typer.echo(f"test accuracy {result.test_accuracy:.3f} (held out, evaluated once; see metrics.json)")
+    if result.decision is not None:
+        d = result.decision
+        typer.echo(
+            f"decision: {d.positive_class} when its probability >= {d.threshold:.4g} ({d.criterion or 'default'})"
+        )
+    typer.echo(
+        f"weights: {result.weights_source}; mode: {result.mode}; precision: {result.precision}; {result.seconds:.0f} s"
+    )
+    for warning in result.warnings:
+        typer.secho(warning, fg=typer.colors.YELLOW, err=True)
+    typer.echo(f"run folder: {result.run_dir} (best.keras, run.json, metrics.json, curves.png, roc.png)")
+
+
+def print_prediction(path: Path, prediction: Prediction, top_k: int, as_json: bool) -> None:
+    if as_json:
+        row = {"image": str(path), "label": prediction.label, "score": prediction.score}
+        typer.echo(json.dumps({**row, "probabilities": prediction.probabilities}))
+    else:
+        ranked = ", ".join(f"{label} {score:.3f}" for label, score in prediction.top_k(top_k))
+        typer.echo(f"{path}\t{ranked}")
+
+
+INTERNAL_ERROR = 3
+_debug = [False]
+
+
+def set_debug(on: bool) -> None:
+    """`toolkit --debug ...`: internal errors keep their traceback."""
+    _debug[0] = on
+
+
+def _fail(message: str, code: int) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def user_errors(func):
+    """One line on stderr and a documented exit code for everything but success."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except ToolkitError as exc:
+            _fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        except (typer.Exit, typer.Abort):
+            raise
+        except OSError as exc:  # an unwritable folder, a vanished file: the user's environment, not a bug
+            _fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), 2)
+        except Exception as exc:
+            if _debug[0]:
+                raise
+            text = " ".join(str(exc).split())[:200]
+            _fail(f"internal error ({type(exc).__name__}: {text}); run with --debug for the traceback", INTERNAL_ERROR)
+
+    return wrapper
+
+
+def echo_json(obj) -> None:
+    from toolkit.fileio import to_json
+
+    typer.echo(to_json(obj), nl=False)
+
+
+def csv_choices(enum: type[Enum]):
+    """A callback that splits "a,b" and checks each against `enum` before any work starts."""
+
+    def parse(value: str | None) -> list[str] | None:
+        if value is None:
+            return None
+        items = [v.strip() for v in value.split(",") if v.strip()]
+        allowed = [e.value for e in enum]
+        bad = [v for v in items if v not in allowed]
+        if bad or not items:
+            raise typer.BadParameter(f"{', '.join(bad) or value!r} not among {', '.join(allowed)}")
+        return items
+
+    return parse

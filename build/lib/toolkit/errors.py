@@ -1,0 +1,74 @@
+"""Every error type of the toolkit, in one place.
+
+Every error a user can cause (a bad folder, a corrupt model, a drifting export)
+is a `ToolkitError`. The CLI catches it once and prints its message as a single
+line with exit code `exit_code`; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class ToolkitError(Exception):
+    """Base class: a problem with the user's input or environment, not a bug."""
+
+    exit_code = 2
+
+
+class DatasetError(ToolkitError):
+    """The data folder or an image in it cannot be used."""
+
+
+class ModelError(ToolkitError):
+    """A model file is missing, corrupt, unsafe or cannot be built."""
+
+
+class WeightsError(ModelError):
+    """The VGG16 base weights cannot be obtained."""
+
+
+class ExportError(ToolkitError):
+    """A conversion to a deployable format failed."""
+
+
+class ParityError(ToolkitError):
+    """An exported artifact does not agree with the Keras model.
+
+    Exit code 1: the export itself worked and was kept for inspection; it just
+    failed the gate.
+    """
+
+    exit_code = 1
+
+
+class RuntimeModelError(ModelError):
+    """The runtime cannot load or run a model (bad file, wrong device)."""
+
+
+class DeviceError(ToolkitError):
+    """The requested execution device is not what actually runs."""
+
+
+class TrainingError(ToolkitError):
+    """Training cannot continue (diverged, nothing to resume)."""
+
+
+class BenchError(ToolkitError):
+    """A benchmark could not be set up or a backend failed to run."""
+
+
+class DiskFullError(ToolkitError):
+    """No space left while writing; the previous file (if any) is untouched."""
+
+
+class MissingDependencyError(ToolkitError):
+    """A command needs a package that this install left out (the base install has no TensorFlow)."""
+
+
+class Interrupted(ToolkitError):
+    """The user pressed Ctrl-C; state needed to resume was saved."""
+
+    exit_code = 130
+
+
+class ProtobufError(ValueError):
+    """Internal: bytes that are not a well-formed protobuf message (the runtime turns it into a ModelError)."""

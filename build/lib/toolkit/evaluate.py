@@ -1,0 +1,66 @@
+"""Evaluate any model format on a labelled folder, through the embeddable runtime."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from toolkit.data import SkippedFile, load_labelled_folder
+from toolkit.fileio import write_json_atomic
+from toolkit.metrics import Metrics, classification_metrics, plot_confusion, plot_roc
+from toolkit.operating_point import Decision
+from toolkit.runtime import Classifier
+
+
+@dataclasses.dataclass
+class EvaluationResult:
+    model: str
+    format: str
+    provider: str
+    metrics: Metrics
+    skipped: list[SkippedFile]
+
+
+def evaluate_model(
+    classifier: Classifier, data_dir: str | Path, out: str | Path | None = None, batch_size: int = 32
+) -> EvaluationResult:
+    """Metrics of a loaded classifier on a labelled folder; metrics.json and confusion.png into `out`."""
+    labels, arrays = load_labelled_folder(data_dir, classifier.image_size, classifier.labels)
+    probs = classifier.predict_arrays(arrays.images, batch_size)
+    decision = classifier.decision
+    if decision is None and len(labels) == 2:
+        decision = Decision(list(labels), labels[1])
+    metrics = classification_metrics(probs, arrays.labels, labels, decision)
+    model_path = classifier.path
+    result = EvaluationResult(str(model_path), classifier.format, classifier.provider, metrics, arrays.skipped)
+    if out is not None:
+        out = Path(out)
+        payload = dataclasses.asdict(result)
+        write_json_atomic(out / "metrics.json", payload)
+        title = f"{Path(model_path).name} on {Path(data_dir).name}"
+        plot_confusion(metrics, out / "confusion.png", title=title)
+        if decision is not None:
+            plot_roc(probs, arrays.labels, decision, out / "roc.png", title=title)
+    return result
+
+
+def format_metrics(m: Metrics) -> str:
+    lines = [
+        f"images: {m.count}   accuracy: {m.accuracy:.4f}   AUC: {m.auc:.4f}"
+        if m.auc is not None
+        else f"images: {m.count}   accuracy: {m.accuracy:.4f}   AUC: n/a"
+    ]
+    if m.sensitivity is not None:
+        lines.append(
+            f"positive class {m.positive_class} at threshold {m.threshold:.4g}: sensitivity {m.sensitivity:.4f}   "
+            f"specificity {m.specificity:.4f}   PR-AUC {m.pr_auc:.4f}"
+        )
+    width = max(max(len(name) for name in m.labels), 9)
+    lines.append(f"{'class'.ljust(width)}  precision  recall     f1  support")
+    for name, c in m.per_class.items():
+        lines.append(f"{name.ljust(width)}  {c.precision:9.4f}  {c.recall:6.4f}  {c.f1:5.4f}  {c.support:7d}")
+    lines.append("confusion matrix (rows: true, columns: predicted):")
+    lines.append("  " + " ".join(name.rjust(width) for name in m.labels))
+    for name, row in zip(m.labels, m.confusion_matrix):
+        lines.append(name.ljust(width) + " " + " ".join(str(v).rjust(width) for v in row))
+    return "\n".join(lines)

@@ -1,0 +1,225 @@
+"""Export a trained run to deployable formats, each one verified by the parity gate.
+
+One module per format registers an `ExportFormat`; this module only selects,
+runs and records them. Each artifact is written to a temporary file and renamed,
+then checked against the Keras model, then recorded in `manifest.json`
+(itself rewritten atomically after every artifact), so an interrupted export
+never leaves an artifact that the manifest vouches for but did not check.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from toolkit import __version__
+from toolkit.errors import ExportError
+from toolkit.export import onnx_float, onnx_int8, tflite
+from toolkit.export.base import ExportContext, ExportFormat
+from toolkit.fileio import atomic_path, remove_stale_temporaries, sha256_file, write_json_atomic
+from toolkit.parity import ParityOverrides, compare_outputs, thresholds_for
+from toolkit.progress import phase
+from toolkit.quiet import silenced
+from toolkit.run_folder import RunFolder, load_run
+from toolkit.versions import package_versions
+
+REGISTRY: dict[str, ExportFormat] = {f.key: f for f in (onnx_float.FORMAT, onnx_int8.FORMAT, *tflite.FORMATS)}
+FORMAT_CHOICES = ("onnx", "tflite", "all")
+PRECISIONS = ("float32", "float16", "dynamic", "int8")
+DEFAULT_OPSET = 17  # tf2onnx 1.17 supports up to 18; 17 is what most runtimes in the field accept
+MAX_OPSET = 18
+DEFAULT_CALIB_IMAGES = 200
+MANIFEST = "manifest.json"
+CONVERTER_PACKAGES = {"tf2onnx": "tf2onnx", "onnxruntime.quantization": "onnxruntime", "tensorflow.lite": "tensorflow"}
+
+
+@dataclasses.dataclass
+class ExportOptions:
+    format: str = "all"
+    precisions: list[str] | None = None
+    opset: int = DEFAULT_OPSET
+    calib_images: int = DEFAULT_CALIB_IMAGES
+    parity_images: int | None = None
+    data_dir: str | None = None
+    overrides: ParityOverrides = dataclasses.field(default_factory=ParityOverrides)
+
+
+@dataclasses.dataclass
+class ExportReport:
+    manifest: dict
+    failed: list[dict]
+    manifest_path: Path
+
+
+def select_formats(format: str, precisions: list[str] | None) -> list[ExportFormat]:
+    if format not in FORMAT_CHOICES:
+        raise ExportError(f"--format must be one of {', '.join(FORMAT_CHOICES)}, got {format}")
+    for p in precisions or []:
+        if p not in PRECISIONS:
+            raise ExportError(f"--precision must be among {', '.join(PRECISIONS)}, got {p}")
+    chosen = [
+        f
+        for f in REGISTRY.values()
+        if (format == "all" or f.format == format) and (not precisions or f.precision in precisions)
+    ]
+    if not chosen:
+        raise ExportError(f"no format matches --format {format} --precision {','.join(precisions or [])}")
+    return chosen
+
+
+def _versions(converter: str) -> dict[str, str]:
+    return package_versions(sorted({CONVERTER_PACKAGES[converter], "tensorflow", "keras", "onnx"}))
+
+
+def _calibration_subset(images: np.ndarray, count: int, seed: int) -> np.ndarray:
+    order = np.random.default_rng(seed).permutation(len(images))[: min(count, len(images))]
+    return np.asarray(images[np.sort(order)], dtype=np.uint8)
+
+
+@dataclasses.dataclass
+class ParitySet:
+    """The validation images every artifact is compared on, with the Keras model's own outputs."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    reference: np.ndarray
+    overrides: ParityOverrides
+
+
+def _check_options(options: ExportOptions) -> list[ExportFormat]:
+    formats = select_formats(options.format, options.precisions)
+    if not 7 <= options.opset <= MAX_OPSET:
+        raise ExportError(f"--opset must be between 7 and {MAX_OPSET} (tf2onnx 1.17), got {options.opset}")
+    if options.calib_images < 1:
+        raise ExportError("--calib-images must be at least 1")
+    if options.parity_images is not None and options.parity_images < 1:
+        raise ExportError("--parity-images must be at least 1")
+    return formats
+
+
+def _parity_set(model, val, options: ExportOptions, seed: int) -> ParitySet:
+    """All validation images, or a seeded sample stratified by class (validation is stored sorted by class)."""
+    from toolkit.data import stratified_sample
+    from toolkit.model import predict_in_batches
+
+    index = stratified_sample(val.labels, options.parity_images, seed)
+    images = np.asarray(val.images[index], dtype=np.uint8)
+    return ParitySet(images, val.labels[index], predict_in_batches(model, images), options.overrides)
+
+
+def _open_manifest(export_dir: Path, source_sha: str, run: RunFolder) -> dict:
+    manifest = _read_manifest(export_dir / MANIFEST)
+    if manifest.get("source", {}).get("sha256") not in (None, source_sha):
+        manifest["artifacts"] = []  # a different checkpoint: older artifacts no longer describe it
+    manifest.update(
+        {
+            "toolkit_version": __version__,
+            "source": {"path": "../best.keras", "sha256": source_sha},
+            "labels": run.labels,
+            "image_size": run.image_size,
+            "decision": run.decision.to_json() if run.decision else None,
+        }
+    )
+    manifest.setdefault("artifacts", [])
+    return manifest
+
+
+def _export_one(fmt: ExportFormat, ctx: ExportContext, parity: ParitySet) -> dict:
+    """Convert (atomically), run the artifact through the runtime, and describe it for the manifest."""
+    from toolkit.runtime import load as load_artifact
+
+    dest = ctx.export_dir / fmt.filename
+    # The converters print pages of graph dumps: silenced inside the phase, whose line comes after.
+    with phase(f"converting {fmt.format} {fmt.precision}"), atomic_path(dest) as tmp, silenced((1, 2)):
+        fmt.convert(ctx, tmp)
+    if fmt.key == "onnx-float32":
+        ctx.scratch["onnx-float32"] = dest
+    with phase(f"parity of {fmt.format} {fmt.precision} on {len(parity.images)} validation images"):
+        with silenced((2,)):  # LiteRT announces its XNNPACK delegate
+            classifier = load_artifact(dest, device="cpu", labels=ctx.labels, verify=False)
+        candidate = classifier.predict_arrays(parity.images)
+    record = compare_outputs(
+        parity.reference, candidate, parity.labels, thresholds_for(fmt.precision, parity.overrides)
+    )
+    entry = {
+        "format": fmt.format,
+        "precision": fmt.precision,
+        "path": fmt.filename,
+        "sha256": sha256_file(dest),
+        "size_bytes": dest.stat().st_size,
+        **fmt.describe_io(dest),
+        "labels": ctx.labels,
+        "decision": ctx.decision,
+        "image_size": ctx.image_size,
+        "preprocessing": onnx_float.PREPROCESSING,
+        "source_sha256": ctx.source_sha256,
+        "versions": _versions(fmt.converter),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "parity": dataclasses.asdict(record),
+    }
+    if not record.passed:
+        entry["advice"] = fmt.advice
+    return entry
+
+
+def export_run(run_dir: str | Path, options: ExportOptions = ExportOptions()) -> ExportReport:
+    """Convert the run's best model to every selected format and gate each on parity."""
+    from toolkit.model import load_keras_model
+
+    formats = _check_options(options)
+    run = load_run(run_dir)
+    model = load_keras_model(run.best)
+    data = run.load_data(options.data_dir)
+    seed = int(run.config.get("seed", 0))
+    parity = _parity_set(model, data.val, options, seed)
+    export_dir = run.path / "export"
+    export_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(export_dir)
+    source_sha = sha256_file(run.best)
+    manifest = _open_manifest(export_dir, source_sha, run)
+    ctx = ExportContext(
+        model=model,
+        export_dir=export_dir,
+        labels=run.labels,
+        image_size=run.image_size,
+        calibration_images=_calibration_subset(data.train.images, options.calib_images, seed),
+        opset=options.opset,
+        source_sha256=source_sha,
+        decision=run.decision.to_json() if run.decision else None,
+    )
+    failed: list[dict] = []
+    try:
+        for fmt in formats:
+            entry = _export_one(fmt, ctx, parity)
+            if not entry["parity"]["passed"]:
+                failed.append(entry)
+            manifest["artifacts"] = [
+                a for a in manifest["artifacts"] if (a["format"], a["precision"]) != (fmt.format, fmt.precision)
+            ] + [entry]
+            write_json_atomic(export_dir / MANIFEST, manifest)
+    finally:
+        scratch = ctx.scratch.get("onnx-float32")
+        if scratch is not None and scratch.parent != export_dir:
+            shutil.rmtree(scratch.parent, ignore_errors=True)
+    return ExportReport(manifest, failed, export_dir / MANIFEST)
+
+
+def _read_manifest(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        return {}  # a damaged manifest is rebuilt from the artifacts exported now
+
+
+def parity_failure_message(failed: list[dict]) -> str:
+    parts = [
+        f"{e['format']} {e['precision']}: {'; '.join(e['parity']['failures'])} (try: {e['advice']})" for e in failed
+    ]
+    return "parity gate failed for " + " | ".join(parts)

@@ -1,0 +1,98 @@
+"""ONNX float32 through tf2onnx (via Keras's exporter), with named I/O and metadata."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+from toolkit import __version__
+from toolkit.errors import ExportError
+from toolkit.export.base import ExportContext, ExportFormat
+
+INPUT_NAME = "image"
+OUTPUT_NAME = "probs"
+PREPROCESSING = "raw RGB pixels 0..255, NHWC; caffe preprocessing (RGB->BGR, minus ImageNet mean) is in the graph"
+
+
+def onnx_metadata(ctx: ExportContext) -> dict[str, str]:
+    """Stored in `metadata_props`, so a lone .onnx file is enough for the runtime."""
+    decision = {"decision": json.dumps(ctx.decision)} if ctx.decision else {}
+    return {
+        **decision,
+        "labels": json.dumps(ctx.labels),
+        "image_size": json.dumps([ctx.image_size, ctx.image_size]),
+        "pixel_scale": "0..255",
+        "layout": "NHWC",
+        "preprocessing": PREPROCESSING,
+        "toolkit_version": __version__,
+        "source_sha256": ctx.source_sha256,
+    }
+
+
+def set_metadata(model, metadata: dict[str, str]) -> None:
+    del model.metadata_props[:]
+    for key, value in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def _rename_output(model, new_name: str) -> None:
+    old = model.graph.output[0].name
+    if old == new_name:
+        return
+    for node in model.graph.node:
+        node.output[:] = [new_name if o == old else o for o in node.output]
+        node.input[:] = [new_name if i == old else i for i in node.input]
+    model.graph.output[0].name = new_name
+
+
+def _name_batch_dim(model) -> None:
+    for value in list(model.graph.input) + list(model.graph.output):
+        dim = value.type.tensor_type.shape.dim[0]
+        dim.ClearField("dim_value")
+        dim.dim_param = "batch"
+
+
+def convert_float32(ctx: ExportContext, dest: Path) -> None:
+    import onnx
+    import tensorflow as tf
+
+    spec = tf.TensorSpec((None, ctx.image_size, ctx.image_size, 3), tf.float32, name=INPUT_NAME)
+    raw = dest.with_name(dest.name + ".raw.onnx")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ctx.model.export(str(raw), format="onnx", input_signature=[spec], opset_version=ctx.opset, verbose=False)
+        model = onnx.load(str(raw))
+    except Exception as exc:
+        raise ExportError(f"tf2onnx conversion failed: {' '.join(str(exc).split())[:200]}") from exc
+    finally:
+        raw.unlink(missing_ok=True)
+    _rename_output(model, OUTPUT_NAME)
+    _name_batch_dim(model)
+    set_metadata(model, onnx_metadata(ctx))
+    onnx.checker.check_model(model)
+    onnx.save(model, str(dest))
+
+
+def describe_onnx(path: Path) -> dict:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    inp, out = model.graph.input[0], model.graph.output[0]
+    dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
+    elem = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type).name
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    return {"input": {"name": inp.name, "shape": dims, "dtype": elem}, "output": {"name": out.name}, "opset": opset}
+
+
+FORMAT = ExportFormat(
+    format="onnx",
+    precision="float32",
+    filename="model_float32.onnx",
+    convert=convert_float32,
+    describe_io=describe_onnx,
+    advice="check for unsupported ops with another --opset (13-18)",
+    converter="tf2onnx",
+)

@@ -1,0 +1,145 @@
+"""TFLite float32, float16, dynamic-range int8 and full int8 (uint8 input).
+
+Converted with `TFLiteConverter.from_keras_model`: with Keras 3,
+`from_concrete_functions` silently writes a weightless model that outputs NaN.
+Full int8 takes raw uint8 pixels (input scale 1, zero point 0) and returns
+float32 probabilities, so apps feed it the same bytes as every other format.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from toolkit.errors import ExportError
+from toolkit.export.base import ExportContext, ExportFormat
+
+
+def _converter(ctx: ExportContext):
+    import tensorflow as tf
+
+    return tf, tf.lite.TFLiteConverter.from_keras_model(ctx.model)
+
+
+def anchored_calibration(images: np.ndarray) -> np.ndarray:
+    """Calibration images whose first one spans the full 0..255 range.
+
+    The input's quantisation range comes from the calibration data; one pixel
+    at 0 and one at 255 pins it to scale 1, zero point 0 (raw pixels) without
+    moving any activation statistic measurably.
+    """
+    anchored = np.array(images, dtype=np.uint8, copy=True)
+    anchored[0, 0, 0, :] = 0
+    anchored[0, 0, 1, :] = 255
+    return anchored
+
+
+def _representative(images: np.ndarray):
+    def dataset() -> Iterator[list[np.ndarray]]:
+        for image in images:
+            yield [image[None].astype(np.float32)]
+
+    return dataset
+
+
+def _convert(ctx: ExportContext, dest: Path, configure) -> None:
+    tf, converter = _converter(ctx)
+    configure(tf, converter)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            blob = converter.convert()
+    except Exception as exc:
+        raise ExportError(f"TFLite conversion failed: {' '.join(str(exc).split())[:200]}") from exc
+    dest.write_bytes(blob)
+
+
+def _float32(tf, converter) -> None:
+    pass
+
+
+def _float16(tf, converter) -> None:
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.target_spec.supported_types = [tf.float16]
+
+
+def _dynamic(tf, converter) -> None:
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+
+
+def convert_int8(ctx: ExportContext, dest: Path) -> None:
+    def configure(tf, converter) -> None:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = _representative(anchored_calibration(ctx.calibration_images))
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8
+        converter.inference_output_type = tf.float32
+
+    _convert(ctx, dest, configure)
+    scale, zero_point = describe_tflite(dest)["input"]["quantization"]
+    if abs(scale - 1.0) > 1e-6 or zero_point != 0:
+        raise ExportError(f"full-int8 input quantisation is scale {scale}, zero point {zero_point}; expected 1 and 0")
+
+
+def describe_tflite(path: Path) -> dict:
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    inp = interpreter.get_input_details()[0]
+    out = interpreter.get_output_details()[0]
+    return {
+        "input": {
+            "name": inp["name"],
+            "shape": [int(d) for d in inp["shape_signature"]],
+            "dtype": np.dtype(inp["dtype"]).name,
+            "quantization": [float(inp["quantization"][0]), int(inp["quantization"][1])],
+        },
+        "output": {"name": out["name"], "dtype": np.dtype(out["dtype"]).name},
+    }
+
+
+def _simple(configure):
+    return lambda ctx, dest: _convert(ctx, dest, configure)
+
+
+FORMATS = [
+    ExportFormat(
+        "tflite",
+        "float32",
+        "model_float32.tflite",
+        _simple(_float32),
+        describe_tflite,
+        "report the failing op; try onnx float32",
+        "tensorflow.lite",
+    ),
+    ExportFormat(
+        "tflite",
+        "float16",
+        "model_float16.tflite",
+        _simple(_float16),
+        describe_tflite,
+        "try tflite float32",
+        "tensorflow.lite",
+    ),
+    ExportFormat(
+        "tflite",
+        "dynamic",
+        "model_dynamic.tflite",
+        _simple(_dynamic),
+        describe_tflite,
+        "try tflite float16, or full int8 with more --calib-images",
+        "tensorflow.lite",
+    ),
+    ExportFormat(
+        "tflite",
+        "int8",
+        "model_int8.tflite",
+        convert_int8,
+        describe_tflite,
+        "use more --calib-images, or try tflite dynamic or float16",
+        "tensorflow.lite",
+    ),
+]

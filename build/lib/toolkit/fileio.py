@@ -1,0 +1,136 @@
+"""Atomic file writes and content hashes.
+
+Every file the toolkit produces is written to a temporary sibling and renamed
+into place, so an interrupted or failed write (Ctrl-C, SIGKILL, a full disk)
+never leaves a half-written file where a good one used to be.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from toolkit.errors import DiskFullError
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | os.PathLike[str], suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path next to `dest`; rename it over `dest` on success.
+
+    The temporary file keeps `dest`'s suffix by default because several writers
+    (Keras, TFLite, ONNX) choose their format from the extension.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{dest.name}{TEMP_MARK}",
+        suffix=suffix if suffix is not None else "".join(dest.suffixes) or ".tmp",
+        dir=dest.parent,
+    )
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        _fsync_file(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts are for service accounts too
+        os.replace(tmp, dest)
+        _fsync_dir(dest.parent)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno == errno.ENOSPC:
+            raise DiskFullError(f"no space left on device while writing {dest}; the previous file was kept") from exc
+        raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+TEMP_MARK = ".toolkit-tmp-"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str]) -> int:
+    """Delete temporary files a killed run left (`.NAME.toolkit-tmp-*`) in `folder` and below; return the count.
+
+    Called when a run, an export or a bench starts in a folder that only it writes,
+    so a SIGKILL mid-write (up to a 60 MB model) costs no disk for good.
+    """
+    removed = 0
+    root = Path(folder)
+    if not root.is_dir():
+        return 0
+    for path in root.rglob(f".*{TEMP_MARK}*"):
+        with contextlib.suppress(OSError):
+            path.unlink()
+            removed += 1
+    return removed
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_bytes_atomic(dest: str | os.PathLike[str], data: bytes) -> None:
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text_atomic(dest: str | os.PathLike[str], text: str) -> None:
+    write_bytes_atomic(dest, text.encode("utf-8"))
+
+
+def _to_jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
+        return obj.item()
+    if hasattr(obj, "tolist") and callable(obj.tolist):  # numpy arrays
+        return obj.tolist()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def to_json(obj: Any) -> str:
+    return json.dumps(obj, indent=2, default=_to_jsonable, ensure_ascii=False) + "\n"
+
+
+def write_json_atomic(dest: str | os.PathLike[str], obj: Any) -> None:
+    write_text_atomic(dest, to_json(obj))
+
+
+def write_with(dest: str | os.PathLike[str], writer: Callable[[Path], None]) -> None:
+    """Let `writer` fill a temporary path, then move it over `dest`."""
+    with atomic_path(dest) as tmp:
+        writer(tmp)
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,162 @@
+"""Image decoding and resizing shared by training and serving.
+
+Training and the embeddable runtime must feed the model identical pixels, so
+both call `load_image_array`; it needs only numpy and Pillow. Any decoding
+problem becomes a `DatasetError` carrying a short reason, which the data layer
+records in `data_report.json` and the runtime reports per image.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from toolkit.errors import DatasetError
+
+# Refuse images above this many pixels before decoding them: a 40 KB PNG can
+# claim 50,000 x 50,000 pixels and would need gigabytes once decoded. Pillow's
+# own guard only warns below 2x its limit, so we check the header ourselves.
+MAX_PIXELS = 64_000_000
+
+# The resize every path uses. Pillow's bilinear filter antialiases when
+# downscaling, which TF's resize does not by default; keeping one function is
+# what guarantees train/serve pixel identity.
+RESAMPLE = Image.Resampling.BILINEAR
+
+ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray]
+
+
+def _open(source: ImageSource) -> Image.Image:
+    if isinstance(source, Image.Image):
+        return source
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise DatasetError("empty file")
+        return Image.open(io.BytesIO(bytes(source)))
+    path = Path(source)
+    if path.stat().st_size == 0:
+        raise DatasetError("empty file")
+    return Image.open(path)
+
+
+def _sixteen_bit_to_uint8(arr: np.ndarray) -> np.ndarray:
+    # Scale the full 16-bit range down; a plain cast or clip would turn every
+    # value above 255 white.
+    return (arr.astype(np.uint32) >> 8).astype(np.uint8)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode.startswith("I;16") or mode == "I":
+        arr = np.asarray(img)
+        if mode == "I" and arr.size and arr.max() <= 255 and arr.min() >= 0:
+            arr8 = arr.astype(np.uint8)
+        else:
+            arr8 = _sixteen_bit_to_uint8(np.clip(arr, 0, 65535))
+        return Image.fromarray(arr8, mode="L").convert("RGB")
+    if mode == "F":
+        arr = np.asarray(img, dtype=np.float32)
+        if arr.size and float(np.nanmax(arr)) <= 1.0:
+            arr = arr * 255.0
+        arr8 = np.clip(np.nan_to_num(arr), 0, 255).round().astype(np.uint8)
+        return Image.fromarray(arr8, mode="L").convert("RGB")
+    if mode == "P":
+        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+        mode = img.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        # Transparent regions become white, as every image viewer shows them.
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_rgb(source: ImageSource) -> Image.Image:
+    """Fully decode `source` into an 8-bit RGB image with EXIF orientation applied."""
+    if isinstance(source, np.ndarray):
+        return Image.fromarray(_array_to_uint8_rgb(source))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = _open(source)
+            width, height = img.size
+            if width * height > MAX_PIXELS:
+                raise DatasetError(f"image too large ({width}x{height} pixels; limit {MAX_PIXELS})")
+            img.load()  # decode everything now, inside this error handling
+            img = ImageOps.exif_transpose(img)
+            return _to_rgb(img)
+    except DatasetError:
+        raise
+    except FileNotFoundError as exc:
+        raise DatasetError(f"file not found: {exc.filename}") from exc
+    except UnidentifiedImageError as exc:
+        raise DatasetError("not an image Pillow can read") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DatasetError("decompression bomb refused") from exc
+    except Exception as exc:  # Pillow raises many types for corrupt data
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DatasetError(f"cannot decode image: {reason}") from exc
+
+
+def _array_to_uint8_rgb(arr: np.ndarray) -> np.ndarray:
+    if arr.ndim == 2:
+        arr = np.stack([arr] * 3, axis=-1)
+    if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4):
+        raise DatasetError(f"array images must be HxW, HxWx1, HxWx3 or HxWx4, got shape {arr.shape}")
+    if arr.shape[-1] == 1:
+        arr = np.repeat(arr, 3, axis=-1)
+    if arr.shape[-1] == 4:
+        arr = arr[..., :3]
+    if arr.dtype != np.uint8:
+        raise DatasetError(f"array images must be uint8 RGB, got {arr.dtype}")
+    return np.ascontiguousarray(arr)
+
+
+def resize_rgb(img: Image.Image, size: int | Sequence[int]) -> np.ndarray:
+    """Resize to (height, width) with the shared filter; return HxWx3 uint8."""
+    height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if img.size != (width, height):
+        img = img.resize((width, height), RESAMPLE)
+    return np.asarray(img, dtype=np.uint8).reshape(height, width, 3)
+
+
+def load_image_array(source: ImageSource, size: int | Sequence[int]) -> np.ndarray:
+    """Decode, orient, convert and resize one image: the single path to model pixels."""
+    return resize_rgb(load_rgb(source), size)
+
+
+def image_extensions() -> frozenset[str]:
+    """Lower-case extensions of every format this Pillow build can open."""
+    Image.init()
+    return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+
+
+def collect_images(inputs: list[Path]) -> tuple[list[Path], list[str]]:
+    """Image files named directly or found (recursively, hidden files skipped) in folders; and what was not found."""
+    extensions = image_extensions()
+    images: list[Path] = []
+    problems: list[str] = []
+    for item in inputs:
+        if item.is_dir():
+            found = sorted(
+                p
+                for p in item.rglob("*")
+                if p.is_file() and p.suffix.lower() in extensions and not p.name.startswith(".")
+            )
+            if not found:
+                problems.append(f"{item}: no image files in folder")
+            images += found
+        elif item.exists():
+            images.append(item)
+        else:
+            problems.append(f"{item}: file not found")
+    return images, problems

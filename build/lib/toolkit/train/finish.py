@@ -1,0 +1,152 @@
+"""The end of a run: the saved model's own metrics, plots, and run.json."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from toolkit import __version__
+from toolkit.data import DataReport, LoadedDataset
+from toolkit.errors import TrainingError
+from toolkit.fileio import write_json_atomic
+from toolkit.metrics import Metrics, classification_metrics, plot_confusion, plot_roc
+from toolkit.model import WeightsInfo, head_part, load_keras_model, predict_in_batches
+from toolkit.operating_point import Decision, choose_threshold, parse_operating_point, resolve_positive_class
+from toolkit.run_folder import BEST, HISTORY, LABELS, labels_payload, plot_curves, read_history_csv, write_history_csv
+from toolkit.train.config import TrainConfig, TrainResult
+from toolkit.train.fit import FitContext
+from toolkit.versions import TRAINING_PACKAGES, package_versions
+
+
+@dataclasses.dataclass
+class RunFacts:
+    """What run.json records beyond the config: data, model, precision, timings."""
+
+    report: DataReport
+    weights: WeightsInfo
+    precision: str
+    parameters: tuple[int, int]  # total, trainable
+    replicas: int
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """The saved model on validation (which chose its threshold) and, once, on the held-out test split."""
+
+    val: Metrics
+    test: Metrics | None
+    decision: Decision | None
+
+
+def choose_decision(config: TrainConfig, classes: list[str], probs: np.ndarray, labels: np.ndarray):
+    """The positive class and its threshold, chosen on validation (None for more than two classes)."""
+    if len(classes) != 2:
+        return None
+    positive = resolve_positive_class(classes, config.positive_class)
+    decision = Decision(list(classes), positive)
+    if config.operating_point:
+        kind, value = parse_operating_point(config.operating_point)
+        index = decision.positive_index
+        decision.threshold = choose_threshold(probs[:, index], labels == index, kind, value)
+        decision.criterion = config.operating_point
+    return decision
+
+
+def _report(ctx: FitContext, name: str, probs, labels, decision, classes) -> Metrics:
+    """Metrics of one split, with its confusion matrix and (two classes) ROC plot."""
+    metrics = classification_metrics(probs, labels, classes, decision)
+    suffix = "" if name == "validation" else f"_{name}"
+    plot_confusion(metrics, ctx.run_dir / f"confusion{suffix}.png", title=f"{name.capitalize()} (best model)")
+    if decision is not None:
+        plot_roc(probs, labels, decision, ctx.run_dir / f"roc{suffix}.png", title=f"{name.capitalize()} ROC")
+    return metrics
+
+
+def final_metrics(ctx: FitContext, data: LoadedDataset, val_features=None) -> Evaluation:
+    """The saved model's metrics: validation picks the threshold, the test split is evaluated once, here.
+
+    With a frozen float32 base, the saved model's output on validation is its head
+    applied to the cached float32 validation features, so no second pass is needed.
+    """
+    best_path = ctx.run_dir / BEST
+    if not best_path.is_file():
+        raise TrainingError("no epoch produced a usable model (the monitored value was never finite)")
+    best = load_keras_model(best_path)
+    batch, classes = ctx.config.batch_size, data.classes
+    if val_features is not None:
+        val_probs = predict_in_batches(head_part(best), val_features, batch)
+    else:
+        val_probs = predict_in_batches(best, data.val.images, batch)
+    decision = choose_decision(ctx.config, classes, val_probs, data.val.labels)
+    val = _report(ctx, "validation", val_probs, data.val.labels, decision, classes)
+    test = None
+    if data.test is not None:
+        test_probs = predict_in_batches(best, data.test.images, batch)
+        test = _report(ctx, "test", test_probs, data.test.labels, decision, classes)
+    payload = {**dataclasses.asdict(val), "split": "validation", "val_source": data.split.val_source}
+    if decision is not None:
+        payload["operating_point"] = _operating_point(decision, val, test)
+    if test is not None:
+        payload["test"] = dataclasses.asdict(test)
+    write_json_atomic(ctx.run_dir / LABELS, labels_payload(classes, decision))
+    write_json_atomic(ctx.run_dir / "metrics.json", payload)
+    write_history_csv(ctx.history, ctx.run_dir / HISTORY)
+    plot_curves(ctx.history, ctx.run_dir / "curves.png")
+    return Evaluation(val, test, decision)
+
+
+def _operating_point(decision: Decision, val: Metrics, test: Metrics | None) -> dict:
+    point = {**decision.to_json(), "validation": {"sensitivity": val.sensitivity, "specificity": val.specificity}}
+    if test is not None:
+        point["test"] = {"sensitivity": test.sensitivity, "specificity": test.specificity}
+    return point
+
+
+def make_result(ctx: FitContext, facts: RunFacts, evaluation: Evaluation | None, seconds: float) -> TrainResult:
+    return TrainResult(
+        run_dir=str(ctx.run_dir),
+        best_epoch=ctx.state.best_epoch,
+        best_value=ctx.state.best_value,
+        monitor=ctx.config.monitor,
+        val_accuracy=evaluation.val.accuracy if evaluation else float("nan"),
+        val_auc=evaluation.val.auc if evaluation else None,
+        test_accuracy=evaluation.test.accuracy if evaluation and evaluation.test else None,
+        weights_source=facts.weights.source,
+        precision=facts.precision,
+        mode=ctx.config.mode,
+        seconds=seconds,
+        decision=evaluation.decision if evaluation else None,
+    )
+
+
+def write_run_json(ctx: FitContext, facts: RunFacts, result: TrainResult) -> None:
+    config: TrainConfig = ctx.config
+    best_row = next((r for r in read_history_csv(ctx.run_dir / HISTORY) if r["epoch"] == ctx.state.best_epoch), {})
+    report = facts.report
+    payload = {
+        "toolkit_version": __version__,
+        "config": dataclasses.asdict(config),
+        "mode": config.mode,
+        "precision": facts.precision,
+        "weights": dataclasses.asdict(facts.weights),
+        "dataset": {
+            "root": report.root,
+            "layout": report.layout,
+            "classes": report.classes,
+            "counts": report.counts,
+            "skipped": len(report.skipped),
+        },
+        "parameters": {"total": facts.parameters[0], "trainable": facts.parameters[1]},
+        "strategy": {"name": config.strategy, "replicas": facts.replicas},
+        "best_epoch": ctx.state.best_epoch,
+        "best_monitor_value": ctx.state.best_value,
+        "best_epoch_metrics": best_row,
+        "selected_on": report.val_source,  # which split chose the best epoch (and the threshold)
+        "validation": {"accuracy": result.val_accuracy, "auc": result.val_auc},
+        "test": {"accuracy": result.test_accuracy},
+        "timings_s": {**ctx.timings, "total": result.seconds},
+        "versions": package_versions(TRAINING_PACKAGES),
+    }
+    write_json_atomic(Path(ctx.run_dir) / "run.json", payload)

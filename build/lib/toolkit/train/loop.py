@@ -1,0 +1,255 @@
+"""`train()`: one run from a data folder to a finished run folder, stage by stage.
+
+    prepare the run folder -> decode the data -> build the model -> frozen phase
+    -> (fine-tuning phase) -> the saved model's metrics, plots and run.json
+
+Two execution modes produce the same saved model (preprocessing, base, head):
+``tutorial`` (`cache_features=False`), the classic Keras recipe with every frozen
+forward pass recomputed every epoch, and ``features`` (default), where the base's
+output is computed once (see `toolkit.train.features`) and only the head trains.
+Fine-tuning always runs the full model. Run folders are resumable: the best
+model, history and best-so-far survive a crash or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from toolkit.data import LoadedDataset, load_dataset, write_data_report
+from toolkit.errors import TrainingError
+from toolkit.fileio import remove_stale_temporaries, write_json_atomic
+from toolkit.hardware import is_chief, make_strategy, resolve_precision, tf_config, worker_tag
+from toolkit.operating_point import resolve_positive_class
+from toolkit.run_folder import BEST, CONFIG, HISTORY, STATE, TrainState, read_history_csv, read_json_file
+from toolkit.tf_setup import import_tensorflow
+from toolkit.train.config import TrainConfig, TrainResult
+from toolkit.train.features import FeatureSource, extract_features, plain_feature_dataset, training_features
+from toolkit.train.finish import RunFacts, final_metrics, make_result, write_run_json
+from toolkit.train.fit import FitContext, Phase, balanced_class_weights, compile_model, fit_phase, image_dataset
+
+
+def _resumed_config(config: TrainConfig, saved: Path, explicit: set[str] | None) -> TrainConfig:
+    """The stored config, refusing (not ignoring) settings given now that differ from it; --epochs may grow."""
+    try:
+        stored = TrainConfig(**read_json_file(saved, "run config"))
+    except TypeError as exc:
+        raise TrainingError(f"{saved} is not a toolkit run config ({exc})") from None
+    names = explicit if explicit is not None else {f.name for f in dataclasses.fields(TrainConfig)} - {"out"}
+    differing = []
+    for name in sorted(names - {"epochs", "out"}):
+        given, kept = getattr(config, name), getattr(stored, name)
+        if name in ("data_dir", "cache_dir") and given and kept:
+            given, kept = str(Path(given).resolve()), str(Path(kept).resolve())
+        if given != kept:
+            differing.append(f"{name} {given} (stored: {kept})")
+    if differing:
+        raise TrainingError(
+            "--resume continues with the run's stored settings, and these differ: "
+            + "; ".join(differing)
+            + ". Drop them, or start a new run with another --out"
+        )
+    if explicit is None or "epochs" in explicit:
+        stored.epochs = max(stored.epochs, config.epochs)
+    return stored
+
+
+def prepare_run_dir(
+    config: TrainConfig, resume: bool, chief: bool, explicit: set[str] | None = None
+) -> tuple[Path, TrainConfig]:
+    """Create the run folder (or reopen it with `resume`) and store config.json."""
+    run_dir = Path(config.out)
+    saved = run_dir / CONFIG
+    if resume:
+        if not saved.is_file():
+            raise TrainingError(f"nothing to resume in {run_dir} (no config.json)")
+        return run_dir, _resumed_config(config, saved, explicit)
+    # A folder "holds a run" once an epoch finished; a start that failed earlier (bad data) is simply redone.
+    if (run_dir / BEST).exists() or (run_dir / STATE).exists():
+        raise TrainingError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if chief:
+        write_json_atomic(saved, config)
+    return run_dir, config
+
+
+def load_training_data(config: TrainConfig, cache_dir: Path, log) -> LoadedDataset:
+    data = load_dataset(config.data_dir, config.image_size, config.split_options(), cache_dir)
+    test = f" / {len(data.test)} test" if data.test is not None else " (no test split)"
+    log(
+        f"data: {len(data.train)} train / {len(data.val)} validation{test} images, {len(data.classes)} classes "
+        f"({', '.join(data.classes)}); {len(data.report.skipped)} files skipped (see data_report.json)"
+    )
+    log(f"validation (selects the best epoch and the threshold): {data.split.val_source}")
+    if len(data.classes) == 2:
+        positive = resolve_positive_class(data.classes, config.positive_class)
+        how = "--positive-class" if config.positive_class else "default: the label that sorts second"
+        log(f"positive class: {positive} ({how})")
+    return data
+
+
+def build_model(config: TrainConfig, strategy, num_classes: int, log: Callable[[str], None]):
+    """The classifier under the strategy's scope; returns (model, WeightsInfo, warnings)."""
+    import keras
+
+    from toolkit.model import build_classifier, count_params
+
+    keras.utils.set_random_seed(config.seed)
+    with strategy.scope():
+        model, weights_info = build_classifier(
+            num_classes, config.image_size, config.weights, config.head, config.dropout, config.allow_random_weights
+        )
+    warnings = []
+    if weights_info.warning:
+        warnings.append(f"WARNING: {weights_info.warning}; training with RANDOM weights")
+        log(warnings[-1])
+    total, trainable = count_params(model)
+    log(
+        f"model: VGG16 base ({weights_info.source} weights) + {config.head} head; "
+        f"{total:,} parameters, {trainable:,} trainable"
+    )
+    return model, weights_info, warnings
+
+
+def frozen_phase(ctx: FitContext, data: LoadedDataset, precision: str, augmenter, features_dir: Path):
+    """Train the head on a frozen base; returns the float32 validation features (or None)."""
+    from toolkit.model import build_feature_extractor, features_part, head_part
+
+    config, num_classes = ctx.config, len(data.classes)
+    t0 = time.perf_counter()
+    if not config.cache_features:
+        with ctx.strategy.scope():
+            compile_model(ctx.model, config.lr)
+        train_ds = image_dataset(data.train, num_classes, config.batch_size, True, config.seed, augmenter)
+        val_ds = image_dataset(data.val, num_classes, config.batch_size, False, config.seed)
+        fit_phase(
+            ctx,
+            Phase("frozen", ctx.model, train_ds, val_ds, ctx.state.completed_epochs, config.epochs),
+            len(data.train),
+        )
+        ctx.timings["frozen_phase_s"] = time.perf_counter() - t0
+        return None
+    with ctx.strategy.scope():
+        head = head_part(ctx.model)
+        compile_model(head, config.lr)
+    # Validation runs the float32 base whatever --precision says: epochs are then
+    # judged (and the best one picked) on exactly what the saved model computes.
+    val_path = features_dir / "features-val.npy"
+    val_feats = extract_features(
+        features_part(ctx.model), data.val.images, val_path, config.batch_size, np.float32, "validation features"
+    )
+    val_ds = plain_feature_dataset(val_feats, data.val.labels, num_classes, config.batch_size)
+    feature_shape = tuple(features_part(ctx.model).output.shape[1:])
+    source = FeatureSource(data.train, num_classes, config.batch_size, config.seed, feature_shape, features_dir)
+    extractor = build_feature_extractor(ctx.model, precision)
+    # The multi-worker loop opens each epoch's iterator after the callbacks itself, and its
+    # repeated, sharded dataset reads a varying number of batches per epoch.
+    strict = config.strategy != "multiworker"
+    train_ds, callbacks = training_features(extractor, source, augmenter, config.aug_views, strict)
+    if config.aug_views and augmenter is not None:
+        ctx.log(f"precomputed {config.aug_views} augmented views of {len(data.train)} training images")
+    ctx.timings["feature_extraction_s"] = time.perf_counter() - t0
+    phase = Phase("frozen", head, train_ds, val_ds, ctx.state.completed_epochs, config.epochs, callbacks)
+    fit_phase(ctx, phase, len(data.train))
+    ctx.timings["frozen_phase_s"] = time.perf_counter() - t0
+    return val_feats
+
+
+def finetune_phase(ctx: FitContext, data: LoadedDataset, augmenter) -> None:
+    """Unfreeze block5 and train the whole model from the best frozen-phase checkpoint."""
+    from toolkit.model import load_keras_model, unfreeze_for_fine_tuning
+
+    config, num_classes = ctx.config, len(data.classes)
+    t0 = time.perf_counter()
+    if (ctx.run_dir / BEST).is_file() and ctx.state.completed_epochs <= config.epochs:
+        ctx.model.set_weights(load_keras_model(ctx.run_dir / BEST).get_weights())
+    lr = config.fine_tune_lr or config.lr / 10
+    with ctx.strategy.scope():
+        unfrozen = unfreeze_for_fine_tuning(ctx.model)
+        compile_model(ctx.model, lr)
+    ctx.log(f"fine-tuning: {unfrozen} layers of block5 unfrozen, learning rate {lr:g}")
+    train_ds = image_dataset(data.train, num_classes, config.batch_size, True, config.seed, augmenter)
+    val_ds = image_dataset(data.val, num_classes, config.batch_size, False, config.seed)
+    start = max(ctx.state.completed_epochs, config.epochs)
+    fit_phase(
+        ctx,
+        Phase("finetune", ctx.model, train_ds, val_ds, start, config.epochs + config.fine_tune_epochs),
+        len(data.train),
+    )
+    ctx.timings["fine_tune_phase_s"] = time.perf_counter() - t0
+
+
+def _context(config: TrainConfig, run_dir: Path, chief: bool, data: LoadedDataset, resume: bool, log, verbose):
+    """Strategy, model and the state the phases share; returns (FitContext, WeightsInfo, precision, warnings)."""
+    import_tensorflow()
+    strategy = make_strategy(config.strategy)
+    model, weights_info, warnings = build_model(config, strategy, len(data.classes), log)
+    precision = resolve_precision(config.precision) if config.cache_features else "fp32"
+    if config.cache_features:
+        log(f"frozen-base precision: {precision}" + (" (auto)" if config.precision == "auto" else ""))
+    state = TrainState.load(run_dir / STATE) if resume else TrainState()
+    history = read_history_csv(run_dir / HISTORY) if resume else []
+    auto_weights = config.class_weight == "auto"
+    class_weight = balanced_class_weights(data.train.labels, len(data.classes)) if auto_weights else None
+    ctx = FitContext(config, run_dir, chief, strategy, model, state, history, class_weight, verbose, log)
+    return ctx, weights_info, precision, warnings
+
+
+def train(
+    config: TrainConfig,
+    resume: bool = False,
+    log: Callable[[str], None] = print,
+    verbose: int = 1,
+    explicit: set[str] | None = None,
+) -> TrainResult:
+    """Train, checkpoint and evaluate one run; write its self-contained folder.
+
+    With `resume`, `explicit` names the settings the user gave (the command line's typed
+    flags); any that differ from the stored config are refused. None: every field of `config`.
+    """
+    config.validate()
+    start = time.perf_counter()
+    cluster = tf_config() if config.strategy == "multiworker" else {}  # a stray TF_CONFIG changes nothing else
+    chief = is_chief(cluster)
+    run_dir, config = prepare_run_dir(config, resume, chief, explicit)
+    if chief:  # only the chief writes the run folder's files (workers may share it)
+        remove_stale_temporaries(run_dir)
+    cache_dir = Path(config.cache_dir) if config.cache_dir else run_dir / "cache"
+    data = load_training_data(config, cache_dir, log)
+    if chief:
+        write_data_report(data.report, run_dir / "data_report.json")
+    ctx, weights_info, precision, warnings = _context(config, run_dir, chief, data, resume, log, verbose)
+    from toolkit.augment import RandomAffine
+    from toolkit.model import count_params
+
+    augmenter = RandomAffine(config.seed) if config.augment else None
+    val_feats = None
+    if ctx.state.phase == "frozen":
+        # Every worker computes its own features (its own augmentations): workers sharing
+        # one --out must not write one another's feature files.
+        features_dir = cache_dir / "features" / worker_tag(cluster) if cluster else cache_dir
+        val_feats = frozen_phase(ctx, data, precision, augmenter, features_dir)
+        _next_phase(ctx, "finetune" if config.fine_tune_epochs else "done")
+    if ctx.state.phase == "finetune":
+        finetune_phase(ctx, data, augmenter)
+        _next_phase(ctx, "done")
+    replicas = ctx.strategy.num_replicas_in_sync
+    facts = RunFacts(data.report, weights_info, precision, count_params(ctx.model), replicas)
+    if not chief:
+        # Non-chief workers trained in lockstep; the chief evaluates and writes the run folder.
+        return make_result(ctx, facts, None, time.perf_counter() - start)
+    evaluation = final_metrics(ctx, data, None if config.fine_tune_epochs else val_feats)
+    result = make_result(ctx, facts, evaluation, time.perf_counter() - start)
+    result.warnings = warnings
+    write_run_json(ctx, facts, result)
+    return result
+
+
+def _next_phase(ctx: FitContext, phase: str) -> None:
+    ctx.state.phase = phase
+    if ctx.chief:
+        ctx.state.save(ctx.run_dir / STATE)
