@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import json
+import os
+
 import numpy as np
 
 from tests.conftest import IMAGE_SIZE
@@ -32,3 +35,43 @@ def test_bf16_features_stay_close_to_float32(trained_run):
     assert low.dtype == np.float32 and low.shape == reference.shape
     relative = np.linalg.norm(low - reference) / np.linalg.norm(reference)
     assert relative < 2e-2
+
+
+def test_best_keras_opens_in_plain_keras_without_the_toolkit(trained_run):
+    """A colleague with only Keras installed can open the model and gets the same probabilities."""
+    import subprocess
+    import sys
+
+    from toolkit.model import load_keras_model, predict_in_batches
+
+    x = np.random.default_rng(1).integers(0, 256, (3, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32)
+    expected = predict_in_batches(load_keras_model(trained_run / "best.keras"), x)
+    code = (
+        "import sys, json, numpy as np, keras\n"
+        f"model = keras.saving.load_model({str(trained_run / 'best.keras')!r}, safe_mode=True)\n"
+        f"x = np.array(json.loads(sys.stdin.read()), np.float32)\n"
+        "print(json.dumps(model.predict(x, verbose=0).tolist()))\n"
+        "print('toolkit' in sys.modules, file=sys.stderr)\n"
+    )
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    out = subprocess.run(
+        [sys.executable, "-c", code], input=json.dumps(x.tolist()), capture_output=True, text=True, env=env, cwd="/"
+    )
+    assert out.returncode == 0, out.stderr[-1500:]
+    assert out.stderr.strip().splitlines()[-1] == "False"
+    np.testing.assert_allclose(np.array(json.loads(out.stdout.splitlines()[-1])), expected, atol=1e-5)
+
+
+def test_run_folders_from_before_the_standard_preprocessing_layer_still_load(tmp_path):
+    """Models saved with the old custom CaffePreprocess layer load and compute the same features."""
+    import keras
+
+    from toolkit.model import IMAGENET_BGR_MEAN, custom_objects, load_keras_model
+
+    legacy = custom_objects()["CaffePreprocess"]
+    image = keras.Input((8, 8, 3))
+    model = keras.Model(image, legacy(name="caffe_preprocess")(image))
+    model.save(tmp_path / "old.keras")
+    x = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3)).astype(np.float32)
+    loaded = load_keras_model(tmp_path / "old.keras")
+    np.testing.assert_allclose(loaded(x).numpy(), x[..., ::-1] - np.array(IMAGENET_BGR_MEAN, np.float32), atol=1e-4)

@@ -1,6 +1,6 @@
 """The classifier: VGG16's caffe preprocessing in-graph, a frozen VGG16 base, a small head.
 
-Preprocessing lives inside the model as a registered layer so that every
+Preprocessing lives inside the model, as a standard Keras layer, so that every
 exported format takes raw RGB pixels (0..255) and nobody downstream has to
 remember ImageNet's channel order or mean. The model is assembled from two
 named sub-models, `features` (preprocessing + base) and `head`, so training can
@@ -26,17 +26,33 @@ def _keras():
     return keras
 
 
-def _preprocess_layer_class():
+def caffe_preprocess(x, name: str = "caffe_preprocess", dtype: str | None = None):
+    """RGB 0..255 -> BGR minus the ImageNet mean, as VGG16 was trained, applied to the Keras tensor `x`.
+
+    Built from one standard layer, a frozen 1x1 `Conv2D` whose kernel swaps R and B
+    and whose bias subtracts the mean, so plain Keras opens `best.keras` without this
+    package. Its products are by 1 and 0, so float32 results equal `x[..., ::-1] - mean`
+    exactly; full-int8 converters quantise it per channel without loss (a REVERSE_V2
+    channel swap had cost full-int8 TFLite 20 points of agreement).
+    """
+    import numpy as np
+
+    keras = _keras()
+    layer = keras.layers.Conv2D(3, 1, name=name, trainable=False, dtype=dtype)
+    y = layer(x)
+    kernel = np.zeros((1, 1, 3, 3), np.float32)
+    for out_channel, in_channel in enumerate((2, 1, 0)):
+        kernel[0, 0, in_channel, out_channel] = 1.0
+    layer.set_weights([kernel, -np.asarray(IMAGENET_BGR_MEAN, np.float32)])
+    return y
+
+
+def _legacy_preprocess_class():
+    """The custom layer of run folders made before 0.2, kept so they still load (safe_mode stays on)."""
     keras = _keras()
 
     @keras.saving.register_keras_serializable(package="toolkit", name="CaffePreprocess")
     class CaffePreprocess(keras.layers.Layer):
-        """RGB 0..255 -> BGR minus the ImageNet mean, as VGG16 was trained.
-
-        The channel swap is a gather (`take`), not a reverse: full-int8 TFLite
-        quantises REVERSE_V2 badly (78% top-1 agreement measured, 97% with take).
-        """
-
         def call(self, inputs):
             x = keras.ops.cast(inputs, self.compute_dtype)
             x = keras.ops.take(x, [2, 1, 0], axis=-1)
@@ -49,21 +65,14 @@ def _preprocess_layer_class():
     return CaffePreprocess
 
 
-_PREPROCESS_CLASS = None
-
-
-def caffe_preprocess_layer(**kwargs):
-    """A fresh `CaffePreprocess` layer (the class is registered on first use)."""
-    global _PREPROCESS_CLASS
-    if _PREPROCESS_CLASS is None:
-        _PREPROCESS_CLASS = _preprocess_layer_class()
-    return _PREPROCESS_CLASS(**kwargs)
+_LEGACY_CLASS: list = []
 
 
 def custom_objects() -> dict:
-    """Objects `keras.saving.load_model` needs for toolkit models (safe_mode stays on)."""
-    caffe_preprocess_layer()
-    return {"toolkit>CaffePreprocess": _PREPROCESS_CLASS, "CaffePreprocess": _PREPROCESS_CLASS}
+    """Objects `keras.saving.load_model` needs for older toolkit models (new ones need none)."""
+    if not _LEGACY_CLASS:
+        _LEGACY_CLASS.append(_legacy_preprocess_class())
+    return {"toolkit>CaffePreprocess": _LEGACY_CLASS[0], "CaffePreprocess": _LEGACY_CLASS[0]}
 
 
 @dataclasses.dataclass
@@ -149,7 +158,7 @@ def build_classifier(
         raise ModelError("a classifier needs at least two classes")
     base, info = build_vgg16_base(image_size, weights, allow_random_fallback)
     image = keras.Input((image_size, image_size, 3), name="image")
-    x = caffe_preprocess_layer(name="caffe_preprocess")(image)
+    x = caffe_preprocess(image)
     x = base(x, training=False)
     features = keras.Model(image, x, name="features")
     features.trainable = False
@@ -206,7 +215,7 @@ def build_feature_extractor(model, precision: str):
         keras.config.set_dtype_policy(previous)
     low.set_weights(base.get_weights())
     image = keras.Input(image_shape, name="image")
-    x = caffe_preprocess_layer(dtype="float32")(image)
+    x = caffe_preprocess(image, name="caffe_preprocess_float32", dtype="float32")
     x = low(x, training=False)
     x = keras.ops.cast(x, "float32")
     return keras.Model(image, x, name=f"features_{precision}")
