@@ -7,6 +7,34 @@ import sys
 from pathlib import Path
 
 
+def demo_run_lines(run_dir: Path) -> list[str]:
+    """The run behind the numbers: its splits, validation and held-out test accuracy, and export parity."""
+    run = json.loads((run_dir / "run.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    manifest = json.loads((run_dir / "export" / "manifest.json").read_text())
+    counts = {split: sum(per.values()) for split, per in run["dataset"]["counts"].items()}
+    test = metrics.get("test") or {}
+    lines = [
+        "",
+        f"The run: {counts.get('train', 0)} train / {counts.get('val', 0)} validation ({run['selected_on']}) / "
+        f"{counts.get('test', 0)} held-out test images; best epoch {run['best_epoch']}; validation accuracy "
+        f"{100 * metrics['accuracy']:.1f}% (AUC {metrics['auc']:.3f}); test accuracy "
+        f"{100 * test.get('accuracy', float('nan')):.1f}% (AUC {test.get('auc') or float('nan'):.3f}); "
+        f"training {run['timings_s']['total']:.0f} s.",
+        "",
+        "| artifact | size MB | max diff | agreement | accuracy | Keras accuracy | gate |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for a in manifest["artifacts"]:
+        q = a["parity"]
+        lines.append(
+            f"| {a['format']} {a['precision']} | {a['size_bytes'] / 1e6:.1f} | {q['max_abs_diff']:.1e} "
+            f"| {100 * q['top1_agreement']:.1f}% | {100 * q['accuracy']:.1f}% | {100 * q['reference_accuracy']:.1f}% "
+            f"| {'pass' if q['passed'] else 'FAIL'} |"
+        )
+    return lines
+
+
 def main(run_dir: Path, command: str) -> None:
     bench = json.loads((run_dir / "bench" / "bench.json").read_text())
     cold = json.loads((run_dir / "bench" / "cold_start.json").read_text())
@@ -34,6 +62,7 @@ def main(run_dir: Path, command: str) -> None:
             f"| {r['throughput_ips']:.1f} | {r['load_s']:.2f} | {r['peak_rss_mb']:.0f} | {r['size_mb']:.1f} "
             f"| {100 * r['accuracy']:.1f}% | {speed} | {r['gflops']:.0f} | {r['percent_of_peak']:.0f}% |"
         )
+    lines += demo_run_lines(run_dir)
     lines += [
         "",
         "Cold start of `toolkit predict MODEL IMAGE --json` (whole process, median of 5):",

@@ -84,3 +84,24 @@ def exported_run(trained_run, tmp_path_factory) -> Path:
         else:
             assert parity["max_abs_diff"] < 0.05, (key, parity)  # int8 moves probabilities a little, not a lot
     return run
+
+
+def validation_files(run: Path) -> list[Path]:
+    """The image files of a test run's validation split (what export's parity gate ran on), sorted by class."""
+    import json
+
+    from toolkit.data import SplitOptions, discover_dataset
+
+    config = json.loads((run / "config.json").read_text())
+    split = discover_dataset(
+        config["data_dir"], SplitOptions(config["val_split"], config["test_split"], config["seed"])
+    )
+    return [Path(f.path) for f in split.val]
+
+
+def validation_folder(run: Path, dest: Path) -> Path:
+    """The validation split copied into DEST/<class>/, a labelled folder for `toolkit evaluate`."""
+    for path in validation_files(run):
+        (dest / path.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, dest / path.parent.name / path.name)
+    return dest

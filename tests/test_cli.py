@@ -72,7 +72,10 @@ def test_predict_missing_or_corrupt_model_exits_2(tmp_path):
 
 
 def test_evaluate_writes_metrics_and_confusion(exported_run, tmp_path):
-    data = Path(json.loads((exported_run / "config.json").read_text())["data_dir"]) / "test"
+    """On the validation images, evaluate reproduces the accuracy the parity gate recorded."""
+    from tests.conftest import validation_folder
+
+    data = validation_folder(exported_run, tmp_path / "val")
     manifest = json.loads((exported_run / "export" / "manifest.json").read_text())
     for name in ("model_int8.tflite", "model_float32.onnx"):
         out = tmp_path / name
@@ -82,7 +85,7 @@ def test_evaluate_writes_metrics_and_confusion(exported_run, tmp_path):
         entry = next(a for a in manifest["artifacts"] if a["path"] == name)
         assert metrics["accuracy"] == entry["parity"]["accuracy"]
         assert {"auc", "per_class", "confusion_matrix", "sensitivity", "specificity"} <= set(metrics)
-        assert (out / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+        assert (out / "confusion.png").read_bytes()[:4] == b"\x89PNG" and (out / "roc.png").is_file()
     keras_result = runner.invoke(app, ["evaluate", str(exported_run / "best.keras"), str(data)])
     assert keras_result.exit_code == 0 and "accuracy" in keras_result.stdout
 

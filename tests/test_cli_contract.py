@@ -232,3 +232,9 @@ def test_base_install_predicts_without_tensorflow(exported_run, tmp_path):
         assert json.loads(out.stdout)["label"] in ("benign", "malignant")
     train = subprocess.run([str(venv / "bin/toolkit"), "train", str(tmp_path)], capture_output=True, text=True)
     assert train.returncode == 2 and "pip install 'toolkit[train]'" in train.stderr and "Traceback" not in train.stderr
+
+
+def test_malformed_tf_config_under_multiworker_is_one_line(demo_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", "{cluster: nope")
+    args = ["train", str(demo_dir), "--out", str(tmp_path / "r"), "--strategy", "multiworker", "--weights", "none"]
+    _one_error_line(runner.invoke(app, args), 2, "TF_CONFIG is not valid JSON")

@@ -41,3 +41,16 @@ def test_nan_outputs_fail():
     bad = ref.copy()
     bad[0, 0] = np.nan
     assert not compare_outputs(ref, bad, ref.argmax(1), thresholds_for("int8")).passed
+
+
+def test_agreement_is_judged_at_the_operating_point():
+    """A flip across the deployed threshold counts, even where argmax would agree."""
+    from toolkit.operating_point import Decision
+
+    reference = np.array([[0.75, 0.25], [0.9, 0.1]])
+    candidate = np.array([[0.65, 0.35], [0.9, 0.1]])  # argmax agrees; at threshold 0.3 the first flips
+    labels = np.array([1, 0])
+    t = thresholds_for("int8")
+    assert compare_outputs(reference, candidate, labels, t).top1_agreement == 1.0
+    at_point = compare_outputs(reference, candidate, labels, t, Decision(["a", "b"], "b", 0.3).predict)
+    assert at_point.top1_agreement == 0.5 and not at_point.passed

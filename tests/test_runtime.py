@@ -22,7 +22,9 @@ ARTIFACTS = [
 
 
 def _val_images(run: Path) -> list[Path]:
-    return sorted((Path(json.loads((run / "config.json").read_text())["data_dir"]) / "test").rglob("*.jpg"))
+    from tests.conftest import validation_files
+
+    return validation_files(run)
 
 
 @pytest.mark.parametrize("name", ARTIFACTS)

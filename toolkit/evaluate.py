@@ -53,7 +53,7 @@ def format_metrics(m: Metrics) -> str:
     if m.sensitivity is not None:
         lines.append(
             f"positive class {m.positive_class} at threshold {m.threshold:.4g}: sensitivity {m.sensitivity:.4f}   "
-            f"specificity {m.specificity:.4f}   PR-AUC {m.pr_auc:.4f}"
+            f"specificity {m.specificity:.4f}   PR-AUC {'n/a' if m.pr_auc is None else f'{m.pr_auc:.4f}'}"
         )
     width = max(max(len(name) for name in m.labels), 9)
     lines.append(f"{'class'.ljust(width)}  precision  recall     f1  support")

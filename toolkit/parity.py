@@ -8,6 +8,7 @@ agreement) and on accuracy against the labels.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
 
@@ -80,8 +81,19 @@ def thresholds_for(precision: str, overrides: ParityOverrides | None = None) -> 
 
 
 def compare_outputs(
-    reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray, thresholds: Thresholds
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    labels: np.ndarray,
+    thresholds: Thresholds,
+    decide: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> ParityRecord:
+    """Compare an artifact's outputs with the Keras model's on the same images.
+
+    Decisions (agreement, accuracy) are made by `decide`, the model's operating point
+    for binary models with one, so the gate checks the decisions the app will make;
+    argmax otherwise.
+    """
+    decide = decide or (lambda probs: probs.argmax(axis=1))
     if reference.shape != candidate.shape:
         return ParityRecord(
             len(labels),
@@ -98,8 +110,8 @@ def compare_outputs(
     finite = bool(np.isfinite(candidate).all())
     max_diff = float(diff.max()) if diff.size and finite else float("inf")
     mean_diff = float(diff.mean()) if diff.size and finite else float("inf")
-    ref_top = reference.argmax(axis=1)
-    cand_top = candidate.argmax(axis=1)
+    ref_top = decide(reference)
+    cand_top = decide(candidate)
     agreement = float((ref_top == cand_top).mean()) if len(labels) else 1.0
     accuracy = float((cand_top == labels).mean()) if len(labels) else 0.0
     reference_accuracy = float((ref_top == labels).mean()) if len(labels) else 0.0

@@ -13,6 +13,7 @@ import dataclasses
 import datetime
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +90,7 @@ class ParitySet:
     labels: np.ndarray
     reference: np.ndarray
     overrides: ParityOverrides
+    decide: Callable[[np.ndarray], np.ndarray] | None = None  # the operating point, where the run has one
 
 
 def _check_options(options: ExportOptions) -> list[ExportFormat]:
@@ -102,14 +104,15 @@ def _check_options(options: ExportOptions) -> list[ExportFormat]:
     return formats
 
 
-def _parity_set(model, val, options: ExportOptions, seed: int) -> ParitySet:
+def _parity_set(model, val, options: ExportOptions, seed: int, decision=None) -> ParitySet:
     """All validation images, or a seeded sample stratified by class (validation is stored sorted by class)."""
     from toolkit.data import stratified_sample
     from toolkit.model import predict_in_batches
 
     index = stratified_sample(val.labels, options.parity_images, seed)
     images = np.asarray(val.images[index], dtype=np.uint8)
-    return ParitySet(images, val.labels[index], predict_in_batches(model, images), options.overrides)
+    decide = decision.predict if decision is not None else None
+    return ParitySet(images, val.labels[index], predict_in_batches(model, images), options.overrides, decide)
 
 
 def _open_manifest(export_dir: Path, source_sha: str, run: RunFolder) -> dict:
@@ -143,9 +146,8 @@ def _export_one(fmt: ExportFormat, ctx: ExportContext, parity: ParitySet) -> dic
         with silenced((2,)):  # LiteRT announces its XNNPACK delegate
             classifier = load_artifact(dest, device="cpu", labels=ctx.labels, verify=False)
         candidate = classifier.predict_arrays(parity.images)
-    record = compare_outputs(
-        parity.reference, candidate, parity.labels, thresholds_for(fmt.precision, parity.overrides)
-    )
+    thresholds = thresholds_for(fmt.precision, parity.overrides)
+    record = compare_outputs(parity.reference, candidate, parity.labels, thresholds, parity.decide)
     entry = {
         "format": fmt.format,
         "precision": fmt.precision,
@@ -176,7 +178,7 @@ def export_run(run_dir: str | Path, options: ExportOptions = ExportOptions()) ->
     model = load_keras_model(run.best)
     data = run.load_data(options.data_dir)
     seed = int(run.config.get("seed", 0))
-    parity = _parity_set(model, data.val, options, seed)
+    parity = _parity_set(model, data.val, options, seed, run.decision)
     export_dir = run.path / "export"
     export_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(export_dir)
