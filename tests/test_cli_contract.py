@@ -153,8 +153,12 @@ def test_json_results_on_train_evaluate_and_demo_data(exported_run, tmp_path):
     demo = runner.invoke(app, ["demo-data", str(tmp_path / "d"), "--per-class", "4", "--image-size", "32", "--json"])
     assert json.loads(demo.stdout)["counts"]["test"] == {"benign": 1, "malignant": 1}
     data = Path(json.loads((exported_run / "config.json").read_text())["data_dir"]) / "test"
-    result = runner.invoke(app, ["evaluate", str(exported_run / "export" / "model_float32.onnx"), str(data), "--json"])
+    model = str(exported_run / "export" / "model_float32.onnx")
+    result = runner.invoke(app, ["evaluate", model, str(data), "--json"])
     assert result.exit_code == 0 and json.loads(result.stdout)["metrics"]["count"] == 8
+    assert "decoding images" not in result.stderr
+    shown = runner.invoke(app, ["evaluate", model, str(data)])
+    assert shown.exit_code == 0 and "decoding images: 8/8 done in" in shown.stderr
 
 
 def test_both_onnxruntime_packages_are_refused_with_the_fix(exported_run, monkeypatch):

@@ -277,11 +277,13 @@ def evaluate(
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
     verify: Annotated[bool, typer.Option("--verify/--no-verify")] = True,
     allow_external_data: Annotated[bool, typer.Option(help="Let an ONNX model read data files beside it.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
     json_output: JsonFlag = False,
 ) -> None:
     """Accuracy, AUC, per-class precision/recall/F1 and the confusion matrix at the model's operating point."""
     from toolkit.evaluate import evaluate_model, format_metrics
 
+    _progress(quiet or json_output)
     classifier = _load_classifier(
         model, device=device.value, threads=threads, verify=verify, allow_external_data=allow_external_data
     )
