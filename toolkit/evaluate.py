@@ -8,7 +8,7 @@ from pathlib import Path
 from toolkit.data import SkippedFile, load_labelled_folder
 from toolkit.fileio import write_json_atomic
 from toolkit.metrics import Metrics, classification_metrics, plot_confusion, plot_roc
-from toolkit.operating_point import Decision
+from toolkit.operating_point import default_decision
 from toolkit.runtime import Classifier
 
 
@@ -27,9 +27,7 @@ def evaluate_model(
     """Metrics of a loaded classifier on a labelled folder; metrics.json and confusion.png into `out`."""
     labels, arrays = load_labelled_folder(data_dir, classifier.image_size, classifier.labels)
     probs = classifier.predict_arrays(arrays.images, batch_size)
-    decision = classifier.decision
-    if decision is None and len(labels) == 2:
-        decision = Decision(list(labels), labels[1])
+    decision = classifier.decision or default_decision(labels)
     metrics = classification_metrics(probs, arrays.labels, labels, decision)
     model_path = classifier.path
     result = EvaluationResult(str(model_path), classifier.format, classifier.provider, metrics, arrays.skipped)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from toolkit.operating_point import Decision
+from toolkit.operating_point import Decision, default_decision
 
 
 @dataclasses.dataclass
@@ -109,7 +109,7 @@ def classification_metrics(
     labels = np.asarray(labels, dtype=np.int64)
     k = len(class_names)
     if k == 2 and decision is None:
-        decision = Decision(list(class_names), class_names[1])
+        decision = default_decision(list(class_names))
     pred = decision.predict(probs) if k == 2 else probs.argmax(axis=1)
     confusion = np.zeros((k, k), dtype=np.int64)
     np.add.at(confusion, (labels, pred), 1)
@@ -158,9 +158,10 @@ def plot_roc(
 
     positive = decision.positive_index
     scores, hits = np.asarray(probs)[:, positive], np.asarray(labels) == positive
-    thresholds = np.concatenate([[np.inf], np.sort(np.unique(scores))[::-1], [-np.inf]])
-    tpr = [float(((scores >= t) & hits).sum() / max(hits.sum(), 1)) for t in thresholds]
-    fpr = [float(((scores >= t) & ~hits).sum() / max((~hits).sum(), 1)) for t in thresholds]
+    order = np.argsort(-scores, kind="mergesort")
+    last_of_tie = np.r_[np.diff(scores[order]) != 0, True]  # one point per distinct threshold
+    tpr = np.r_[0.0, np.cumsum(hits[order])[last_of_tie] / max(hits.sum(), 1)]
+    fpr = np.r_[0.0, np.cumsum(~hits[order])[last_of_tie] / max((~hits).sum(), 1)]
     at = ((scores >= decision.threshold) & hits).sum() / max(hits.sum(), 1)
     false_alarms = ((scores >= decision.threshold) & ~hits).sum() / max((~hits).sum(), 1)
     fig, ax = plt.subplots(figsize=(4.6, 4.4))

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from toolkit.errors import DatasetError
+from toolkit.errors import DatasetError, ModelError
 
 CRITERIA = ("sensitivity", "specificity", "threshold")
 
@@ -102,6 +102,19 @@ def rates_at(scores: np.ndarray, positives: np.ndarray, threshold: float) -> dic
         "sensitivity": float((predicted & positives).sum() / n_pos) if n_pos else None,
         "specificity": float((~predicted & ~positives).sum() / n_neg) if n_neg else None,
     }
+
+
+def default_decision(labels: list[str]) -> Decision | None:
+    """Two classes without an operating point: the second label at 0.5 (None for more classes)."""
+    return Decision(list(labels), labels[1]) if len(labels) == 2 else None
+
+
+def parse_labels_payload(data, where: str) -> tuple[list[str], Decision | None]:
+    """labels.json as written now ({"labels": [...], "positive_class", "threshold"}) or before (a list)."""
+    raw = data.get("labels") if isinstance(data, dict) else data
+    if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+        raise ModelError(f"{where} must hold a JSON list of class names")
+    return list(raw), decision_from_json(list(raw), data if isinstance(data, dict) else None)
 
 
 def decision_from_json(labels: list[str], payload: dict | None) -> Decision | None:

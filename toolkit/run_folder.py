@@ -20,7 +20,7 @@ import numpy as np
 from toolkit.data import ImageArrays, SplitOptions, load_dataset
 from toolkit.errors import DatasetError, ModelError
 from toolkit.fileio import atomic_path, write_json_atomic, write_text_atomic, write_with
-from toolkit.operating_point import Decision, decision_from_json
+from toolkit.operating_point import Decision, parse_labels_payload
 
 BEST = "best.keras"
 CONFIG = "config.json"
@@ -127,14 +127,6 @@ def labels_payload(labels: list[str], decision: Decision | None) -> dict:
     return payload
 
 
-def parse_labels_file(data, path: Path) -> tuple[list[str], Decision | None]:
-    """labels.json as written now ({"labels": [...], "positive_class", "threshold"}) or before (a list)."""
-    raw = data.get("labels") if isinstance(data, dict) else data
-    if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
-        raise ModelError(f"{path} must hold a JSON list of class names")
-    return list(raw), decision_from_json(list(raw), data if isinstance(data, dict) else None)
-
-
 @dataclasses.dataclass
 class RunFolder:
     """A finished run as export and bench see it."""
@@ -192,7 +184,7 @@ def load_run(run_dir: str | Path, need_model: bool = True) -> RunFolder:
         raise ModelError(f"{path} has no {BEST}; train first (toolkit train DATA_DIR --out {path})")
     if not (path / LABELS).is_file() or not (path / CONFIG).is_file():
         raise ModelError(f"{path} is not a complete run folder ({LABELS} and {CONFIG} are needed)")
-    labels, decision = parse_labels_file(read_json_file(path / LABELS, "labels file"), path / LABELS)
+    labels, decision = parse_labels_payload(read_json_file(path / LABELS, "labels file"), str(path / LABELS))
     config = read_json_file(path / CONFIG, "run config")
     if not isinstance(config, dict) or "image_size" not in config or "data_dir" not in config:
         raise ModelError(f"{path / CONFIG} is not a toolkit run config")

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,6 +29,9 @@ from toolkit.bench.types import DEFAULT_BATCHES, BenchOptions, BenchRecord, Benc
 from toolkit.bench.worker import run_worker
 from toolkit.errors import BenchError
 from toolkit.progress import phase
+
+if TYPE_CHECKING:  # the worker subprocess imports this package: keep its start light
+    from toolkit.run_folder import RunFolder
 
 __all__ = [
     "DEFAULT_BATCHES",
@@ -51,6 +55,7 @@ class BenchPlan:
     labels: list[str]
     image_size: int
     head: str
+    run: RunFolder | None = None  # the run folder, when benchmarking one
 
 
 def _plan_for_run(run_dir: Path, cuda: bool) -> BenchPlan:
@@ -58,7 +63,7 @@ def _plan_for_run(run_dir: Path, cuda: bool) -> BenchPlan:
 
     run = load_run(run_dir, need_model=False)
     targets = discover_targets(run.path, cuda)
-    return BenchPlan(targets, run.labels, run.image_size, run.config.get("head", "flatten"))
+    return BenchPlan(targets, run.labels, run.image_size, run.config.get("head", "flatten"), run)
 
 
 def _plan_for_files(files: list[Path], cuda: bool) -> BenchPlan:
@@ -72,17 +77,16 @@ def _plan_for_files(files: list[Path], cuda: bool) -> BenchPlan:
     return BenchPlan(targets, clf.labels, clf.image_size[0], "flatten")
 
 
-def _bench_images(run_dir: Path | None, data_dir: str | None, image_size: int, labels: list[str]):
+def _bench_images(plan: BenchPlan, data_dir: str | None):
     """A labelled folder given with --data, or the run's own validation images."""
     from toolkit.data import load_labelled_folder
-    from toolkit.run_folder import load_run
 
     if data_dir:
-        _, arrays = load_labelled_folder(data_dir, (image_size, image_size), labels)
+        _, arrays = load_labelled_folder(data_dir, (plan.image_size, plan.image_size), plan.labels)
         return arrays.images, arrays.labels
-    if run_dir is None:
+    if plan.run is None:
         raise BenchError("model files without a run folder need --data DIR (a labelled folder)")
-    val = load_run(run_dir, need_model=False).load_data().val
+    val = plan.run.load_data().val
     return np.asarray(val.images), val.labels
 
 
@@ -136,7 +140,7 @@ def run_bench(
     targets = [t for t in plan.targets if selected(t, options.formats, options.precisions, options.device)]
     if not targets:
         raise BenchError("nothing to benchmark (no best.keras or exports, or --format/--precision matched none)")
-    images, image_labels = _bench_images(run_dir, options.data_dir, plan.image_size, plan.labels)
+    images, image_labels = _bench_images(plan, options.data_dir)
     records: list[BenchRecord] = []
     with tempfile.TemporaryDirectory(prefix="toolkit-bench-") as tmp:
         data_path = Path(tmp) / "images.npz"

@@ -115,7 +115,7 @@ def _parity_set(model, val, options: ExportOptions, seed: int, decision=None) ->
     return ParitySet(images, val.labels[index], predict_in_batches(model, images), options.overrides, decide)
 
 
-def _open_manifest(export_dir: Path, source_sha: str, run: RunFolder) -> dict:
+def _open_manifest(export_dir: Path, source_sha: str, run: RunFolder, decision: dict | None) -> dict:
     manifest = _read_manifest(export_dir / MANIFEST)
     if manifest.get("source", {}).get("sha256") not in (None, source_sha):
         manifest["artifacts"] = []  # a different checkpoint: older artifacts no longer describe it
@@ -125,7 +125,7 @@ def _open_manifest(export_dir: Path, source_sha: str, run: RunFolder) -> dict:
             "source": {"path": "../best.keras", "sha256": source_sha},
             "labels": run.labels,
             "image_size": run.image_size,
-            "decision": run.decision.to_json() if run.decision else None,
+            "decision": decision,
         }
     )
     manifest.setdefault("artifacts", [])
@@ -183,7 +183,8 @@ def export_run(run_dir: str | Path, options: ExportOptions = ExportOptions()) ->
     export_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(export_dir)
     source_sha = sha256_file(run.best)
-    manifest = _open_manifest(export_dir, source_sha, run)
+    decision = run.decision.to_json() if run.decision else None
+    manifest = _open_manifest(export_dir, source_sha, run, decision)
     ctx = ExportContext(
         model=model,
         export_dir=export_dir,
@@ -192,7 +193,7 @@ def export_run(run_dir: str | Path, options: ExportOptions = ExportOptions()) ->
         calibration_images=_calibration_subset(data.train.images, options.calib_images, seed),
         opset=options.opset,
         source_sha256=source_sha,
-        decision=run.decision.to_json() if run.decision else None,
+        decision=decision,
     )
     failed: list[dict] = []
     try:

@@ -24,7 +24,7 @@ import numpy as np
 from toolkit.errors import DatasetError, RuntimeModelError
 from toolkit.fileio import sha256_file
 from toolkit.imaging import ImageSource, load_image_array
-from toolkit.operating_point import Decision, decision_from_json
+from toolkit.operating_point import Decision, decision_from_json, parse_labels_payload
 from toolkit.runtime.backends import Backend, open_backend
 
 __all__ = ["Classifier", "Prediction", "load", "PIXEL_SCALES"]
@@ -257,12 +257,10 @@ def load(
 
 
 def _read_sidecar(path: Path) -> tuple[list[str], dict | None]:
-    """labels.json beside a .keras file: a list (older runs) or {"labels": [...], "positive_class", "threshold"}."""
+    """labels.json beside a .keras file, in either of its forms (see `parse_labels_payload`)."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise RuntimeModelError(f"cannot read {path}: {' '.join(str(exc).split())[:120]}") from None
-    labels = data.get("labels") if isinstance(data, dict) else data
-    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-        raise RuntimeModelError(f"{path} must hold a JSON list of class names")
-    return list(labels), data if isinstance(data, dict) else None
+    labels, decision = parse_labels_payload(data, str(path))
+    return labels, decision.to_json() if decision else None
