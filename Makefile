@@ -14,7 +14,10 @@ else
 WEIGHTS_FLAGS := --weights $(VGG16_WEIGHTS)
 endif
 
-.PHONY: install demo test lint format bench clean-demo
+.PHONY: install system-deps demo test lint format bench bench-real clean-demo
+
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+ORT_WEB := node_modules/onnxruntime-web/dist/ort.wasm.min.js
 
 $(BIN)/toolkit: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +26,16 @@ $(BIN)/toolkit: pyproject.toml
 	touch $(BIN)/toolkit
 
 install: $(BIN)/toolkit
+
+# What the tests need outside pip: Debian's chromium (the web bundle runs in it, headless) and the
+# onnxruntime-web npm package that `toolkit export --format web` copies into bundles (package.json).
+system-deps: $(ORT_WEB)
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
+
+$(ORT_WEB): package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
 
 # The main job on the built-in demo data: data, training, export (with parity gate), bench.
 demo: $(BIN)/toolkit
@@ -53,7 +66,13 @@ bench: $(BIN)/toolkit
 	$(BIN)/python bench/train_modes.py $(DEMO_DATA) $(or $(VGG16_WEIGHTS),imagenet) --epochs $(DEMO_EPOCHS)
 	$(BIN)/python bench/write_results.py $(DEMO_RUN) make bench VGG16_WEIGHTS=...
 
-test: $(BIN)/toolkit
+# Real images (ELPV solar cells, downloaded with pip into ELPV_CACHE, never into git): trains the README
+# recipe, exports and scores every artifact on the held-out test split; writes bench/REAL.md (~60 min, 2 cores).
+ELPV_CACHE ?= $(HOME)/.cache/toolkit-elpv
+bench-real: $(BIN)/toolkit
+	$(BIN)/python bench/real.py --cache $(ELPV_CACHE) --weights $(or $(VGG16_WEIGHTS),imagenet)
+
+test: $(BIN)/toolkit system-deps
 	$(BIN)/python -m pytest
 
 lint: $(BIN)/toolkit

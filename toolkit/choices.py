@@ -22,6 +22,15 @@ class BasePrecision(StrEnum):
 class Head(StrEnum):
     flatten = "flatten"
     gap = "gap"
+    gmp = "gmp"
+    gap_gmp = "gap+gmp"
+
+
+class FineTuneFrom(StrEnum):
+    """The first unfrozen block of fine-tuning."""
+
+    block5 = "block5"
+    block4 = "block4"
 
 
 class Strategy(StrEnum):
@@ -60,6 +69,7 @@ class ExportFormat(StrEnum):
     all = "all"
     onnx = "onnx"
     tflite = "tflite"
+    web = "web"
 
 
 class BenchFormat(StrEnum):

@@ -103,9 +103,12 @@ def train(
     base_precision: Annotated[
         choices.BasePrecision, typer.Option(help="Compute precision of the cached frozen-base passes.")
     ] = choices.BasePrecision.auto,
-    head: Annotated[choices.Head, typer.Option(help="flatten (Flatten+Dense) or gap (pooling+Dropout+Dense).")] = (
-        choices.Head.flatten
-    ),
+    head: Annotated[
+        choices.Head, typer.Option(help="flatten (Flatten+Dense) or pooled: gap, gmp, gap+gmp (+Dropout+Dense).")
+    ] = choices.Head.flatten,
+    dropout: Annotated[float, typer.Option(help="Dropout before the pooled heads' Dense layer.")] = 0.3,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay (0: Adam).")] = 0.0,
+    label_smoothing: Annotated[float, typer.Option(help="Label smoothing of the cross-entropy.")] = 0.0,
     weights: Annotated[str, typer.Option(help="imagenet, none, or a local weights file.")] = "imagenet",
     allow_random_weights: Annotated[
         bool, typer.Option(help="If the ImageNet download fails, train from random weights (loudly).")
@@ -117,8 +120,11 @@ def train(
     class_weight: Annotated[choices.ClassWeight, typer.Option(help="auto: balanced, for imbalanced data.")] = (
         choices.ClassWeight.none
     ),
-    fine_tune_epochs: Annotated[int, typer.Option(min=0, help="Epochs with block5 unfrozen afterwards.")] = 0,
+    fine_tune_epochs: Annotated[int, typer.Option(min=0, help="Epochs with the top blocks unfrozen afterwards.")] = 0,
     fine_tune_lr: Annotated[float | None, typer.Option(help="Fine-tuning learning rate (default lr/10).")] = None,
+    fine_tune_from: Annotated[
+        choices.FineTuneFrom, typer.Option(help="First unfrozen block; trained on the cached output below it.")
+    ] = choices.FineTuneFrom.block5,
     strategy: Annotated[choices.Strategy, typer.Option(help="multiworker reads TF_CONFIG.")] = (
         choices.Strategy.default
     ),
@@ -162,7 +168,10 @@ def train(
 @user_errors
 def export(
     run_dir: Annotated[Path, typer.Argument(help="A run folder made by `toolkit train`.")],
-    format: Annotated[choices.ExportFormat, typer.Option(help="Which formats.")] = choices.ExportFormat.all,
+    format: Annotated[
+        choices.ExportFormat,
+        typer.Option(help="all: every ONNX and TFLite file; web: a static page (onnxruntime-web) per precision."),
+    ] = choices.ExportFormat.all,
     precision: Annotated[
         str | None,
         typer.Option(callback=_csv(choices.Precision), help="Comma-separated: float32,float16,dynamic,int8."),
@@ -179,7 +188,7 @@ def export(
     quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
     json_output: JsonFlag = False,
 ) -> None:
-    """Export the best model to ONNX and TFLite; each artifact must pass the parity gate (else exit 1)."""
+    """Export the best model to ONNX, TFLite or a web page; each artifact must pass the parity gate (else exit 1)."""
     from toolkit.tf_setup import import_tensorflow
 
     import_tensorflow()

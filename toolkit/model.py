@@ -16,8 +16,11 @@ from pathlib import Path
 from toolkit.errors import ModelError, WeightsError
 
 IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
-HEADS = ("flatten", "gap")
+HEADS = ("flatten", "gap", "gmp", "gap+gmp")
 FINE_TUNE_BLOCK = "block5"
+# The unfrozen part of fine-tuning starts at one of these blocks; the cached features for it
+# are the output of the layer before (the last frozen one).
+FINE_TUNE_CUTS = {"block5": "block4_pool", "block4": "block3_pool"}
 
 
 def _keras():
@@ -131,6 +134,14 @@ def build_vgg16_base(image_size: int, weights: str, allow_random_fallback: bool 
 
 
 def build_head(feature_shape: tuple[int, ...], num_classes: int, head: str, dropout: float):
+    """A small head on the base's feature map.
+
+    `flatten` is the classic recipe (Flatten + Dense: 25,088 inputs at 224 px, which
+    overfits a few thousand images); the pooled heads keep one number per channel:
+    `gap` averages (how much of a pattern), `gmp` takes the maximum (whether a small
+    defect appears anywhere), `gap+gmp` concatenates both. Dropout comes before the
+    Dense layer on the pooled heads.
+    """
     keras = _keras()
     if head not in HEADS:
         raise ModelError(f"--head must be one of {', '.join(HEADS)}, got {head}")
@@ -138,7 +149,12 @@ def build_head(feature_shape: tuple[int, ...], num_classes: int, head: str, drop
     if head == "flatten":
         x = keras.layers.Flatten(name="flatten")(inputs)
     else:
-        x = keras.layers.GlobalAveragePooling2D(name="gap")(inputs)
+        pooled = []
+        if head in ("gap", "gap+gmp"):
+            pooled.append(keras.layers.GlobalAveragePooling2D(name="gap")(inputs))
+        if head in ("gmp", "gap+gmp"):
+            pooled.append(keras.layers.GlobalMaxPooling2D(name="gmp")(inputs))
+        x = pooled[0] if len(pooled) == 1 else keras.layers.Concatenate(name="gap_gmp")(pooled)
         x = keras.layers.Dropout(dropout, name="dropout")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", name="probs", dtype="float32")(x)
     return keras.Model(inputs, outputs, name="head")
@@ -180,45 +196,84 @@ def vgg_base(model):
     return features_part(model).get_layer("vgg16")
 
 
+def _check_block(block: str) -> str:
+    if block not in FINE_TUNE_CUTS:
+        raise ModelError(f"--fine-tune-from must be one of {', '.join(FINE_TUNE_CUTS)}, got {block}")
+    return block
+
+
+def _block_number(layer_name: str) -> int:
+    return int(layer_name[5]) if layer_name.startswith("block") else 0
+
+
 def unfreeze_for_fine_tuning(model, block: str = FINE_TUNE_BLOCK) -> int:
-    """Make `block`'s layers trainable (the rest of the base stays frozen); return their count."""
+    """Make `block` and the blocks after it trainable (the rest stays frozen); return the layer count."""
+    first = _block_number(_check_block(block))
     features = features_part(model)
     features.trainable = True
     base = vgg_base(model)
     base.trainable = True
     count = 0
     for layer in base.layers:
-        layer.trainable = layer.name.startswith(block)
+        layer.trainable = _block_number(layer.name) >= first
         count += int(layer.trainable)
     features.get_layer("caffe_preprocess").trainable = False
     return count
 
 
-def build_feature_extractor(model, precision: str):
-    """The frozen `features` sub-model, rebuilt in bf16/fp16 compute when asked.
-
-    Only the base's convolutions change precision; preprocessing runs in
-    float32 and the output is cast back, so the head sees float32 features.
-    """
+def _base_in(model, precision: str):
+    """The model's VGG16 base, or a copy of it computing in bf16/fp16 (same weights)."""
     keras = _keras()
-    features = features_part(model)
-    if precision == "fp32":
-        return features
-    policy = {"bf16": "mixed_bfloat16", "fp16": "mixed_float16"}[precision]
     base = vgg_base(model)
-    image_shape = tuple(features.input.shape[1:])
+    if precision == "fp32":
+        return base
+    policy = {"bf16": "mixed_bfloat16", "fp16": "mixed_float16"}[precision]
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(policy)
     try:
-        low = keras.applications.VGG16(include_top=False, weights=None, input_shape=image_shape)
+        low = keras.applications.VGG16(include_top=False, weights=None, input_shape=tuple(base.input.shape[1:]))
     finally:
         keras.config.set_dtype_policy(previous)
     low.set_weights(base.get_weights())
-    image = keras.Input(image_shape, name="image")
+    return low
+
+
+def build_feature_extractor(model, precision: str, until: str | None = None):
+    """The frozen part as a model of raw pixels: preprocessing + the base up to layer `until` (default: all).
+
+    bf16/fp16 rebuild the base in that compute precision; preprocessing runs in
+    float32 and the output is cast back, so what follows sees float32 features.
+    `until` is the last frozen layer when fine-tuning trains on cached features.
+    """
+    keras = _keras()
+    features = features_part(model)
+    if precision == "fp32" and until is None:
+        return features
+    base = _base_in(model, precision)
+    if until is not None:
+        base = keras.Model(base.input, base.get_layer(until).output, name=f"vgg16_to_{until}")
+    image = keras.Input(tuple(features.input.shape[1:]), name="image")
     x = caffe_preprocess(image, name="caffe_preprocess_float32", dtype="float32")
-    x = low(x, training=False)
-    x = keras.ops.cast(x, "float32")
-    return keras.Model(image, x, name=f"features_{precision}")
+    x = keras.ops.cast(base(x, training=False), "float32")
+    return keras.Model(image, x, name=f"features_{precision}" + (f"_to_{until}" if until else ""))
+
+
+def build_upper_model(model, block: str):
+    """The trainable part of cached fine-tuning: `block` onwards plus the head, on the cut's features.
+
+    Its layers are the classifier's own (shared, not copied), so training it trains
+    the classifier that the checkpoint saves.
+    """
+    keras = _keras()
+    base = vgg_base(model)
+    first = _block_number(_check_block(block))
+    cut = base.get_layer(FINE_TUNE_CUTS[block])
+    inputs = keras.Input(tuple(cut.output.shape[1:]), name="cut_features")
+    x = inputs
+    for layer in base.layers:
+        if _block_number(layer.name) >= first:
+            x = layer(x)
+    return keras.Model(inputs, head_part(model)(x), name=f"from_{block}")
 
 
 def with_precision(model, precision: str):

@@ -99,7 +99,17 @@ def test_interrupted_run_resumes_and_keeps_best_and_history(demo_dir, tmp_path, 
     assert (out / "run.json").is_file()
 
 
-def test_fine_tuning_changes_block5_and_leaves_block1_alone(demo_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("block", "cached", "frozen_layer", "moved_layer"),
+    [
+        ("block5", True, "block4_conv3", "block5_conv1"),
+        ("block4", True, "block3_conv3", "block4_conv1"),
+        ("block5", False, "block4_conv3", "block5_conv3"),
+    ],
+)
+def test_fine_tuning_moves_the_unfrozen_blocks_only(
+    demo_dir, tmp_path, monkeypatch, block, cached, frozen_layer, moved_layer
+):
     import toolkit.train.fit as fit_module
     from toolkit.model import load_keras_model, vgg_base
     from toolkit.train import train
@@ -108,22 +118,60 @@ def test_fine_tuning_changes_block5_and_leaves_block1_alone(demo_dir, tmp_path, 
     runs = {}
     for name, fine_tune in (("frozen", 0), ("ft", 1)):
         out = tmp_path / name
-        config = train_config(demo_dir, out, epochs=1, fine_tune_epochs=fine_tune, augment=True, lr=1e-2)
+        config = train_config(
+            demo_dir,
+            out,
+            epochs=1,
+            fine_tune_epochs=fine_tune,
+            augment=True,
+            lr=1e-2,
+            fine_tune_from=block,
+            cache_features=cached,
+            aug_views=1 if cached else 0,
+        )
         train(config, log=lambda _m: None, verbose=0)
         runs[name] = vgg_base(load_keras_model(out / "best.keras"))
     with open(tmp_path / "ft" / "history.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert [(r["epoch"], r["phase"]) for r in rows] == [("1", "frozen"), ("2", "finetune")]
-    for layer in ("block1_conv1", "block4_conv3"):
+    for layer in ("block1_conv1", frozen_layer):
         for a, b in zip(runs["frozen"].get_layer(layer).get_weights(), runs["ft"].get_layer(layer).get_weights()):
             np.testing.assert_array_equal(a, b)
     moved = [
         float(np.abs(a - b).max())
         for a, b in zip(
-            runs["frozen"].get_layer("block5_conv3").get_weights(), runs["ft"].get_layer("block5_conv3").get_weights()
+            runs["frozen"].get_layer(moved_layer).get_weights(), runs["ft"].get_layer(moved_layer).get_weights()
         )
     ]
     assert max(moved) > 0
+    if cached:  # the unfrozen part trained on stored features of the last frozen block, one view per image
+        cut = {"block5": (2, 2, 512), "block4": (4, 4, 256)}[block]
+        views = np.load(tmp_path / "ft" / "cache" / f"finetune-{block}" / "features-train-views.npy", mmap_mode="r")
+        assert views.shape[0] == 1 and views.shape[2:] == cut
+
+
+def test_fine_tuning_on_cached_features_is_fine_tuning_on_images(demo_dir, tmp_path):
+    """One full batch per epoch, no augmentation: the cached upper model computes what the whole network does."""
+    from toolkit.model import load_keras_model
+    from toolkit.train import train
+
+    weights = {}
+    for name, cached in (("cached", True), ("images", False)):
+        config = train_config(
+            demo_dir,
+            tmp_path / name,
+            epochs=1,
+            fine_tune_epochs=2,
+            batch_size=64,
+            cache_features=cached,
+            monitor="loss",
+            lr=1e-2,
+        )
+        train(config, log=lambda _m: None, verbose=0)
+        weights[name] = load_keras_model(tmp_path / name / "best.keras").get_weights()
+    assert len(weights["cached"]) == len(weights["images"])
+    for a, b in zip(weights["cached"], weights["images"]):
+        np.testing.assert_allclose(a, b, atol=2e-3)
 
 
 def test_cached_and_uncached_training_reach_equivalent_heads(demo_dir, tmp_path):
@@ -301,7 +349,7 @@ def test_positive_class_and_operating_point_reach_predict_on_an_int8_export(demo
 def test_base_precision_is_honoured_or_refused_never_ignored(demo_dir, tmp_path):
     from toolkit.errors import DatasetError
 
-    for overrides in ({"cache_features": False}, {"fine_tune_epochs": 1}):
-        with pytest.raises(DatasetError, match="--base-precision bf16"):
-            train_config(demo_dir, tmp_path / "x", precision="bf16", **overrides).validate()
-    train_config(demo_dir, tmp_path / "x", precision="auto", fine_tune_epochs=1).validate()
+    with pytest.raises(DatasetError, match="--base-precision bf16"):
+        train_config(demo_dir, tmp_path / "x", precision="bf16", cache_features=False).validate()
+    # cached fine-tuning runs the frozen blocks in bf16 too, and trains the unfrozen ones in float32
+    train_config(demo_dir, tmp_path / "x", precision="bf16", fine_tune_epochs=1).validate()

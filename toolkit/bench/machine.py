@@ -44,7 +44,7 @@ def vgg16_classifier_flops(image_size: int, num_classes: int, head: str = "flatt
             continue
         c_in, c_out = layer
         flops += 2.0 * side * side * 9 * c_in * c_out
-    features = side * side * 512 if head == "flatten" else 512
+    features = {"flatten": side * side * 512, "gap+gmp": 2 * 512}.get(head, 512)
     return flops + 2.0 * features * num_classes
 
 

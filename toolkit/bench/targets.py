@@ -20,6 +20,8 @@ def discover_targets(run_dir: Path, cuda: bool) -> list[BenchTarget]:
     manifest = run_dir / "export" / "manifest.json"
     if manifest.is_file():
         for a in json.loads(manifest.read_text())["artifacts"]:
+            if a["format"] == "web":
+                continue  # the same ONNX file as the onnx row, run by a browser rather than here
             path = str(_inside_export(run_dir, a["path"]))
             targets.append(BenchTarget(f"{a['format']} {a['precision']}", a["format"], path, a["precision"]))
             if cuda and a["format"] == "onnx":

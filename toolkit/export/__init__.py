@@ -20,7 +20,7 @@ import numpy as np
 
 from toolkit import __version__
 from toolkit.errors import ExportError
-from toolkit.export import onnx_float, onnx_int8, tflite
+from toolkit.export import onnx_float, onnx_int8, tflite, web
 from toolkit.export.base import ExportContext, ExportFormat
 from toolkit.fileio import atomic_path, remove_stale_temporaries, sha256_file, write_json_atomic
 from toolkit.parity import ParityOverrides, compare_outputs, thresholds_for
@@ -29,8 +29,11 @@ from toolkit.quiet import silenced
 from toolkit.run_folder import RunFolder, load_run
 from toolkit.versions import package_versions
 
-REGISTRY: dict[str, ExportFormat] = {f.key: f for f in (onnx_float.FORMAT, onnx_int8.FORMAT, *tflite.FORMATS)}
-FORMAT_CHOICES = ("onnx", "tflite", "all")
+REGISTRY: dict[str, ExportFormat] = {
+    f.key: f for f in (onnx_float.FORMAT, onnx_int8.FORMAT, *tflite.FORMATS, *web.FORMATS)
+}
+FORMAT_CHOICES = ("onnx", "tflite", "web", "all")
+MODEL_FORMATS = ("onnx", "tflite")  # what `all` means: every model file; web bundles are asked for by name
 PRECISIONS = ("float32", "float16", "dynamic", "int8")
 DEFAULT_OPSET = 17  # tf2onnx 1.17 supports up to 18; 17 is what most runtimes in the field accept
 MAX_OPSET = 18
@@ -66,7 +69,8 @@ def select_formats(format: str, precisions: list[str] | None) -> list[ExportForm
     chosen = [
         f
         for f in REGISTRY.values()
-        if (format == "all" or f.format == format) and (not precisions or f.precision in precisions)
+        if (f.format == format or (format == "all" and f.format in MODEL_FORMATS))
+        and (not precisions or f.precision in precisions)
     ]
     if not chosen:
         raise ExportError(f"no format matches --format {format} --precision {','.join(precisions or [])}")
@@ -74,7 +78,8 @@ def select_formats(format: str, precisions: list[str] | None) -> list[ExportForm
 
 
 def _versions(converter: str) -> dict[str, str]:
-    return package_versions(sorted({CONVERTER_PACKAGES[converter], "tensorflow", "keras", "onnx"}))
+    extra = {"mediapipe"} if converter == "tensorflow.lite" else set()  # its metadata writer
+    return package_versions(sorted({CONVERTER_PACKAGES[converter], "tensorflow", "keras", "onnx", *extra}))
 
 
 def _calibration_subset(images: np.ndarray, count: int, seed: int) -> np.ndarray:
@@ -140,8 +145,8 @@ def _export_one(fmt: ExportFormat, ctx: ExportContext, parity: ParitySet) -> dic
     # The converters print pages of graph dumps: silenced inside the phase, whose line comes after.
     with phase(f"converting {fmt.format} {fmt.precision}"), atomic_path(dest) as tmp, silenced((1, 2)):
         fmt.convert(ctx, tmp)
-    if fmt.key == "onnx-float32":
-        ctx.scratch["onnx-float32"] = dest
+    if fmt.format == "onnx":  # what int8 quantises and web bundles copy
+        ctx.scratch[fmt.key] = dest
     with phase(f"parity of {fmt.format} {fmt.precision} on {len(parity.images)} validation images"):
         with silenced((2,)):  # LiteRT announces its XNNPACK delegate
             classifier = load_artifact(dest, device="cpu", labels=ctx.labels, verify=False)

@@ -16,6 +16,7 @@ import numpy as np
 
 from toolkit.errors import ExportError
 from toolkit.export.base import ExportContext, ExportFormat
+from toolkit.export.tflite_metadata import add_classifier_metadata
 
 
 def _converter(ctx: ExportContext):
@@ -55,6 +56,7 @@ def _convert(ctx: ExportContext, dest: Path, configure) -> None:
     except Exception as exc:
         raise ExportError(f"TFLite conversion failed: {' '.join(str(exc).split())[:200]}") from exc
     dest.write_bytes(blob)
+    add_classifier_metadata(dest, ctx.labels, ctx.image_size, ctx.decision)
 
 
 def _float32(tf, converter) -> None:

@@ -7,7 +7,7 @@ import dataclasses
 from toolkit.data import SplitOptions
 from toolkit.errors import DatasetError
 from toolkit.hardware import PRECISIONS, STRATEGIES
-from toolkit.model import HEADS
+from toolkit.model import FINE_TUNE_CUTS, HEADS
 from toolkit.operating_point import Decision, parse_operating_point
 
 METRIC_NAMES = ("loss", "accuracy", "auc", "precision", "recall")
@@ -34,6 +34,8 @@ class TrainConfig:
     precision: str = "auto"
     head: str = "flatten"
     dropout: float = 0.3
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay (0: plain Adam)
+    label_smoothing: float = 0.0
     weights: str = "imagenet"
     allow_random_weights: bool = False
     monitor: str = "val_loss"
@@ -41,6 +43,7 @@ class TrainConfig:
     class_weight: str = "none"  # "none" or "auto"
     fine_tune_epochs: int = 0
     fine_tune_lr: float | None = None
+    fine_tune_from: str = "block5"  # the first unfrozen block; with cached features, trained on the cut's output
     strategy: str = "default"
     cache_dir: str | None = None
 
@@ -68,11 +71,14 @@ class TrainConfig:
                 f"--base-precision {self.precision} applies to the cached frozen-base passes, and "
                 "--no-cache-features trains the whole model in float32: drop one of them"
             )
-        if self.precision not in ("auto", "fp32") and self.fine_tune_epochs:
-            raise DatasetError(
-                f"--base-precision {self.precision} applies to the frozen phase, and fine-tuning trains in float32: "
-                "use --base-precision auto (bf16 where native for the frozen phase, float32 for fine-tuning)"
-            )
+        if self.fine_tune_from not in FINE_TUNE_CUTS:
+            raise DatasetError(f"--fine-tune-from must be one of {', '.join(FINE_TUNE_CUTS)}")
+        if not 0 <= self.dropout < 1:
+            raise DatasetError("--dropout must be in [0, 1)")
+        if self.weight_decay < 0:
+            raise DatasetError("--weight-decay must be 0 or more")
+        if not 0 <= self.label_smoothing < 1:
+            raise DatasetError("--label-smoothing must be in [0, 1)")
         if self.strategy not in STRATEGIES:
             raise DatasetError(f"--strategy must be one of {', '.join(STRATEGIES)}")
         if self.head not in HEADS:

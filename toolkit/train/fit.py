@@ -85,12 +85,16 @@ def balanced_class_weights(labels: np.ndarray, num_classes: int) -> dict[int, fl
     return {i: float(len(labels) / (num_classes * c)) if c else 0.0 for i, c in enumerate(counts)}
 
 
-def compile_model(model, lr: float) -> None:
+def compile_model(model, lr: float, config: TrainConfig | None = None) -> None:
+    """Adam (AdamW with `config.weight_decay`), cross-entropy (with `config.label_smoothing`), the logged metrics."""
     import keras
 
+    decay = config.weight_decay if config else 0.0
+    smoothing = config.label_smoothing if config else 0.0
+    optimizer = keras.optimizers.AdamW(lr, weight_decay=decay) if decay else keras.optimizers.Adam(lr)
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=lr),
-        loss="categorical_crossentropy",
+        optimizer=optimizer,
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=smoothing),
         metrics=[
             keras.metrics.CategoricalAccuracy(name="accuracy"),
             keras.metrics.AUC(name="auc"),

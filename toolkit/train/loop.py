@@ -7,7 +7,8 @@ Two execution modes produce the same saved model (preprocessing, base, head):
 ``tutorial`` (`cache_features=False`), the classic Keras recipe with every frozen
 forward pass recomputed every epoch, and ``features`` (default), where the base's
 output is computed once (see `toolkit.train.features`) and only the head trains.
-Fine-tuning always runs the full model. Run folders are resumable: the best
+Fine-tuning trains the blocks from `--fine-tune-from` on, on the cached output of
+the last frozen block (or the whole network on images, in tutorial mode). Run folders are resumable: the best
 model, history and best-so-far survive a crash or Ctrl-C.
 """
 
@@ -123,7 +124,7 @@ def frozen_phase(ctx: FitContext, data: LoadedDataset, precision: str, augmenter
     t0 = time.perf_counter()
     if not config.cache_features:
         with ctx.strategy.scope():
-            compile_model(ctx.model, config.lr)
+            compile_model(ctx.model, config.lr, config)
         train_ds = image_dataset(data.train, num_classes, config.batch_size, True, config.seed, augmenter)
         val_ds = image_dataset(data.val, num_classes, config.batch_size, False, config.seed)
         fit_phase(
@@ -135,7 +136,7 @@ def frozen_phase(ctx: FitContext, data: LoadedDataset, precision: str, augmenter
         return None
     with ctx.strategy.scope():
         head = head_part(ctx.model)
-        compile_model(head, config.lr)
+        compile_model(head, config.lr, config)
     # Validation runs the float32 base whatever --precision says: epochs are then
     # judged (and the best one picked) on exactly what the saved model computes.
     val_path = features_dir / "features-val.npy"
@@ -159,28 +160,62 @@ def frozen_phase(ctx: FitContext, data: LoadedDataset, precision: str, augmenter
     return val_feats
 
 
-def finetune_phase(ctx: FitContext, data: LoadedDataset, augmenter) -> None:
-    """Unfreeze block5 and train the whole model from the best frozen-phase checkpoint."""
+def finetune_phase(ctx: FitContext, data: LoadedDataset, augmenter, precision: str, features_dir: Path) -> None:
+    """Unfreeze `--fine-tune-from` onwards and train from the best frozen-phase checkpoint.
+
+    With cached features (the default) the frozen blocks below the cut run once per
+    stored view, like the frozen phase, and each epoch costs only the unfrozen
+    blocks' forward and backward passes; `--no-cache-features` trains the whole
+    network on images every step, as the tutorial does.
+    """
     from toolkit.model import load_keras_model, unfreeze_for_fine_tuning
 
-    config, num_classes = ctx.config, len(data.classes)
+    config = ctx.config
     t0 = time.perf_counter()
     if (ctx.run_dir / BEST).is_file() and ctx.state.completed_epochs <= config.epochs:
         ctx.model.set_weights(load_keras_model(ctx.run_dir / BEST).get_weights())
     lr = config.fine_tune_lr or config.lr / 10
     with ctx.strategy.scope():
-        unfrozen = unfreeze_for_fine_tuning(ctx.model)
-        compile_model(ctx.model, lr)
-    ctx.log(f"fine-tuning: {unfrozen} layers of block5 unfrozen, learning rate {lr:g}")
-    train_ds = image_dataset(data.train, num_classes, config.batch_size, True, config.seed, augmenter)
-    val_ds = image_dataset(data.val, num_classes, config.batch_size, False, config.seed)
+        unfrozen = unfreeze_for_fine_tuning(ctx.model, config.fine_tune_from)
+    how = "on cached features" if config.cache_features else "on images (whole network every step)"
+    ctx.log(f"fine-tuning {how}: {unfrozen} layers from {config.fine_tune_from} unfrozen, learning rate {lr:g}")
+    if config.cache_features:
+        model, train_ds, val_ds, callbacks = _cached_finetune_data(ctx, data, augmenter, precision, features_dir)
+    else:
+        model, callbacks = ctx.model, []
+        train_ds = image_dataset(data.train, len(data.classes), config.batch_size, True, config.seed, augmenter)
+        val_ds = image_dataset(data.val, len(data.classes), config.batch_size, False, config.seed)
+    with ctx.strategy.scope():
+        compile_model(model, lr, config)
     start = max(ctx.state.completed_epochs, config.epochs)
-    fit_phase(
-        ctx,
-        Phase("finetune", ctx.model, train_ds, val_ds, start, config.epochs + config.fine_tune_epochs),
-        len(data.train),
-    )
+    t1 = time.perf_counter()
+    end = config.epochs + config.fine_tune_epochs
+    fit_phase(ctx, Phase("finetune", model, train_ds, val_ds, start, end, callbacks), len(data.train))
     ctx.timings["fine_tune_phase_s"] = time.perf_counter() - t0
+    ctx.timings["fine_tune_epoch_s"] = (time.perf_counter() - t1) / max(1, end - start)
+
+
+def _cached_finetune_data(ctx: FitContext, data: LoadedDataset, augmenter, precision: str, features_dir: Path):
+    """(the trainable upper model, training and validation datasets, callbacks) on the cut's features."""
+    from toolkit.model import FINE_TUNE_CUTS, build_feature_extractor, build_upper_model
+
+    config, num_classes = ctx.config, len(data.classes)
+    cut = FINE_TUNE_CUTS[config.fine_tune_from]
+    folder = features_dir / f"finetune-{config.fine_tune_from}"
+    exact = build_feature_extractor(ctx.model, "fp32", until=cut)
+    val_feats = extract_features(
+        exact, data.val.images, folder / "features-val.npy", config.batch_size, np.float32, f"validation {cut}"
+    )
+    val_ds = plain_feature_dataset(val_feats, data.val.labels, num_classes, config.batch_size)
+    shape = tuple(exact.output.shape[1:])
+    source = FeatureSource(data.train, num_classes, config.batch_size, config.seed + 1, shape, folder)
+    extractor = build_feature_extractor(ctx.model, precision, until=cut)
+    train_ds, callbacks = training_features(
+        extractor, source, augmenter, config.aug_views, config.strategy != "multiworker"
+    )
+    with ctx.strategy.scope():
+        upper = build_upper_model(ctx.model, config.fine_tune_from)
+    return upper, train_ds, val_ds, callbacks
 
 
 def _context(config: TrainConfig, run_dir: Path, chief: bool, data: LoadedDataset, resume: bool, log, verbose):
@@ -228,14 +263,14 @@ def train(
 
     augmenter = RandomAffine(config.seed) if config.augment else None
     val_feats = None
+    # Every worker computes its own features (its own augmentations): workers sharing
+    # one --out must not write one another's feature files.
+    features_dir = cache_dir / "features" / worker_tag(cluster) if cluster else cache_dir
     if ctx.state.phase == "frozen":
-        # Every worker computes its own features (its own augmentations): workers sharing
-        # one --out must not write one another's feature files.
-        features_dir = cache_dir / "features" / worker_tag(cluster) if cluster else cache_dir
         val_feats = frozen_phase(ctx, data, precision, augmenter, features_dir)
         _next_phase(ctx, "finetune" if config.fine_tune_epochs else "done")
     if ctx.state.phase == "finetune":
-        finetune_phase(ctx, data, augmenter)
+        finetune_phase(ctx, data, augmenter, precision, features_dir)
         _next_phase(ctx, "done")
     replicas = ctx.strategy.num_replicas_in_sync
     facts = RunFacts(data.report, weights_info, precision, count_params(ctx.model), replicas)

@@ -1,0 +1,130 @@
+"""`--format web`: a static page that classifies in headless Chromium exactly like toolkit.runtime."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import http.server
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import validation_files
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def web_run(trained_run, tmp_path_factory) -> Path:
+    from toolkit.export import ExportOptions, export_run
+    from toolkit.parity import ParityOverrides
+
+    run = tmp_path_factory.mktemp("web") / "run"
+    shutil.copytree(trained_run, run)
+    relaxed = ParityOverrides(min_agreement=0.0, max_accuracy_drop=1.0)  # the random 32 px model's int8 (conftest)
+    report = export_run(run, ExportOptions(format="web", calib_images=16, overrides=relaxed))
+    assert {(a["format"], a["precision"]) for a in report.manifest["artifacts"]} == {
+        ("web", "int8"),
+        ("web", "float32"),
+    }
+    return run
+
+
+@pytest.fixture(scope="module")
+def served(web_run):
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(web_run / "export"))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    assert CHROMIUM, "chromium is missing: `make system-deps` installs the Debian package"
+    with sync_playwright() as p:
+        instance = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield instance
+        instance.close()
+
+
+def test_bundle_is_self_contained(web_run):
+    folder = web_run / "export" / "web-int8"
+    names = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+    assert names == {
+        "index.html",
+        "app.js",
+        "bundle.json",
+        "model.onnx",
+        "ort/ort.wasm.min.js",
+        "ort/ort-wasm-simd-threaded.wasm",
+        "ort/ort-wasm-simd-threaded.mjs",
+    }
+    page = (folder / "index.html").read_text() + (folder / "app.js").read_text()
+    assert "http://" not in page and "https://" not in page  # no CDN
+    config = json.loads((folder / "bundle.json").read_text())
+    assert config["labels"] == ["benign", "malignant"] and config["image_size"] == 32
+    assert config["decision"]["positive_class"] == "malignant"
+
+
+@pytest.mark.parametrize("precision", ["int8", "float32"])
+def test_page_classifies_like_the_python_runtime(web_run, served, browser, precision):
+    from toolkit.runtime import load
+
+    runtime = load(web_run / "export" / f"web-{precision}" / "model.onnx", device="cpu")
+    files = validation_files(web_run)[:4] + validation_files(web_run)[-2:]
+    page = browser.new_page()
+    page.goto(f"{served}/web-{precision}/index.html")
+    page.wait_for_selector("body[data-ready]")
+    assert page.get_attribute("body", "data-ready") == "true", page.inner_text("#status")
+    for path in files:
+        data = base64.b64encode(path.read_bytes()).decode()
+        result = page.evaluate(
+            """async (data) => {
+                const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+                const r = await window.toolkit.classify(new Blob([bytes]));
+                return {label: r.label, probabilities: r.probabilities, pixels: Array.from(r.pixels)};
+            }""",
+            data,
+        )
+        pixels = runtime.preprocess(path)
+        np.testing.assert_array_equal(np.array(result["pixels"], np.uint8).reshape(pixels.shape), pixels)
+        expected = runtime.predict([path])[0]
+        np.testing.assert_allclose(
+            result["probabilities"], [expected.probabilities[n] for n in runtime.labels], atol=1e-4
+        )
+        assert result["label"] == expected.label
+    page.close()
+
+
+def test_choosing_a_file_in_the_page_shows_the_runtimes_label(web_run, served, browser):
+    from toolkit.runtime import load
+
+    path = validation_files(web_run)[-1]
+    expected = load(web_run / "export" / "web-int8" / "model.onnx", device="cpu").predict([path])[0]
+    page = browser.new_page()
+    page.goto(f"{served}/web-int8/index.html")
+    page.wait_for_selector("body[data-ready='true']")
+    page.set_input_files("#file", str(path))
+    page.wait_for_function("document.getElementById('status').textContent === 'Done.'")
+    assert page.inner_text("#result") == expected.label
+    page.close()
+
+
+def test_missing_onnxruntime_web_is_a_one_line_export_error(trained_run, tmp_path, monkeypatch):
+    from toolkit.errors import ExportError
+    from toolkit.export import ExportOptions, export_run, web
+
+    monkeypatch.setattr(web, "ORT_FILES", ("not-there.js",))
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    with pytest.raises(ExportError, match="npm install onnxruntime-web"):
+        export_run(run, ExportOptions(format="web", precisions=["float32"]))
+    assert not (run / "export" / "web-float32" / "model.onnx").exists()

@@ -1,0 +1,126 @@
+"""TFLite metadata for image classifiers, so MediaPipe Tasks and Android/iOS apps can use the file as it is.
+
+MediaPipe's `ImageClassifier` refuses a float-input model without
+NormalizationOptions and returns nameless categories without a labels file. The
+metadata is written with MediaPipe's own `metadata_writers` (the maintained
+successor of tflite-support's writers, which pin protobuf<4 and cannot live beside
+TensorFlow 2.21): image input (RGB, mean 0, std 1: the model takes raw 0..255
+pixels and normalises in-graph), the classification output with the labels file
+packed into the model, and a description carrying the operating point.
+
+One part of that writer is missing from the `mediapipe` wheel: the C extension
+`mediapipe.tasks.cc.metadata.python._pywrap_metadata_version`, used only to stamp
+the minimum metadata-parser version. `_metadata_version_module` provides that
+function in Python from the schema's version history (metadata_schema.fbs), and
+is used only when the real extension is absent.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from pathlib import Path
+
+from toolkit.errors import ExportError, MissingDependencyError
+
+PYWRAP = "mediapipe.tasks.cc.metadata.python._pywrap_metadata_version"
+BASE_VERSION = "1.0.0"
+
+
+def _minimum_parser_version(buffer: bytes) -> str:
+    """The oldest metadata parser that can read `buffer`, per metadata_schema.fbs's version history."""
+    from mediapipe.tasks.metadata import metadata_schema_py_generated as fb
+
+    meta = fb.ModelMetadataT.InitFromObj(fb.ModelMetadata.GetRootAsModelMetadata(bytes(buffer), 0))
+    found = [BASE_VERSION]
+    files = list(meta.associatedFiles or [])
+    for graph in meta.subgraphMetadata or []:
+        files += list(graph.associatedFiles or [])
+        if graph.inputProcessUnits:
+            found.append("1.1.0")
+        if graph.inputTensorGroups or graph.outputTensorGroups:
+            found.append("1.2.0")
+        if getattr(graph, "customMetadata", None):
+            found.append("1.5.0")
+        for tensor in list(graph.inputTensorMetadata or []) + list(graph.outputTensorMetadata or []):
+            files += list(tensor.associatedFiles or [])
+            if tensor.content and tensor.content.contentPropertiesType == fb.ContentProperties.AudioProperties:
+                found.append("1.3.0")
+            for unit in tensor.processUnits or []:
+                kind = unit.optionsType
+                if kind in (
+                    fb.ProcessUnitOptions.BertTokenizerOptions,
+                    fb.ProcessUnitOptions.SentencePieceTokenizerOptions,
+                ):
+                    found.append("1.1.0")
+                elif kind == fb.ProcessUnitOptions.RegexTokenizerOptions:
+                    found.append("1.2.1")
+    for file in files:
+        if file.type == fb.AssociatedFileType.VOCABULARY:
+            found.append("1.0.1")
+        elif file.type == fb.AssociatedFileType.SCANN_INDEX_FILE:
+            found.append("1.4.0")
+        if file.version:
+            found.append("1.4.1")
+    return max(found, key=lambda v: tuple(int(p) for p in v.split(".")))
+
+
+def _metadata_version_module() -> None:
+    """Register the Python stand-in for the missing version extension, unless the real one imports."""
+    try:
+        importlib.import_module(PYWRAP)
+        return
+    except ImportError:
+        pass
+    parts = PYWRAP.split(".")
+    for depth in range(3, len(parts)):  # the missing packages above it: mediapipe.tasks.cc, ...
+        name = ".".join(parts[:depth])
+        if name not in sys.modules:
+            package = types.ModuleType(name)
+            package.__path__ = []
+            sys.modules[name] = package
+    module = types.ModuleType(PYWRAP)
+    module.GetMinimumMetadataParserVersion = _minimum_parser_version
+    sys.modules[PYWRAP] = module
+    setattr(sys.modules[".".join(parts[:-1])], parts[-1], module)
+
+
+def _writer_module():
+    try:
+        _metadata_version_module()
+        from mediapipe.tasks.python.metadata.metadata_writers import metadata_writer
+    except ImportError as exc:
+        raise MissingDependencyError(f"TFLite metadata needs mediapipe ({exc}); pip install 'toolkit[train]'") from exc
+    return metadata_writer
+
+
+def describe_model(labels: list[str], image_size: int, decision: dict | None) -> str:
+    """The model description stored in the metadata: what goes in, what comes out, the operating point."""
+    text = (
+        f"Image classifier ({', '.join(labels)}) trained with toolkit: VGG16 base + small head. "
+        f"Input: RGB {image_size}x{image_size}, raw 0..255 pixels (normalisation is inside the model). "
+        "Output: one softmax probability per label."
+    )
+    if decision:
+        text += (
+            f" Operating point: report {decision['positive_class']} when its probability is >= "
+            f"{decision['threshold']:.6g} ({decision.get('criterion') or 'chosen on validation'})."
+        )
+    return text
+
+
+def add_classifier_metadata(path: Path, labels: list[str], image_size: int, decision: dict | None = None) -> None:
+    """Rewrite the TFLite file at `path` in place with image-classifier metadata and its labels file."""
+    writer_module = _writer_module()
+    model = bytearray(Path(path).read_bytes())
+    try:
+        writer = writer_module.MetadataWriter.create(model)
+        writer.add_general_info("toolkit image classifier", describe_model(labels, image_size, decision))
+        writer.add_image_input(norm_mean=[0.0], norm_std=[1.0])
+        writer.add_classification_output(writer_module.Labels().add(list(labels)))
+        populated, _ = writer.populate()
+        del writer  # its __del__ removes a temporary folder: now, not at interpreter shutdown
+    except (ValueError, RuntimeError) as exc:
+        raise ExportError(f"writing TFLite metadata failed: {' '.join(str(exc).split())[:200]}") from exc
+    Path(path).write_bytes(bytes(populated))

@@ -1,0 +1,183 @@
+// Classify an image entirely in the browser, with the same pixels as toolkit.runtime:
+// decode (EXIF orientation applied, no colour-profile conversion, transparency over white),
+// then Pillow's BILINEAR resize (a port of Pillow's fixed-point resampler, below), then the
+// ONNX model (raw 0..255 RGB, NHWC) and the run's operating point.
+"use strict";
+
+const PRECISION_BITS = 32 - 8 - 2; // Pillow's 8-bit resampler (libImaging/Resample.c)
+
+function bilinear(x) {
+  x = Math.abs(x);
+  return x < 1 ? 1 - x : 0;
+}
+
+// Pillow's precompute_coeffs + normalize_coeffs_8bpc for one axis: bounds and integer weights.
+function coefficients(inSize, outSize) {
+  const scale = inSize / outSize;
+  const filterscale = Math.max(scale, 1);
+  const support = 1 * filterscale;
+  const ksize = Math.ceil(support) * 2 + 1;
+  const bounds = new Int32Array(outSize * 2);
+  const weights = new Float64Array(outSize * ksize);
+  for (let xx = 0; xx < outSize; xx++) {
+    const center = (xx + 0.5) * scale;
+    const ss = 1 / filterscale;
+    let xmin = Math.trunc(center - support + 0.5);
+    if (xmin < 0) xmin = 0;
+    let xmax = Math.trunc(center + support + 0.5);
+    if (xmax > inSize) xmax = inSize;
+    xmax -= xmin;
+    let total = 0;
+    const k = new Float64Array(xmax);
+    for (let x = 0; x < xmax; x++) {
+      k[x] = bilinear((x + xmin - center + 0.5) * ss);
+      total += k[x];
+    }
+    for (let x = 0; x < xmax; x++) {
+      const w = total !== 0 ? k[x] / total : k[x];
+      weights[xx * ksize + x] = w < 0 ? Math.trunc(-0.5 + w * (1 << PRECISION_BITS))
+                                      : Math.trunc(0.5 + w * (1 << PRECISION_BITS));
+    }
+    bounds[xx * 2] = xmin;
+    bounds[xx * 2 + 1] = xmax;
+  }
+  return { bounds, weights, ksize };
+}
+
+function clip8(value) {
+  const v = Math.floor(value / (1 << PRECISION_BITS));
+  return v < 0 ? 0 : v > 255 ? 255 : v;
+}
+
+// One resampling pass along x (horizontal) or y (vertical) on an RGB Uint8Array of width*height.
+function resamplePass(src, width, height, outSize, horizontal) {
+  const { bounds, weights, ksize } = coefficients(horizontal ? width : height, outSize);
+  const outW = horizontal ? outSize : width;
+  const outH = horizontal ? height : outSize;
+  const out = new Uint8Array(outW * outH * 3);
+  for (let y = 0; y < outH; y++) {
+    for (let x = 0; x < outW; x++) {
+      const i = horizontal ? x : y;
+      const start = bounds[i * 2], count = bounds[i * 2 + 1];
+      let r = 1 << (PRECISION_BITS - 1), g = r, b = r;
+      for (let t = 0; t < count; t++) {
+        const w = weights[i * ksize + t];
+        const p = horizontal ? (y * width + start + t) * 3 : ((start + t) * width + x) * 3;
+        r += src[p] * w; g += src[p + 1] * w; b += src[p + 2] * w;
+      }
+      const o = (y * outW + x) * 3;
+      out[o] = clip8(r); out[o + 1] = clip8(g); out[o + 2] = clip8(b);
+    }
+  }
+  return out;
+}
+
+// Pillow's Image.resize(size, BILINEAR): a horizontal pass, then a vertical one, each only if needed.
+function resizeBilinear(rgb, width, height, outW, outH) {
+  let data = rgb, w = width, h = height;
+  if (outW !== w) { data = resamplePass(data, w, h, outW, true); w = outW; }
+  if (outH !== h) { data = resamplePass(data, w, h, outH, false); h = outH; }
+  return data;
+}
+
+// RGBA from the canvas -> RGB, transparent regions over white (as toolkit.imaging does).
+function toRgb(rgba) {
+  const n = rgba.length / 4;
+  const rgb = new Uint8Array(n * 3);
+  for (let i = 0; i < n; i++) {
+    const a = rgba[i * 4 + 3];
+    for (let c = 0; c < 3; c++) {
+      const v = rgba[i * 4 + c];
+      rgb[i * 3 + c] = a === 255 ? v : Math.round((v * a + 255 * (255 - a)) / 255);
+    }
+  }
+  return rgb;
+}
+
+async function decode(blob) {
+  const bitmap = await createImageBitmap(blob, {
+    imageOrientation: "from-image", colorSpaceConversion: "none", premultiplyAlpha: "none",
+  });
+  const canvas = document.createElement("canvas");
+  canvas.width = bitmap.width;
+  canvas.height = bitmap.height;
+  const context = canvas.getContext("2d", { willReadFrequently: true });
+  context.drawImage(bitmap, 0, 0);
+  const { data } = context.getImageData(0, 0, bitmap.width, bitmap.height);
+  return { rgb: toRgb(data), width: bitmap.width, height: bitmap.height };
+}
+
+// The model's input pixels (HxWx3 uint8) for an image file or blob.
+async function preprocess(blob, size) {
+  const { rgb, width, height } = await decode(blob);
+  return resizeBilinear(rgb, width, height, size, size);
+}
+
+function decide(probs, config) {
+  const d = config.decision;
+  if (d && config.labels.length === 2) {
+    const positive = config.labels.indexOf(d.positive_class);
+    return probs[positive] >= d.threshold ? positive : 1 - positive;
+  }
+  let best = 0;
+  for (let i = 1; i < probs.length; i++) if (probs[i] > probs[best]) best = i;
+  return best;
+}
+
+async function classify(session, config, blob) {
+  const pixels = await preprocess(blob, config.image_size);
+  const input = new ort.Tensor("float32", Float32Array.from(pixels), [1, config.image_size, config.image_size, 3]);
+  const outputs = await session.run({ [config.input_name]: input });
+  const probs = Array.from(outputs[session.outputNames[0]].data);
+  const index = decide(probs, config);
+  return { label: config.labels[index], index, probabilities: probs, pixels };
+}
+
+function show(result, config) {
+  document.getElementById("result").textContent = result.label;
+  const table = document.getElementById("scores");
+  table.replaceChildren();
+  config.labels.forEach((name, i) => {
+    const row = table.insertRow();
+    row.insertCell().textContent = name;
+    row.insertCell().textContent = result.probabilities[i].toFixed(4);
+  });
+}
+
+async function main() {
+  const config = await (await fetch("bundle.json")).json();
+  document.getElementById("title").textContent = config.title;
+  if (config.decision) {
+    const d = config.decision;
+    document.getElementById("decision").textContent =
+      `Operating point: ${d.positive_class} when its probability is >= ${d.threshold}` +
+      (d.criterion ? ` (${d.criterion}, chosen on validation).` : ".");
+  }
+  ort.env.wasm.wasmPaths = new URL("ort/", location.href).href;
+  ort.env.wasm.numThreads = self.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
+  const session = await ort.InferenceSession.create(config.model, { executionProviders: ["wasm"] });
+  const file = document.getElementById("file");
+  window.toolkit = { config, session, classify: (blob) => classify(session, config, blob), preprocess };
+  file.disabled = false;
+  document.getElementById("status").textContent = "Choose an image.";
+  file.addEventListener("change", async () => {
+    const chosen = file.files[0];
+    if (!chosen) return;
+    document.getElementById("preview").src = URL.createObjectURL(chosen);
+    document.getElementById("status").textContent = "Classifying…";
+    try {
+      const result = await classify(session, config, chosen);
+      window.toolkit.last = result;
+      show(result, config);
+      document.getElementById("status").textContent = "Done.";
+    } catch (error) {
+      document.getElementById("status").textContent = `Could not classify this image: ${error.message}`;
+    }
+  });
+  document.body.dataset.ready = "true";
+}
+
+main().catch((error) => {
+  document.getElementById("status").textContent = `Could not load the model: ${error.message}`;
+  document.body.dataset.ready = "error";
+});
