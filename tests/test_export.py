@@ -193,3 +193,51 @@ def test_full_disk_during_export_is_one_error_and_keeps_the_previous_artifact(ex
         export_run(run, ExportOptions(format="tflite", precisions=["int8"]))
     assert (run / "export" / "model_int8.tflite").read_bytes() == before
     assert not [p for p in (run / "export").iterdir() if p.name.startswith(".")]
+
+
+def test_each_calibration_method_is_used_and_recorded(trained_run, tmp_path):
+    """minmax, entropy and percentile give different activation ranges, on stratified training images."""
+    import onnx
+    from onnx import numpy_helper
+
+    from toolkit.export import ExportOptions, export_run
+    from toolkit.parity import ParityOverrides
+
+    relaxed = ParityOverrides(min_agreement=0.0, max_accuracy_drop=1.0)  # the random 32 px model (conftest)
+    scales = {}
+    for method in ("minmax", "entropy", "percentile"):
+        run = tmp_path / method
+        shutil.copytree(trained_run, run)
+        options = ExportOptions(
+            format="onnx",
+            precisions=["int8"],
+            calib_images=8,
+            calibration=method,
+            calibration_percentile=99.0,
+            overrides=relaxed,
+        )
+        entry = export_run(run, options).manifest["artifacts"][0]
+        expected = {"method": method, "images": 8, **({"percentile": 99.0} if method == "percentile" else {})}
+        assert entry["calibration"] == expected
+        model = onnx.load(str(run / "export" / "model_int8.onnx"))
+        scales[method] = {
+            i.name: float(numpy_helper.to_array(i))
+            for i in model.graph.initializer
+            if i.name.endswith("_scale") and numpy_helper.to_array(i).size == 1
+        }
+    shared = set(scales["minmax"]) & set(scales["entropy"]) & set(scales["percentile"])
+    assert len(shared) > 10
+    for other in ("entropy", "percentile"):  # clipped ranges: smaller activation scales somewhere
+        assert any(scales[other][n] < scales["minmax"][n] * 0.99 for n in shared), other
+
+
+def test_calibration_images_come_from_every_class_of_train(trained_run, monkeypatch):
+    import toolkit.export as export_module
+    from toolkit.run_folder import load_run
+
+    train = load_run(trained_run).load_data().train
+    images = export_module._calibration_subset(train, 4, seed=0)
+    per_class = [int((train.labels == c).sum()) for c in (0, 1)]
+    assert len(images) == 4 and min(per_class) >= 2
+    index = {bytes(np.asarray(train.images[i]).tobytes()): int(train.labels[i]) for i in range(len(train.labels))}
+    assert sorted(index[bytes(img.tobytes())] for img in images) == [0, 0, 1, 1]

@@ -4,6 +4,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from tests.conftest import IMAGE_SIZE
 
@@ -75,3 +76,29 @@ def test_run_folders_from_before_the_standard_preprocessing_layer_still_load(tmp
     x = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3)).astype(np.float32)
     loaded = load_keras_model(tmp_path / "old.keras")
     np.testing.assert_allclose(loaded(x).numpy(), x[..., ::-1] - np.array(IMAGENET_BGR_MEAN, np.float32), atol=1e-4)
+
+
+@pytest.mark.parametrize("block", ["block5", "block4"])
+def test_the_cut_and_the_layers_above_it_compose_to_the_whole_model(block):
+    """Cached fine-tuning's pieces: frozen part up to the cut, then the base above it (+ head) = the classifier."""
+    from toolkit.model import (
+        FINE_TUNE_CUTS,
+        build_classifier,
+        build_feature_extractor,
+        build_middle_model,
+        build_upper_model,
+        features_part,
+    )
+
+    model, _ = build_classifier(2, 32, weights="none", head="gap+gmp")
+    x = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype(np.float32)
+    cut = build_feature_extractor(model, "fp32", until=FINE_TUNE_CUTS[block])(x, training=False)
+    np.testing.assert_allclose(
+        build_middle_model(model, block)(cut, training=False),
+        features_part(model)(x, training=False),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    np.testing.assert_allclose(
+        build_upper_model(model, block)(cut, training=False), model(x, training=False), atol=1e-6
+    )

@@ -72,6 +72,14 @@ class ExportFormat(StrEnum):
     web = "web"
 
 
+class Calibration(StrEnum):
+    """How int8 activation ranges are chosen from the calibration images."""
+
+    minmax = "minmax"
+    entropy = "entropy"
+    percentile = "percentile"
+
+
 class BenchFormat(StrEnum):
     keras = "keras"
     onnx = "onnx"

@@ -177,7 +177,11 @@ def export(
         typer.Option(callback=_csv(choices.Precision), help="Comma-separated: float32,float16,dynamic,int8."),
     ] = None,
     opset: Annotated[int, typer.Option(min=7, max=18, help="ONNX opset (tf2onnx 1.17: up to 18).")] = 17,
-    calib_images: Annotated[int, typer.Option(min=1, help="Training images used to calibrate int8.")] = 200,
+    calib_images: Annotated[int, typer.Option(min=1, help="Training images (stratified) calibrating int8.")] = 200,
+    calibration: Annotated[
+        choices.Calibration, typer.Option(help="ONNX int8 ranges (TFLite's converter: min/max only).")
+    ] = choices.Calibration.minmax,
+    calibration_percentile: Annotated[float, typer.Option(help="--calibration percentile: which one.")] = 99.999,
     parity_images: Annotated[
         int | None, typer.Option(min=1, help="A seeded, class-stratified sample of validation for the gate.")
     ] = None,
@@ -202,6 +206,8 @@ def export(
         precisions=precision,
         opset=opset,
         calib_images=calib_images,
+        calibration=calibration.value,
+        calibration_percentile=calibration_percentile,
         parity_images=parity_images,
         data_dir=str(data) if data else None,
         overrides=ParityOverrides(max_diff, min_agreement, max_accuracy_drop),

@@ -258,12 +258,8 @@ def build_feature_extractor(model, precision: str, until: str | None = None):
     return keras.Model(image, x, name=f"features_{precision}" + (f"_to_{until}" if until else ""))
 
 
-def build_upper_model(model, block: str):
-    """The trainable part of cached fine-tuning: `block` onwards plus the head, on the cut's features.
-
-    Its layers are the classifier's own (shared, not copied), so training it trains
-    the classifier that the checkpoint saves.
-    """
+def _from_cut(model, block: str):
+    """(input tensor at the cut before `block`, output of the base's last layer) through the model's own layers."""
     keras = _keras()
     base = vgg_base(model)
     first = _block_number(_check_block(block))
@@ -273,7 +269,25 @@ def build_upper_model(model, block: str):
     for layer in base.layers:
         if _block_number(layer.name) >= first:
             x = layer(x)
+    return inputs, x
+
+
+def build_upper_model(model, block: str):
+    """The trainable part of cached fine-tuning: `block` onwards plus the head, on the cut's features.
+
+    Its layers are the classifier's own (shared, not copied), so training it trains
+    the classifier that the checkpoint saves.
+    """
+    keras = _keras()
+    inputs, x = _from_cut(model, block)
     return keras.Model(inputs, head_part(model)(x), name=f"from_{block}")
+
+
+def build_middle_model(model, block: str):
+    """The base from the cut before `block` to its output: turns cached cut features into the head's features."""
+    keras = _keras()
+    inputs, x = _from_cut(model, block)
+    return keras.Model(inputs, x, name=f"base_from_{block}")
 
 
 def with_precision(model, precision: str):

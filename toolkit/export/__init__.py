@@ -48,6 +48,8 @@ class ExportOptions:
     precisions: list[str] | None = None
     opset: int = DEFAULT_OPSET
     calib_images: int = DEFAULT_CALIB_IMAGES
+    calibration: str = "minmax"  # ONNX int8: minmax, entropy or percentile (TFLite's converter: min/max only)
+    calibration_percentile: float = 99.999
     parity_images: int | None = None
     data_dir: str | None = None
     overrides: ParityOverrides = dataclasses.field(default_factory=ParityOverrides)
@@ -82,9 +84,24 @@ def _versions(converter: str) -> dict[str, str]:
     return package_versions(sorted({CONVERTER_PACKAGES[converter], "tensorflow", "keras", "onnx", *extra}))
 
 
-def _calibration_subset(images: np.ndarray, count: int, seed: int) -> np.ndarray:
-    order = np.random.default_rng(seed).permutation(len(images))[: min(count, len(images))]
-    return np.asarray(images[np.sort(order)], dtype=np.uint8)
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+def _calibration_subset(train, count: int, seed: int) -> np.ndarray:
+    """A seeded sample of training images, every class in proportion (never validation or test)."""
+    from toolkit.data import stratified_sample
+
+    return np.asarray(train.images[stratified_sample(train.labels, count, seed)], dtype=np.uint8)
+
+
+def _calibration_record(fmt: ExportFormat, ctx: ExportContext) -> dict | None:
+    """What calibrated an int8 artifact, for its manifest entry."""
+    if fmt.precision != "int8":
+        return None
+    record = dict(ctx.calibration)
+    if fmt.format == "tflite":
+        record = {"method": "minmax", "images": record["images"]}  # the converter's only calibration
+    return record
 
 
 @dataclasses.dataclass
@@ -104,6 +121,10 @@ def _check_options(options: ExportOptions) -> list[ExportFormat]:
         raise ExportError(f"--opset must be between 7 and {MAX_OPSET} (tf2onnx 1.17), got {options.opset}")
     if options.calib_images < 1:
         raise ExportError("--calib-images must be at least 1")
+    if options.calibration not in CALIBRATION_METHODS:
+        raise ExportError(f"--calibration must be one of {', '.join(CALIBRATION_METHODS)}")
+    if not 50.0 < options.calibration_percentile <= 100.0:
+        raise ExportError("--calibration-percentile must be in (50, 100]")
     if options.parity_images is not None and options.parity_images < 1:
         raise ExportError("--parity-images must be at least 1")
     return formats
@@ -169,6 +190,9 @@ def _export_one(fmt: ExportFormat, ctx: ExportContext, parity: ParitySet) -> dic
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "parity": dataclasses.asdict(record),
     }
+    calibration = _calibration_record(fmt, ctx)
+    if calibration is not None:
+        entry["calibration"] = calibration
     if not record.passed:
         entry["advice"] = fmt.advice
     return entry
@@ -195,11 +219,14 @@ def export_run(run_dir: str | Path, options: ExportOptions = ExportOptions()) ->
         export_dir=export_dir,
         labels=run.labels,
         image_size=run.image_size,
-        calibration_images=_calibration_subset(data.train.images, options.calib_images, seed),
+        calibration_images=_calibration_subset(data.train, options.calib_images, seed),
         opset=options.opset,
         source_sha256=source_sha,
         decision=decision,
     )
+    ctx.calibration = {"method": options.calibration, "images": len(ctx.calibration_images)}
+    if options.calibration == "percentile":
+        ctx.calibration["percentile"] = options.calibration_percentile
     failed: list[dict] = []
     try:
         for fmt in formats:

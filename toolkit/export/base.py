@@ -22,6 +22,7 @@ class ExportContext:
     opset: int
     source_sha256: str
     decision: dict | None = None  # binary models: {"positive_class", "threshold", "criterion"}
+    calibration: dict = dataclasses.field(default_factory=lambda: {"method": "minmax", "images": 0})
     scratch: dict[str, Path] = dataclasses.field(default_factory=dict)  # shared intermediates
 
 

@@ -96,6 +96,18 @@ def extract_features(
     return np.load(out_path, mmap_mode="r", allow_pickle=False)
 
 
+def map_features(model, inputs: np.ndarray, store: np.ndarray, batch_size: int, description: str) -> None:
+    """Fill `store` with `model` applied to stored features `inputs` (e.g. block5 on cached block4 outputs)."""
+    tf = import_tensorflow()
+    signature = [tf.TensorSpec((None, *model.input.shape[1:]), tf.float32)]
+    forward = tf.function(lambda x: model(x, training=False), input_signature=signature)
+    with phase(description, len(inputs)) as advance:
+        for start in range(0, len(inputs), batch_size):
+            batch = np.asarray(inputs[start : start + batch_size], dtype=np.float32)
+            store[start : start + len(batch)] = forward(batch).numpy().astype(store.dtype, copy=False)
+            advance(len(batch))
+
+
 def feature_batches(gather, n: int, feature_shape, num_classes: int, batch_size: int, seed: int):
     """Shuffled batches of (float32 features, one-hot labels), each fetched by `gather(indices)`."""
     tf = import_tensorflow()

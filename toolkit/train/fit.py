@@ -40,6 +40,7 @@ class FitContext:
     verbose: int
     log: Callable[[str], None] = print
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    stores: dict[str, Any] = dataclasses.field(default_factory=dict)  # feature stores shared across phases
 
     @property
     def backup_root(self) -> Path:

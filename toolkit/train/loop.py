@@ -29,6 +29,13 @@ from toolkit.operating_point import resolve_positive_class
 from toolkit.run_folder import BEST, CONFIG, HISTORY, STATE, TrainState, read_history_csv, read_json_file
 from toolkit.tf_setup import import_tensorflow
 from toolkit.train.config import TrainConfig, TrainResult
+from toolkit.train.cut import (
+    cached_finetune_data,
+    cut_folder,
+    cut_stores,
+    frozen_features_from_cut,
+    shares_cut_features,
+)
 from toolkit.train.features import FeatureSource, extract_features, plain_feature_dataset, training_features
 from toolkit.train.finish import RunFacts, final_metrics, make_result, write_run_json
 from toolkit.train.fit import FitContext, Phase, balanced_class_weights, compile_model, fit_phase, image_dataset
@@ -118,7 +125,7 @@ def build_model(config: TrainConfig, strategy, num_classes: int, log: Callable[[
 
 def frozen_phase(ctx: FitContext, data: LoadedDataset, precision: str, augmenter, features_dir: Path):
     """Train the head on a frozen base; returns the float32 validation features (or None)."""
-    from toolkit.model import build_feature_extractor, features_part, head_part
+    from toolkit.model import head_part
 
     config, num_classes = ctx.config, len(data.classes)
     t0 = time.perf_counter()
@@ -137,20 +144,14 @@ def frozen_phase(ctx: FitContext, data: LoadedDataset, precision: str, augmenter
     with ctx.strategy.scope():
         head = head_part(ctx.model)
         compile_model(head, config.lr, config)
-    # Validation runs the float32 base whatever --precision says: epochs are then
-    # judged (and the best one picked) on exactly what the saved model computes.
-    val_path = features_dir / "features-val.npy"
-    val_feats = extract_features(
-        features_part(ctx.model), data.val.images, val_path, config.batch_size, np.float32, "validation features"
-    )
+    if shares_cut_features(ctx, augmenter):  # blocks 1-4 once for both phases
+        folder = cut_folder(ctx, features_dir)
+        stores = cut_stores(ctx, data, augmenter, precision, folder)
+        train_ds, val_feats = frozen_features_from_cut(ctx, data, stores, folder)
+        callbacks = []
+    else:
+        train_ds, val_feats, callbacks = _frozen_features(ctx, data, precision, augmenter, features_dir)
     val_ds = plain_feature_dataset(val_feats, data.val.labels, num_classes, config.batch_size)
-    feature_shape = tuple(features_part(ctx.model).output.shape[1:])
-    source = FeatureSource(data.train, num_classes, config.batch_size, config.seed, feature_shape, features_dir)
-    extractor = build_feature_extractor(ctx.model, precision)
-    # The multi-worker loop opens each epoch's iterator after the callbacks itself, and its
-    # repeated, sharded dataset reads a varying number of batches per epoch.
-    strict = config.strategy != "multiworker"
-    train_ds, callbacks = training_features(extractor, source, augmenter, config.aug_views, strict)
     if config.aug_views and augmenter is not None:
         ctx.log(f"precomputed {config.aug_views} augmented views of {len(data.train)} training images")
     ctx.timings["feature_extraction_s"] = time.perf_counter() - t0
@@ -158,6 +159,27 @@ def frozen_phase(ctx: FitContext, data: LoadedDataset, precision: str, augmenter
     fit_phase(ctx, phase, len(data.train))
     ctx.timings["frozen_phase_s"] = time.perf_counter() - t0
     return val_feats
+
+
+def _frozen_features(ctx: FitContext, data: LoadedDataset, precision: str, augmenter, features_dir: Path):
+    """(training dataset, float32 validation features, callbacks) of the head's input, from images."""
+    from toolkit.model import build_feature_extractor, features_part
+
+    config, num_classes = ctx.config, len(data.classes)
+    # Validation runs the float32 base whatever --precision says: epochs are then
+    # judged (and the best one picked) on exactly what the saved model computes.
+    val_path = features_dir / "features-val.npy"
+    val_feats = extract_features(
+        features_part(ctx.model), data.val.images, val_path, config.batch_size, np.float32, "validation features"
+    )
+    feature_shape = tuple(features_part(ctx.model).output.shape[1:])
+    source = FeatureSource(data.train, num_classes, config.batch_size, config.seed, feature_shape, features_dir)
+    extractor = build_feature_extractor(ctx.model, precision)
+    # The multi-worker loop opens each epoch's iterator after the callbacks itself, and its
+    # repeated, sharded dataset reads a varying number of batches per epoch.
+    strict = config.strategy != "multiworker"
+    train_ds, callbacks = training_features(extractor, source, augmenter, config.aug_views, strict)
+    return train_ds, val_feats, callbacks
 
 
 def finetune_phase(ctx: FitContext, data: LoadedDataset, augmenter, precision: str, features_dir: Path) -> None:
@@ -180,7 +202,7 @@ def finetune_phase(ctx: FitContext, data: LoadedDataset, augmenter, precision: s
     how = "on cached features" if config.cache_features else "on images (whole network every step)"
     ctx.log(f"fine-tuning {how}: {unfrozen} layers from {config.fine_tune_from} unfrozen, learning rate {lr:g}")
     if config.cache_features:
-        model, train_ds, val_ds, callbacks = _cached_finetune_data(ctx, data, augmenter, precision, features_dir)
+        model, train_ds, val_ds, callbacks = cached_finetune_data(ctx, data, augmenter, precision, features_dir)
     else:
         model, callbacks = ctx.model, []
         train_ds = image_dataset(data.train, len(data.classes), config.batch_size, True, config.seed, augmenter)
@@ -193,29 +215,6 @@ def finetune_phase(ctx: FitContext, data: LoadedDataset, augmenter, precision: s
     fit_phase(ctx, Phase("finetune", model, train_ds, val_ds, start, end, callbacks), len(data.train))
     ctx.timings["fine_tune_phase_s"] = time.perf_counter() - t0
     ctx.timings["fine_tune_epoch_s"] = (time.perf_counter() - t1) / max(1, end - start)
-
-
-def _cached_finetune_data(ctx: FitContext, data: LoadedDataset, augmenter, precision: str, features_dir: Path):
-    """(the trainable upper model, training and validation datasets, callbacks) on the cut's features."""
-    from toolkit.model import FINE_TUNE_CUTS, build_feature_extractor, build_upper_model
-
-    config, num_classes = ctx.config, len(data.classes)
-    cut = FINE_TUNE_CUTS[config.fine_tune_from]
-    folder = features_dir / f"finetune-{config.fine_tune_from}"
-    exact = build_feature_extractor(ctx.model, "fp32", until=cut)
-    val_feats = extract_features(
-        exact, data.val.images, folder / "features-val.npy", config.batch_size, np.float32, f"validation {cut}"
-    )
-    val_ds = plain_feature_dataset(val_feats, data.val.labels, num_classes, config.batch_size)
-    shape = tuple(exact.output.shape[1:])
-    source = FeatureSource(data.train, num_classes, config.batch_size, config.seed + 1, shape, folder)
-    extractor = build_feature_extractor(ctx.model, precision, until=cut)
-    train_ds, callbacks = training_features(
-        extractor, source, augmenter, config.aug_views, config.strategy != "multiworker"
-    )
-    with ctx.strategy.scope():
-        upper = build_upper_model(ctx.model, config.fine_tune_from)
-    return upper, train_ds, val_ds, callbacks
 
 
 def _context(config: TrainConfig, run_dir: Path, chief: bool, data: LoadedDataset, resume: bool, log, verbose):
