@@ -105,7 +105,7 @@ def train(
     ] = choices.BasePrecision.auto,
     head: Annotated[
         choices.Head, typer.Option(help="flatten (Flatten+Dense) or pooled: gap, gmp, gap+gmp (+Dropout+Dense).")
-    ] = choices.Head.flatten,
+    ] = choices.Head.gap_gmp,
     dropout: Annotated[float, typer.Option(help="Dropout before the pooled heads' Dense layer.")] = 0.3,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay (0: Adam).")] = 0.0,
     label_smoothing: Annotated[float, typer.Option(help="Label smoothing of the cross-entropy.")] = 0.0,
@@ -114,7 +114,7 @@ def train(
         bool, typer.Option(help="If the ImageNet download fails, train from random weights (loudly).")
     ] = False,
     monitor: Annotated[choices.Monitor, typer.Option(help="Metric that picks the best epoch.")] = (
-        choices.Monitor.val_loss
+        choices.Monitor.val_accuracy
     ),
     patience: Annotated[int, typer.Option(min=0, help="Early-stopping patience in epochs (0: off).")] = 0,
     class_weight: Annotated[choices.ClassWeight, typer.Option(help="auto: balanced, for imbalanced data.")] = (

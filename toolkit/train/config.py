@@ -32,13 +32,13 @@ class TrainConfig:
     aug_views: int = 0
     cache_features: bool = True
     precision: str = "auto"
-    head: str = "flatten"
+    head: str = "gap+gmp"  # measured on real images (README "Real data"); flatten is the tutorial's
     dropout: float = 0.3
     weight_decay: float = 0.0  # AdamW's decoupled weight decay (0: plain Adam)
     label_smoothing: float = 0.0
     weights: str = "imagenet"
     allow_random_weights: bool = False
-    monitor: str = "val_loss"
+    monitor: str = "val_accuracy"  # what the user judges the model by; val_loss picked epoch 1 on ELPV
     patience: int = 0
     class_weight: str = "none"  # "none" or "auto"
     fine_tune_epochs: int = 0
