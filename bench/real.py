@@ -15,7 +15,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -106,15 +105,10 @@ def latencies(run: Path) -> dict[tuple[str, str], float]:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()}, Python {platform.python_version()}"
+    from toolkit.bench.machine import machine_header
+
+    m = machine_header(os.cpu_count() or 1)
+    return f"{m['cpu']}, {m['cores']} cores, {m['platform']}, Python {m['python']}"
 
 
 def write_report(result: dict, out_md: Path) -> None:
