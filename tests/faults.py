@@ -79,6 +79,10 @@ def _train_args(data: str, out: str) -> list[str]:
         "1",
         "--val-split",
         "0.25",  # the settings of tests.conftest.train_config, which resumes these runs
+        "--head",
+        "flatten",
+        "--monitor",
+        "val_loss",
         "--quiet",
     ]
 
