@@ -46,11 +46,11 @@ def test_each_tflite_export_classifies_with_names_in_mediapipe_like_the_runtime(
 
 
 def test_metadata_describes_raw_pixels_labels_and_the_operating_point(exported_run):
-    from mediapipe.tasks.python.metadata import metadata
-
     from toolkit.export.tflite_metadata import _metadata_version_module
 
-    _metadata_version_module()
+    _metadata_version_module()  # before MediaPipe's metadata module, which imports the missing helper
+    from mediapipe.tasks.python.metadata import metadata
+
     manifest = json.loads((exported_run / "export" / "manifest.json").read_text())
     for precision in TFLITE:
         displayer = metadata.MetadataDisplayer.with_model_file(
