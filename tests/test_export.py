@@ -241,3 +241,52 @@ def test_calibration_images_come_from_every_class_of_train(trained_run, monkeypa
     assert len(images) == 4 and min(per_class) >= 2
     index = {bytes(np.asarray(train.images[i]).tobytes()): int(train.labels[i]) for i in range(len(train.labels))}
     assert sorted(index[bytes(img.tobytes())] for img in images) == [0, 0, 1, 1]
+
+
+def test_diagnose_ranks_every_quantized_activation_and_runs_when_the_int8_gate_fails(trained_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from toolkit.cli import app
+    from toolkit.export import ExportOptions, export_run
+    from toolkit.parity import ParityOverrides
+
+    run = tmp_path / "asked"
+    shutil.copytree(trained_run, run)
+    relaxed = ParityOverrides(min_agreement=0.0, max_accuracy_drop=1.0)  # the random 32 px model (conftest)
+    asked = export_run(run, ExportOptions(format="onnx", calib_images=8, diagnose=True, overrides=relaxed))
+    report = json.loads(asked.diagnosis.read_text())
+    sqnr = [row["own_sqnr_db"] for row in report["layers"]]
+    assert report["artifact"] == "model_int8.onnx" and report["images"] == 6
+    assert len(sqnr) > 10 and sqnr == sorted(sqnr)  # worst first
+    assert any("block1_conv1" in row["tensor"] for row in report["layers"])
+    assert (run / "export" / "quant_report.png").stat().st_size > 0
+
+    failing = tmp_path / "failing"
+    shutil.copytree(trained_run, failing)
+    impossible = ParityOverrides(min_agreement=1.01)  # no artifact can agree more than 100%: the gate fails
+    report = export_run(
+        failing, ExportOptions(format="onnx", precisions=["float32", "int8"], calib_images=8, overrides=impossible)
+    )
+    assert report.failed and report.diagnosis == failing / "export" / "quant_report.json"
+    assert report.diagnosis.is_file()
+
+    shown = CliRunner().invoke(
+        app,
+        [
+            "export",
+            str(run),
+            "--format",
+            "onnx",
+            "--precision",
+            "int8",
+            "--diagnose",
+            "--calib-images",
+            "8",
+            "--min-agreement",
+            "0",
+            "--max-accuracy-drop",
+            "1",
+        ],
+    )
+    assert shown.exit_code == 0, shown.output
+    assert "noisiest activations of model_int8.onnx" in shown.output

@@ -182,6 +182,10 @@ def export(
         choices.Calibration, typer.Option(help="ONNX int8 ranges (TFLite's converter: min/max only).")
     ] = choices.Calibration.minmax,
     calibration_percentile: Annotated[float, typer.Option(help="--calibration percentile: which one.")] = 99.999,
+    diagnose: Annotated[
+        bool,
+        typer.Option(help="Per-activation ONNX int8 report (export/quant_report.json, .png); also on a failed gate."),
+    ] = False,
     parity_images: Annotated[
         int | None, typer.Option(min=1, help="A seeded, class-stratified sample of validation for the gate.")
     ] = None,
@@ -196,7 +200,7 @@ def export(
     from toolkit.tf_setup import import_tensorflow
 
     import_tensorflow()
-    from toolkit.console import print_export_table
+    from toolkit.console import print_export_table, print_quant_report
     from toolkit.export import ExportOptions, export_run, parity_failure_message
     from toolkit.parity import ParityOverrides
 
@@ -208,6 +212,7 @@ def export(
         calib_images=calib_images,
         calibration=calibration.value,
         calibration_percentile=calibration_percentile,
+        diagnose=diagnose,
         parity_images=parity_images,
         data_dir=str(data) if data else None,
         overrides=ParityOverrides(max_diff, min_agreement, max_accuracy_drop),
@@ -218,6 +223,8 @@ def export(
     else:
         print_export_table(report.manifest)
         typer.echo(f"manifest: {report.manifest_path}")
+        if report.diagnosis is not None:
+            print_quant_report(report.diagnosis)
     if report.failed:
         raise ParityError(parity_failure_message(report.failed))
 

@@ -42,6 +42,19 @@ def print_export_table(manifest: dict) -> None:
     Console(width=max(Console().width, 110)).print(table)
 
 
+def print_quant_report(path: Path, worst: int = 5) -> None:
+    """The activations int8 hurts most, from export/quant_report.json."""
+    report = json.loads(Path(path).read_text())
+    table = Table(title=f"int8: the {worst} noisiest activations of {report['artifact']} ({report['images']} images)")
+    for column in ("tensor", "own SQNR dB", "vs float model dB"):
+        table.add_column(column, justify="left" if column == "tensor" else "right")
+    for row in report["layers"][:worst]:
+        drift = row["model_sqnr_db"]
+        table.add_row(row["tensor"][-70:], f"{row['own_sqnr_db']:.1f}", "" if drift is None else f"{drift:.1f}")
+    Console(width=max(Console().width, 110)).print(table)
+    typer.echo(f"full report: {path} and {Path(path).with_suffix('.png').name}")
+
+
 BENCH_COLUMNS = ("backend", "provider", "p50 ms", "p90 ms", "p99 ms", "img/s", "load s", "peak MB", "size MB")
 BENCH_COLUMNS += ("accuracy", "vs keras", "GFLOP/s", "% peak")
 

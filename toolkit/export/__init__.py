@@ -50,6 +50,7 @@ class ExportOptions:
     calib_images: int = DEFAULT_CALIB_IMAGES
     calibration: str = "minmax"  # ONNX int8: minmax, entropy or percentile (TFLite's converter: min/max only)
     calibration_percentile: float = 99.999
+    diagnose: bool = False  # per-activation int8 report (also written whenever the ONNX int8 gate fails)
     parity_images: int | None = None
     data_dir: str | None = None
     overrides: ParityOverrides = dataclasses.field(default_factory=ParityOverrides)
@@ -60,6 +61,7 @@ class ExportReport:
     manifest: dict
     failed: list[dict]
     manifest_path: Path
+    diagnosis: Path | None = None  # export/quant_report.json, when written
 
 
 def select_formats(format: str, precisions: list[str] | None) -> list[ExportFormat]:
@@ -228,6 +230,7 @@ def export_run(run_dir: str | Path, options: ExportOptions = ExportOptions()) ->
     if options.calibration == "percentile":
         ctx.calibration["percentile"] = options.calibration_percentile
     failed: list[dict] = []
+    diagnosis = None
     try:
         for fmt in formats:
             entry = _export_one(fmt, ctx, parity)
@@ -237,11 +240,29 @@ def export_run(run_dir: str | Path, options: ExportOptions = ExportOptions()) ->
                 a for a in manifest["artifacts"] if (a["format"], a["precision"]) != (fmt.format, fmt.precision)
             ] + [entry]
             write_json_atomic(export_dir / MANIFEST, manifest)
+        diagnosis = _diagnose_if_asked(ctx, parity, options, failed)
     finally:
         scratch = ctx.scratch.get("onnx-float32")
         if scratch is not None and scratch.parent != export_dir:
             shutil.rmtree(scratch.parent, ignore_errors=True)
-    return ExportReport(manifest, failed, export_dir / MANIFEST)
+    return ExportReport(manifest, failed, export_dir / MANIFEST, diagnosis)
+
+
+def _diagnose_if_asked(
+    ctx: ExportContext, parity: ParitySet, options: ExportOptions, failed: list[dict]
+) -> Path | None:
+    """The ONNX int8 per-activation report, on `--diagnose` or when that artifact failed its gate."""
+    from toolkit.data import stratified_sample
+    from toolkit.export.diagnose import DIAGNOSIS_IMAGES, layer_errors, write_quant_report
+
+    int8_failed = any((e["format"], e["precision"]) == ("onnx", "int8") for e in failed)
+    if "onnx-int8" not in ctx.scratch or not (options.diagnose or int8_failed):
+        return None
+    index = stratified_sample(parity.labels, DIAGNOSIS_IMAGES, seed=0)
+    images = parity.images[index]
+    with phase(f"diagnosing onnx int8 on {len(images)} validation images"), silenced((1, 2)):
+        rows = layer_errors(ctx.scratch["onnx-float32"], ctx.scratch["onnx-int8"], images, onnx_float.INPUT_NAME)
+    return write_quant_report(rows, ctx.export_dir, "model_int8.onnx", len(images))
 
 
 def _read_manifest(path: Path) -> dict:
