@@ -261,7 +261,7 @@ def _diagnose_if_asked(
     index = stratified_sample(parity.labels, DIAGNOSIS_IMAGES, seed=0)
     images = parity.images[index]
     with phase(f"diagnosing onnx int8 on {len(images)} validation images"), silenced((1, 2)):
-        rows = layer_errors(ctx.scratch["onnx-float32"], ctx.scratch["onnx-int8"], images, onnx_float.INPUT_NAME)
+        rows = layer_errors(ctx.scratch["onnx-float32"], ctx.scratch["onnx-int8"], images)
     return write_quant_report(rows, ctx.export_dir, "model_int8.onnx", len(images))
 
 

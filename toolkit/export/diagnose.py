@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from toolkit.export.onnx_int8 import calibration_reader
 from toolkit.fileio import atomic_path, write_json_atomic
 
 REPORT = "quant_report.json"
@@ -31,21 +32,7 @@ class LayerError:
     model_sqnr_db: float | None
 
 
-def _reader(images: np.ndarray, input_name: str):
-    from onnxruntime.quantization import CalibrationDataReader
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter([images[i : i + 8].astype(np.float32) for i in range(0, len(images), 8)])
-
-        def get_next(self):
-            batch = next(self.batches, None)
-            return None if batch is None else {input_name: batch}
-
-    return Reader()
-
-
-def layer_errors(float_model: Path, int8_model: Path, images: np.ndarray, input_name: str) -> list[LayerError]:
+def layer_errors(float_model: Path, int8_model: Path, images: np.ndarray) -> list[LayerError]:
     """Per-activation SQNRs of `int8_model` on `images`, worst (lowest own SQNR) first."""
     from onnxruntime.quantization.qdq_loss_debug import (
         collect_activations,
@@ -58,8 +45,8 @@ def layer_errors(float_model: Path, int8_model: Path, images: np.ndarray, input_
         float_aug, int8_aug = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
         modify_model_output_intermediate_tensors(str(float_model), str(float_aug))
         modify_model_output_intermediate_tensors(str(int8_model), str(int8_aug))
-        float_acts = collect_activations(str(float_aug), _reader(images, input_name))
-        int8_acts = collect_activations(str(int8_aug), _reader(images, input_name))
+        float_acts = collect_activations(str(float_aug), calibration_reader(images))
+        int8_acts = collect_activations(str(int8_aug), calibration_reader(images))
     errors = compute_activation_error(create_activation_matching(int8_acts, float_acts))
     rows = [
         LayerError(name, float(e["qdq_err"]), float(e["xmodel_err"]) if "xmodel_err" in e else None)

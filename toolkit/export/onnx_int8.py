@@ -28,7 +28,7 @@ def float_onnx(ctx: ExportContext) -> Path:
     return ctx.scratch["onnx-float32"]
 
 
-def _calibration_reader(images: np.ndarray):
+def calibration_reader(images: np.ndarray):
     """Batches of calibration images as ONNX Runtime reads them, restartable at any range of batches."""
     from onnxruntime.quantization import CalibrationDataReader
 
@@ -86,7 +86,7 @@ def calibrate_ranges(model: Path, images: np.ndarray, calibration: dict, folder:
     calibrator = create_calibrator(
         model, None, augmented_model_path=str(folder / "augmented.onnx"), calibrate_method=method, extra_options=options
     )
-    reader = _calibration_reader(images)
+    reader = calibration_reader(images)
     for batch in range(len(reader)):
         reader.set_range(batch, batch + 1)
         calibrator.collect_data(reader)
@@ -113,7 +113,7 @@ def convert_int8(ctx: ExportContext, dest: Path) -> None:
             quantize_static(
                 str(prepared),
                 str(quantized),
-                _calibration_reader(ctx.calibration_images),
+                calibration_reader(ctx.calibration_images),
                 quant_format=QuantFormat.QDQ,
                 per_channel=True,
                 activation_type=QuantType.QInt8,

@@ -13,7 +13,7 @@ working folder and in the toolkit's source checkout (`npm install` there).
 
 from __future__ import annotations
 
-import json
+import functools
 import os
 import shutil
 from pathlib import Path
@@ -21,7 +21,7 @@ from pathlib import Path
 from toolkit.errors import ExportError
 from toolkit.export import onnx_float, onnx_int8
 from toolkit.export.base import ExportContext, ExportFormat
-from toolkit.fileio import atomic_path
+from toolkit.fileio import write_json_atomic, write_with
 
 ASSETS = Path(__file__).with_name("web_assets")
 ORT_WEB_VERSION = "1.30.0"  # package.json pins the same version
@@ -46,16 +46,6 @@ def find_ort_web() -> Path:
         f"--format web copies onnxruntime-web's files into the bundle: run `npm install onnxruntime-web@{ORT_WEB_VERSION}` "
         "in this folder, or set TOOLKIT_ORT_WEB=path/to/node_modules/onnxruntime-web"
     )
-
-
-def _copy_atomic(source: Path, dest: Path) -> None:
-    with atomic_path(dest) as tmp:
-        shutil.copyfile(source, tmp)
-
-
-def _write_text_atomic(dest: Path, text: str) -> None:
-    with atomic_path(dest) as tmp:
-        tmp.write_text(text)
 
 
 def bundle_config(ctx: ExportContext, precision: str) -> dict:
@@ -88,10 +78,10 @@ def _converter(precision: str):
         dist = find_ort_web()
         folder = dest.parent
         for name in ORT_FILES:
-            _copy_atomic(dist / name, folder / "ort" / name)
+            write_with(folder / "ort" / name, functools.partial(shutil.copyfile, dist / name))
         for name in ("index.html", "app.js"):
-            _copy_atomic(ASSETS / name, folder / name)
-        _write_text_atomic(folder / "bundle.json", json.dumps(bundle_config(ctx, precision), indent=2) + "\n")
+            write_with(folder / name, functools.partial(shutil.copyfile, ASSETS / name))
+        write_json_atomic(folder / "bundle.json", bundle_config(ctx, precision))
         _onnx_model(ctx, precision, dest)
 
     return convert

@@ -51,6 +51,16 @@ def cut_folder(ctx: FitContext, features_dir: Path) -> Path:
     return features_dir / f"finetune-{ctx.config.fine_tune_from}"
 
 
+def _cut_validation(ctx: FitContext, data: LoadedDataset, folder: Path):
+    """(the float32 extractor up to the cut, its validation features): epochs are judged on exact features."""
+    from toolkit.model import FINE_TUNE_CUTS, build_feature_extractor
+
+    cut = FINE_TUNE_CUTS[ctx.config.fine_tune_from]
+    exact = build_feature_extractor(ctx.model, "fp32", until=cut)
+    path = folder / "features-val.npy"
+    return exact, extract_features(exact, data.val.images, path, ctx.config.batch_size, np.float32, f"validation {cut}")
+
+
 def cut_stores(ctx: FitContext, data: LoadedDataset, augmenter, precision: str, folder: Path) -> CutStores:
     """Compute the cut's features once per process (validation in float32, training views in `precision`)."""
     from toolkit.model import FINE_TUNE_CUTS, build_feature_extractor
@@ -59,10 +69,7 @@ def cut_stores(ctx: FitContext, data: LoadedDataset, augmenter, precision: str, 
         return ctx.stores["cut"]
     c = ctx.config
     cut = FINE_TUNE_CUTS[c.fine_tune_from]
-    exact = build_feature_extractor(ctx.model, "fp32", until=cut)
-    val = extract_features(
-        exact, data.val.images, folder / "features-val.npy", c.batch_size, np.float32, f"validation {cut}"
-    )
+    exact, val = _cut_validation(ctx, data, folder)
     extractor = build_feature_extractor(ctx.model, precision, until=cut)
     views_count = c.aug_views if augmenter is not None else 1
     path = folder / "features-train-views.npy"
@@ -105,14 +112,10 @@ def cached_finetune_data(ctx: FitContext, data: LoadedDataset, augmenter, precis
         train_ds = feature_views_dataset(stores.views, data.train.labels, num_classes, c.batch_size, c.seed + 1)
         val_feats, callbacks = stores.val, []
     else:  # fresh augmented cut features before every epoch, or the multi-worker loop's own views
-        cut = FINE_TUNE_CUTS[c.fine_tune_from]
-        exact = build_feature_extractor(ctx.model, "fp32", until=cut)
-        val_feats = extract_features(
-            exact, data.val.images, folder / "features-val.npy", c.batch_size, np.float32, f"validation {cut}"
-        )
+        exact, val_feats = _cut_validation(ctx, data, folder)
         shape = tuple(exact.output.shape[1:])
         source = FeatureSource(data.train, num_classes, c.batch_size, c.seed + 1, shape, folder)
-        extractor = build_feature_extractor(ctx.model, precision, until=cut)
+        extractor = build_feature_extractor(ctx.model, precision, until=FINE_TUNE_CUTS[c.fine_tune_from])
         train_ds, callbacks = training_features(extractor, source, augmenter, c.aug_views, c.strategy != "multiworker")
     val_ds = plain_feature_dataset(val_feats, data.val.labels, num_classes, c.batch_size)
     with ctx.strategy.scope():
