@@ -72,16 +72,16 @@ def exported_run(trained_run, tmp_path_factory) -> Path:
 
     run = tmp_path_factory.mktemp("exported") / "run"
     shutil.copytree(trained_run, run)
-    floats = export_run(run, ExportOptions(calib_images=16, precisions=["float32", "float16"]))
+    floats = export_run(run, ExportOptions(calib_images=16, precisions=["float32", "float16", "bf16"]))
     assert not floats.failed, [a["parity"]["failures"] for a in floats.failed]  # default float gates
     relaxed = ParityOverrides(min_agreement=0.0, max_accuracy_drop=1.0)
     options = ExportOptions(calib_images=16, precisions=["dynamic", "int8"], overrides=relaxed)
     report = export_run(run, options)
     assert report.manifest_path.is_file()
     records = {(a["format"], a["precision"]): a["parity"] for a in report.manifest["artifacts"]}
-    assert len(records) == 6
+    assert len(records) == 7
     for key, parity in records.items():
-        if key[1] in ("float32", "float16"):
+        if key[1] in ("float32", "float16", "bf16"):
             assert parity["passed"] and parity["thresholds"]["min_agreement"] >= 0.99, (key, parity)
         else:
             assert parity["max_abs_diff"] < 0.05, (key, parity)  # int8 moves probabilities a little, not a lot

@@ -16,6 +16,7 @@ EXPECTED = {
     ("tflite", "float16"),
     ("tflite", "dynamic"),
     ("tflite", "int8"),
+    ("openvino", "bf16"),
 }
 
 
@@ -30,7 +31,11 @@ def test_manifest_lists_every_artifact_with_matching_sha256(exported_run):
     for a in manifest["artifacts"]:
         path = exported_run / "export" / a["path"]
         assert hashlib.sha256(path.read_bytes()).hexdigest() == a["sha256"]
-        assert a["size_bytes"] == path.stat().st_size
+        weights = a.get("weights")  # an OpenVINO IR's .bin, hashed and counted in the artifact's size
+        if weights:
+            bin_path = path.with_name(weights["path"])
+            assert hashlib.sha256(bin_path.read_bytes()).hexdigest() == weights["sha256"]
+        assert a["size_bytes"] == path.stat().st_size + (weights["size_bytes"] if weights else 0)
         assert a["labels"] == ["benign", "malignant"] and a["image_size"] == 32
         assert a["source_sha256"] == manifest["source"]["sha256"]
         p = a["parity"]

@@ -33,6 +33,13 @@ class FineTuneFrom(StrEnum):
     block4 = "block4"
 
 
+class Schedule(StrEnum):
+    """The fine-tuning learning rate over its epochs."""
+
+    constant = "constant"
+    cosine = "cosine"
+
+
 class Strategy(StrEnum):
     default = "default"
     mirrored = "mirrored"
@@ -69,6 +76,7 @@ class ExportFormat(StrEnum):
     all = "all"
     onnx = "onnx"
     tflite = "tflite"
+    openvino = "openvino"
     web = "web"
 
 
@@ -84,10 +92,11 @@ class BenchFormat(StrEnum):
     keras = "keras"
     onnx = "onnx"
     tflite = "tflite"
+    openvino = "openvino"
 
 
 class Precision(StrEnum):
-    """An artifact's numeric precision (bf16: the Keras model with its base in bfloat16, bench only)."""
+    """An artifact's numeric precision (bf16: the OpenVINO IR, or in bench the Keras model's base in bfloat16)."""
 
     float32 = "float32"
     float16 = "float16"

@@ -122,6 +122,9 @@ def train(
     ),
     fine_tune_epochs: Annotated[int, typer.Option(min=0, help="Epochs with the top blocks unfrozen afterwards.")] = 0,
     fine_tune_lr: Annotated[float | None, typer.Option(help="Fine-tuning learning rate (default lr/10).")] = None,
+    fine_tune_schedule: Annotated[
+        choices.Schedule, typer.Option(help="cosine: decay the fine-tuning rate to 0 over its epochs.")
+    ] = choices.Schedule.constant,
     fine_tune_from: Annotated[
         choices.FineTuneFrom, typer.Option(help="First unfrozen block; trained on the cached output below it.")
     ] = choices.FineTuneFrom.block5,
@@ -170,11 +173,16 @@ def export(
     run_dir: Annotated[Path, typer.Argument(help="A run folder made by `toolkit train`.")],
     format: Annotated[
         choices.ExportFormat,
-        typer.Option(help="all: every ONNX and TFLite file; web: a static page (onnxruntime-web) per precision."),
+        typer.Option(
+            help="all: every model file (ONNX, TFLite, OpenVINO IR); web: a static page (onnxruntime-web) per precision."
+        ),
     ] = choices.ExportFormat.all,
     precision: Annotated[
         str | None,
-        typer.Option(callback=_csv(choices.Precision), help="Comma-separated: float32,float16,dynamic,int8."),
+        typer.Option(
+            callback=_csv(choices.Precision),
+            help="Comma-separated: float32,float16,dynamic,int8,bf16 (bf16: openvino).",
+        ),
     ] = None,
     opset: Annotated[int, typer.Option(min=7, max=18, help="ONNX opset (tf2onnx 1.17: up to 18).")] = 17,
     calib_images: Annotated[int, typer.Option(min=1, help="Training images (stratified) calibrating int8.")] = 200,
@@ -245,7 +253,7 @@ def _load_classifier(model: Path, **kwargs):
 @app.command()
 @user_errors
 def predict(
-    model: Annotated[Path, typer.Argument(help=".onnx, .tflite or .keras model file.")],
+    model: Annotated[Path, typer.Argument(help=".onnx, .tflite, .xml (OpenVINO IR) or .keras model file.")],
     images: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
     top_k: Annotated[int, typer.Option(min=1, help="Show the k most likely classes.")] = 1,
     json_output: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
@@ -291,7 +299,7 @@ def predict(
 @app.command()
 @user_errors
 def evaluate(
-    model: Annotated[Path, typer.Argument(help=".keras, .onnx or .tflite model file.")],
+    model: Annotated[Path, typer.Argument(help=".keras, .onnx, .tflite or .xml (OpenVINO IR) model file.")],
     data_dir: Annotated[Path, typer.Argument(help="A labelled folder: DATA_DIR/<class>/images.")],
     out: Annotated[Path | None, typer.Option(help="Write metrics.json, confusion.png and roc.png here.")] = None,
     device: DeviceFlag = choices.Device.auto,
@@ -324,7 +332,8 @@ def evaluate(
 def bench(
     targets: Annotated[list[Path], typer.Argument(help="A run folder, or one or more model files.")],
     format: Annotated[
-        str | None, typer.Option(callback=_csv(choices.BenchFormat), help="Comma-separated: keras,onnx,tflite.")
+        str | None,
+        typer.Option(callback=_csv(choices.BenchFormat), help="Comma-separated: keras,onnx,tflite,openvino."),
     ] = None,
     precision: Annotated[
         str | None,

@@ -13,6 +13,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -72,9 +73,12 @@ def remove_stale_temporaries(folder: str | os.PathLike[str]) -> int:
     root = Path(folder)
     if not root.is_dir():
         return 0
-    for path in root.rglob(f".*{TEMP_MARK}*"):
+    for path in sorted(root.rglob(f".*{TEMP_MARK}*"), reverse=True):  # a staging folder's files first
         with contextlib.suppress(OSError):
-            path.unlink()
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
             removed += 1
     return removed
 

@@ -42,9 +42,9 @@ def _inside_export(run_dir: Path, name: str) -> Path:
 def targets_from_files(paths: list[Path], cuda: bool) -> list[BenchTarget]:
     targets = []
     for p in paths:
-        backend = {".keras": "keras", ".onnx": "onnx", ".tflite": "tflite"}.get(p.suffix.lower())
+        backend = {".keras": "keras", ".onnx": "onnx", ".tflite": "tflite", ".xml": "openvino"}.get(p.suffix.lower())
         if backend is None:
-            raise BenchError(f"cannot benchmark {p.name}: expected .keras, .onnx or .tflite")
+            raise BenchError(f"cannot benchmark {p.name}: expected .keras, .onnx, .tflite or .xml (OpenVINO)")
         targets.append(BenchTarget(p.name, backend, str(p), "unknown"))
         if cuda and backend == "onnx":
             targets.append(BenchTarget(f"{p.name} (cuda)", backend, str(p), "unknown", "cuda"))

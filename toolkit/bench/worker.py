@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 from toolkit.bench.types import BenchRecord, BenchTarget
+from toolkit.runtime.openvino_backend import model_bytes
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -90,7 +91,7 @@ def run_worker(spec: dict) -> list[dict]:
                     throughput_ips=batch * len(times) / sum(times),
                     load_s=load_s,
                     peak_rss_mb=_peak_rss_mb(),
-                    size_mb=os.path.getsize(target.path) / 1e6,
+                    size_mb=model_bytes(Path(target.path)) / 1e6,
                     accuracy=accuracy,
                 )
             )

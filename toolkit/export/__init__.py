@@ -20,7 +20,7 @@ import numpy as np
 
 from toolkit import __version__
 from toolkit.errors import ExportError
-from toolkit.export import onnx_float, onnx_int8, tflite, web
+from toolkit.export import onnx_float, onnx_int8, openvino, tflite, web
 from toolkit.export.base import ExportContext, ExportFormat
 from toolkit.fileio import atomic_path, remove_stale_temporaries, sha256_file, write_json_atomic
 from toolkit.parity import ParityOverrides, compare_outputs, thresholds_for
@@ -30,16 +30,21 @@ from toolkit.run_folder import RunFolder, load_run
 from toolkit.versions import package_versions
 
 REGISTRY: dict[str, ExportFormat] = {
-    f.key: f for f in (onnx_float.FORMAT, onnx_int8.FORMAT, *tflite.FORMATS, *web.FORMATS)
+    f.key: f for f in (onnx_float.FORMAT, onnx_int8.FORMAT, *tflite.FORMATS, openvino.FORMAT, *web.FORMATS)
 }
-FORMAT_CHOICES = ("onnx", "tflite", "web", "all")
-MODEL_FORMATS = ("onnx", "tflite")  # what `all` means: every model file; web bundles are asked for by name
-PRECISIONS = ("float32", "float16", "dynamic", "int8")
+FORMAT_CHOICES = ("onnx", "tflite", "openvino", "web", "all")
+MODEL_FORMATS = ("onnx", "tflite", "openvino")  # what `all` means: every model file; web bundles by name
+PRECISIONS = ("float32", "float16", "dynamic", "int8", "bf16")
 DEFAULT_OPSET = 17  # tf2onnx 1.17 supports up to 18; 17 is what most runtimes in the field accept
 MAX_OPSET = 18
 DEFAULT_CALIB_IMAGES = 200
 MANIFEST = "manifest.json"
-CONVERTER_PACKAGES = {"tf2onnx": "tf2onnx", "onnxruntime.quantization": "onnxruntime", "tensorflow.lite": "tensorflow"}
+CONVERTER_PACKAGES = {
+    "tf2onnx": "tf2onnx",
+    "onnxruntime.quantization": "onnxruntime",
+    "tensorflow.lite": "tensorflow",
+    "openvino": "openvino",
+}
 
 
 @dataclasses.dataclass
@@ -163,6 +168,7 @@ def _open_manifest(export_dir: Path, source_sha: str, run: RunFolder, decision: 
 def _export_one(fmt: ExportFormat, ctx: ExportContext, parity: ParitySet) -> dict:
     """Convert (atomically), run the artifact through the runtime, and describe it for the manifest."""
     from toolkit.runtime import load as load_artifact
+    from toolkit.runtime.openvino_backend import model_bytes
 
     dest = ctx.export_dir / fmt.filename
     # The converters print pages of graph dumps: silenced inside the phase, whose line comes after.
@@ -181,7 +187,7 @@ def _export_one(fmt: ExportFormat, ctx: ExportContext, parity: ParitySet) -> dic
         "precision": fmt.precision,
         "path": fmt.filename,
         "sha256": sha256_file(dest),
-        "size_bytes": dest.stat().st_size,
+        "size_bytes": model_bytes(dest),  # an OpenVINO IR's .bin included
         **fmt.describe_io(dest),
         "labels": ctx.labels,
         "decision": ctx.decision,

@@ -1,4 +1,4 @@
-"""Inference engines behind `Classifier`: ONNX Runtime, the LiteRT interpreter, Keras.
+"""Inference engines behind `Classifier`: ONNX Runtime, the LiteRT interpreter, Keras (and OpenVINO).
 
 Each backend takes a uint8 NHWC batch of already-resized pixels and returns
 float32 probabilities; layout (NCHW models), pixel scaling and TFLite
@@ -300,9 +300,15 @@ BACKENDS = {".onnx": OnnxBackend, ".tflite": TFLiteBackend, ".keras": KerasBacke
 def open_backend(
     path: Path, device: str, threads: int | None, pixel_scale: str, allow_external_data: bool = False
 ) -> Backend:
-    backend_class = BACKENDS.get(path.suffix.lower())
+    suffix = path.suffix.lower()
+    if suffix == ".xml":  # OpenVINO IR; its module imports openvino only when such a model is opened
+        from toolkit.runtime.openvino_backend import OpenVinoBackend
+
+        backend_class = OpenVinoBackend
+    else:
+        backend_class = BACKENDS.get(suffix)
     if backend_class is None:
-        raise RuntimeModelError(f"unsupported model file {path.name}: expected .onnx, .tflite or .keras")
+        raise RuntimeModelError(f"unsupported model file {path.name}: expected .onnx, .tflite, .xml or .keras")
     if not path.is_file():
         raise RuntimeModelError(f"model file not found: {path}")
     if path.stat().st_size == 0:

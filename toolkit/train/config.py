@@ -12,6 +12,7 @@ from toolkit.operating_point import Decision, parse_operating_point
 
 METRIC_NAMES = ("loss", "accuracy", "auc", "precision", "recall")
 CLASS_WEIGHTS = ("none", "auto")
+SCHEDULES = ("constant", "cosine")
 
 
 @dataclasses.dataclass
@@ -43,6 +44,7 @@ class TrainConfig:
     class_weight: str = "none"  # "none" or "auto"
     fine_tune_epochs: int = 0
     fine_tune_lr: float | None = None
+    fine_tune_schedule: str = "constant"  # or "cosine": per epoch, from fine_tune_lr down to 0
     fine_tune_from: str = "block5"  # the first unfrozen block; with cached features, trained on the cut's output
     strategy: str = "default"
     cache_dir: str | None = None
@@ -85,6 +87,8 @@ class TrainConfig:
             raise DatasetError(f"--head must be one of {', '.join(HEADS)}")
         if self.class_weight not in CLASS_WEIGHTS:
             raise DatasetError("--class-weight must be none or auto")
+        if self.fine_tune_schedule not in SCHEDULES:
+            raise DatasetError(f"--fine-tune-schedule must be one of {', '.join(SCHEDULES)}")
         if self.fine_tune_epochs < 0:
             raise DatasetError("--fine-tune-epochs must be 0 or more")
         name = self.monitor.removeprefix("val_")

@@ -105,6 +105,23 @@ def compile_model(model, lr: float, config: TrainConfig | None = None) -> None:
     )
 
 
+def cosine_schedule(lr: float, first_epoch: int, epochs: int):
+    """A callback setting epoch e's rate to lr * (1 + cos(pi * (e - first) / epochs)) / 2.
+
+    Per epoch, by the absolute epoch number Keras passes, so a resumed run picks up the
+    same rate it would have had; the last epoch trains at a small but non-zero rate.
+    """
+    import math
+
+    import keras
+
+    def rate(epoch: int, _current: float) -> float:
+        done = min(max(epoch - first_epoch, 0), epochs)
+        return float(lr * 0.5 * (1.0 + math.cos(math.pi * done / epochs)))
+
+    return keras.callbacks.LearningRateScheduler(rate)
+
+
 def monitor_mode(monitor: str) -> str:
     return "min" if "loss" in monitor else "max"
 

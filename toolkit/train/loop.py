@@ -38,7 +38,15 @@ from toolkit.train.cut import (
 )
 from toolkit.train.features import FeatureSource, extract_features, plain_feature_dataset, training_features
 from toolkit.train.finish import RunFacts, final_metrics, make_result, write_run_json
-from toolkit.train.fit import FitContext, Phase, balanced_class_weights, compile_model, fit_phase, image_dataset
+from toolkit.train.fit import (
+    FitContext,
+    Phase,
+    balanced_class_weights,
+    compile_model,
+    cosine_schedule,
+    fit_phase,
+    image_dataset,
+)
 
 
 def _resumed_config(config: TrainConfig, saved: Path, explicit: set[str] | None) -> TrainConfig:
@@ -209,6 +217,8 @@ def finetune_phase(ctx: FitContext, data: LoadedDataset, augmenter, precision: s
         val_ds = image_dataset(data.val, len(data.classes), config.batch_size, False, config.seed)
     with ctx.strategy.scope():
         compile_model(model, lr, config)
+    if config.fine_tune_schedule == "cosine":
+        callbacks = [*callbacks, cosine_schedule(lr, config.epochs, config.fine_tune_epochs)]
     start = max(ctx.state.completed_epochs, config.epochs)
     t1 = time.perf_counter()
     end = config.epochs + config.fine_tune_epochs
