@@ -200,11 +200,31 @@ def test_full_disk_during_export_is_one_error_and_keeps_the_previous_artifact(ex
     assert not [p for p in (run / "export").iterdir() if p.name.startswith(".")]
 
 
-def test_each_calibration_method_is_used_and_recorded(trained_run, tmp_path):
-    """minmax, entropy and percentile give different activation ranges, on stratified training images."""
-    import onnx
-    from onnx import numpy_helper
+def _activation_scales(path) -> dict[str, float]:
+    """Per-tensor activation scales of an int8 artifact (ONNX initialisers named *_scale; TFLite tensor details)."""
+    if path.suffix == ".onnx":
+        import onnx
+        from onnx import numpy_helper
 
+        model = onnx.load(str(path))
+        return {
+            i.name: float(numpy_helper.to_array(i))
+            for i in model.graph.initializer
+            if i.name.endswith("_scale") and numpy_helper.to_array(i).size == 1
+        }
+    from ai_edge_litert.interpreter import Interpreter
+
+    details = Interpreter(model_path=str(path)).get_tensor_details()
+    return {
+        d["name"]: float(d["quantization_parameters"]["scales"][0])
+        for d in details
+        if d["dtype"] == np.int8 and len(d["quantization_parameters"]["scales"]) == 1
+    }
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "tflite"])
+def test_each_calibration_method_is_used_and_recorded(trained_run, tmp_path, fmt):
+    """minmax, entropy and percentile give different activation ranges, on stratified training images."""
     from toolkit.export import ExportOptions, export_run
     from toolkit.parity import ParityOverrides
 
@@ -214,7 +234,7 @@ def test_each_calibration_method_is_used_and_recorded(trained_run, tmp_path):
         run = tmp_path / method
         shutil.copytree(trained_run, run)
         options = ExportOptions(
-            format="onnx",
+            format=fmt,
             precisions=["int8"],
             calib_images=8,
             calibration=method,
@@ -224,12 +244,7 @@ def test_each_calibration_method_is_used_and_recorded(trained_run, tmp_path):
         entry = export_run(run, options).manifest["artifacts"][0]
         expected = {"method": method, "images": 8, **({"percentile": 99.0} if method == "percentile" else {})}
         assert entry["calibration"] == expected
-        model = onnx.load(str(run / "export" / "model_int8.onnx"))
-        scales[method] = {
-            i.name: float(numpy_helper.to_array(i))
-            for i in model.graph.initializer
-            if i.name.endswith("_scale") and numpy_helper.to_array(i).size == 1
-        }
+        scales[method] = _activation_scales(run / "export" / entry["path"])
     shared = set(scales["minmax"]) & set(scales["entropy"]) & set(scales["percentile"])
     assert len(shared) > 10
     for other in ("entropy", "percentile"):  # clipped ranges: smaller activation scales somewhere

@@ -194,6 +194,17 @@ def export(
         bool,
         typer.Option(help="Per-activation ONNX int8 report (export/quant_report.json, .png); also on a failed gate."),
     ] = False,
+    int8_max_drop: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            max=100,
+            help="int8: allowed accuracy drop in points; try each calibration, then keep the worst layers in float.",
+        ),
+    ] = None,
+    int8_max_float_layers: Annotated[
+        int, typer.Option(min=1, help="--int8-max-drop: at most this many layers kept in float.")
+    ] = 10,
     parity_images: Annotated[
         int | None, typer.Option(min=1, help="A seeded, class-stratified sample of validation for the gate.")
     ] = None,
@@ -221,6 +232,8 @@ def export(
         calibration=calibration.value,
         calibration_percentile=calibration_percentile,
         diagnose=diagnose,
+        int8_max_drop=int8_max_drop,
+        int8_max_float_layers=int8_max_float_layers,
         parity_images=parity_images,
         data_dir=str(data) if data else None,
         overrides=ParityOverrides(max_diff, min_agreement, max_accuracy_drop),

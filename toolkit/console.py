@@ -40,6 +40,20 @@ def print_export_table(manifest: dict) -> None:
             "[green]pass[/green]" if p["passed"] else "[red]FAIL[/red]",
         )
     Console(width=max(Console().width, 110)).print(table)
+    for a in manifest.get("artifacts", []):
+        if "int8_fix" in a:
+            typer.echo(int8_fix_line(a))
+
+
+def int8_fix_line(entry: dict) -> str:
+    """What `--int8-max-drop` did for one artifact, in one line."""
+    fix = entry["int8_fix"]
+    outcome = "passed" if entry["parity"]["passed"] else "still FAILS"
+    line = f"{entry['format']} int8: {outcome} after {len(fix['attempts'])} attempts, calibration {fix['calibration']['method']}"
+    if fix["float_layers"]:
+        cost = fix["latency_ms"]["cost"]
+        line += f"; {len(fix['float_layers'])} nodes kept in float ({cost:+.1f} ms batch-1): {', '.join(fix['float_layers'])}"
+    return line
 
 
 def print_quant_report(path: Path, worst: int = 5) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 
 from toolkit import __version__
 from toolkit.errors import ExportError
-from toolkit.export import onnx_float, onnx_int8, openvino, tflite, web
+from toolkit.export import onnx_float, onnx_int8, openvino, tflite, tflite_int8, web
 from toolkit.export.base import ExportContext, ExportFormat
 from toolkit.fileio import atomic_path, remove_stale_temporaries, sha256_file, write_json_atomic
 from toolkit.parity import ParityOverrides, compare_outputs, thresholds_for
@@ -30,7 +30,15 @@ from toolkit.run_folder import RunFolder, load_run
 from toolkit.versions import package_versions
 
 REGISTRY: dict[str, ExportFormat] = {
-    f.key: f for f in (onnx_float.FORMAT, onnx_int8.FORMAT, *tflite.FORMATS, openvino.FORMAT, *web.FORMATS)
+    f.key: f
+    for f in (
+        onnx_float.FORMAT,
+        onnx_int8.FORMAT,
+        *tflite.FORMATS,
+        tflite_int8.FORMAT,
+        openvino.FORMAT,
+        *web.FORMATS,
+    )
 }
 FORMAT_CHOICES = ("onnx", "tflite", "openvino", "web", "all")
 MODEL_FORMATS = ("onnx", "tflite", "openvino")  # what `all` means: every model file; web bundles by name
@@ -53,9 +61,11 @@ class ExportOptions:
     precisions: list[str] | None = None
     opset: int = DEFAULT_OPSET
     calib_images: int = DEFAULT_CALIB_IMAGES
-    calibration: str = "minmax"  # ONNX int8: minmax, entropy or percentile (TFLite's converter: min/max only)
+    calibration: str = "minmax"  # int8 activation ranges: minmax, entropy or percentile (ONNX and TFLite)
     calibration_percentile: float = 99.999
     diagnose: bool = False  # per-activation int8 report (also written whenever the ONNX int8 gate fails)
+    int8_max_drop: float | None = None  # accuracy points: turns on the automatic fix (int8_fix.py)
+    int8_max_float_layers: int = 10  # the fix's budget
     parity_images: int | None = None
     data_dir: str | None = None
     overrides: ParityOverrides = dataclasses.field(default_factory=ParityOverrides)
@@ -105,10 +115,7 @@ def _calibration_record(fmt: ExportFormat, ctx: ExportContext) -> dict | None:
     """What calibrated an int8 artifact, for its manifest entry."""
     if fmt.precision != "int8":
         return None
-    record = dict(ctx.calibration)
-    if fmt.format == "tflite":
-        record = {"method": "minmax", "images": record["images"]}  # the converter's only calibration
-    return record
+    return dict(ctx.calibration)
 
 
 @dataclasses.dataclass
@@ -132,6 +139,10 @@ def _check_options(options: ExportOptions) -> list[ExportFormat]:
         raise ExportError(f"--calibration must be one of {', '.join(CALIBRATION_METHODS)}")
     if not 50.0 < options.calibration_percentile <= 100.0:
         raise ExportError("--calibration-percentile must be in (50, 100]")
+    if options.int8_max_drop is not None and not 0 <= options.int8_max_drop <= 100:
+        raise ExportError("--int8-max-drop is in accuracy points, 0 to 100")
+    if options.int8_max_float_layers < 1:
+        raise ExportError("--int8-max-float-layers must be at least 1")
     if options.parity_images is not None and options.parity_images < 1:
         raise ExportError("--parity-images must be at least 1")
     return formats
@@ -145,7 +156,10 @@ def _parity_set(model, val, options: ExportOptions, seed: int, decision=None) ->
     index = stratified_sample(val.labels, options.parity_images, seed)
     images = np.asarray(val.images[index], dtype=np.uint8)
     decide = decision.predict if decision is not None else None
-    return ParitySet(images, val.labels[index], predict_in_batches(model, images), options.overrides, decide)
+    overrides = options.overrides
+    if options.int8_max_drop is not None and overrides.max_accuracy_drop is None:  # the fix's budget is the gate's
+        overrides = dataclasses.replace(overrides, max_accuracy_drop=options.int8_max_drop / 100)
+    return ParitySet(images, val.labels[index], predict_in_batches(model, images), overrides, decide)
 
 
 def _open_manifest(export_dir: Path, source_sha: str, run: RunFolder, decision: dict | None) -> dict:
@@ -239,7 +253,7 @@ def export_run(run_dir: str | Path, options: ExportOptions = ExportOptions()) ->
     diagnosis = None
     try:
         for fmt in formats:
-            entry = _export_one(fmt, ctx, parity)
+            entry = _export_or_fix(fmt, ctx, parity, options)
             if not entry["parity"]["passed"]:
                 failed.append(entry)
             manifest["artifacts"] = [
@@ -248,24 +262,42 @@ def export_run(run_dir: str | Path, options: ExportOptions = ExportOptions()) ->
             write_json_atomic(export_dir / MANIFEST, manifest)
         diagnosis = _diagnose_if_asked(ctx, parity, options, failed)
     finally:
-        scratch = ctx.scratch.get("onnx-float32")
-        if scratch is not None and scratch.parent != export_dir:
-            shutil.rmtree(scratch.parent, ignore_errors=True)
+        if "work" in ctx.scratch:
+            shutil.rmtree(ctx.scratch["work"], ignore_errors=True)
     return ExportReport(manifest, failed, export_dir / MANIFEST, diagnosis)
+
+
+def _export_or_fix(fmt: ExportFormat, ctx: ExportContext, parity: ParitySet, options: ExportOptions) -> dict:
+    """One artifact; an int8 model file under `--int8-max-drop` goes through the automatic fix."""
+    from toolkit.export.int8_fix import FixOptions, calibration_order, fix_int8
+
+    if options.int8_max_drop is None or fmt.rank_layers is None:
+        return _export_one(fmt, ctx, parity)
+    fix = FixOptions(calibration_order(ctx.calibration, options.calibration_percentile), options.int8_max_float_layers)
+    chosen = dict(ctx.calibration)
+    try:
+        return fix_int8(fmt, ctx, lambda: _export_one(fmt, ctx, parity), _diagnosis_images(parity), fix)
+    finally:
+        ctx.calibration = chosen  # the next format starts from the user's calibration again
+
+
+def _diagnosis_images(parity: ParitySet) -> np.ndarray:
+    from toolkit.data import stratified_sample
+    from toolkit.export.diagnose import DIAGNOSIS_IMAGES
+
+    return parity.images[stratified_sample(parity.labels, DIAGNOSIS_IMAGES, seed=0)]
 
 
 def _diagnose_if_asked(
     ctx: ExportContext, parity: ParitySet, options: ExportOptions, failed: list[dict]
 ) -> Path | None:
     """The ONNX int8 per-activation report, on `--diagnose` or when that artifact failed its gate."""
-    from toolkit.data import stratified_sample
-    from toolkit.export.diagnose import DIAGNOSIS_IMAGES, layer_errors, write_quant_report
+    from toolkit.export.diagnose import layer_errors, write_quant_report
 
     int8_failed = any((e["format"], e["precision"]) == ("onnx", "int8") for e in failed)
     if "onnx-int8" not in ctx.scratch or not (options.diagnose or int8_failed):
         return None
-    index = stratified_sample(parity.labels, DIAGNOSIS_IMAGES, seed=0)
-    images = parity.images[index]
+    images = _diagnosis_images(parity)
     with phase(f"diagnosing onnx int8 on {len(images)} validation images"), silenced((1, 2)):
         rows = layer_errors(ctx.scratch["onnx-float32"], ctx.scratch["onnx-int8"], images)
     return write_quant_report(rows, ctx.export_dir, "model_int8.onnx", len(images))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,15 @@ class ExportContext:
     source_sha256: str
     decision: dict | None = None  # binary models: {"positive_class", "threshold", "criterion"}
     calibration: dict = dataclasses.field(default_factory=lambda: {"method": "minmax", "images": 0})
+    float_layers: list[str] = dataclasses.field(default_factory=list)  # int8: nodes kept in float (the fix)
     scratch: dict[str, Path] = dataclasses.field(default_factory=dict)  # shared intermediates
+
+
+def work_dir(ctx: ExportContext) -> Path:
+    """A scratch folder for this export's intermediates (removed when the export ends)."""
+    if "work" not in ctx.scratch:
+        ctx.scratch["work"] = Path(tempfile.mkdtemp(prefix="toolkit-export-"))
+    return ctx.scratch["work"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +46,8 @@ class ExportFormat:
     describe_io: Callable[[Path], dict]
     advice: str
     converter: str  # the converting library, for the manifest's versions
+    # int8 formats: groups of layer names, worst quantised first (what the automatic fix keeps in float)
+    rank_layers: Callable[[ExportContext, np.ndarray], list[list[str]]] | None = None
 
     @property
     def key(self) -> str:

@@ -56,6 +56,24 @@ def layer_errors(float_model: Path, int8_model: Path, images: np.ndarray) -> lis
     return sorted(rows, key=lambda r: r.own_sqnr_db)
 
 
+def rank_onnx_layers(float_model: Path, int8_model: Path, prepared: Path, images: np.ndarray) -> list[list[str]]:
+    """Node groups to keep in float, worst activation first: each activation's producer and its consumers.
+
+    Keeping the producer and consumers of a noisy activation in float removes that tensor's
+    quantize/dequantize pair; names are the pre-processed float model's, as `nodes_to_exclude` wants.
+    """
+    import onnx
+
+    rows = layer_errors(float_model, int8_model, images)
+    graph = onnx.load(str(prepared), load_external_data=False).graph
+    groups: list[list[str]] = []
+    for row in rows:
+        group = [n.name for n in graph.node if row.tensor in n.output or row.tensor in n.input]
+        if group and group not in groups:
+            groups.append(group)
+    return groups
+
+
 def plot_layer_errors(rows: list[LayerError], dest: Path, worst: int = 20) -> None:
     import matplotlib
 

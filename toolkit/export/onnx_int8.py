@@ -13,16 +13,17 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.errors import ExportError
-from toolkit.export.base import ExportContext, ExportFormat
+from toolkit.export.base import ExportContext, ExportFormat, work_dir
 from toolkit.export.onnx_float import INPUT_NAME, convert_float32, describe_onnx, onnx_metadata, set_metadata
 
 CALIBRATION_BATCH = 8
+FILENAME = "model_int8.onnx"
 
 
 def float_onnx(ctx: ExportContext) -> Path:
     """The float32 ONNX model to quantise: the exported one, or a scratch copy."""
     if "onnx-float32" not in ctx.scratch:
-        tmp = Path(tempfile.mkdtemp(prefix="toolkit-onnx-")) / "float32.onnx"
+        tmp = work_dir(ctx) / "float32.onnx"
         convert_float32(ctx, tmp)
         ctx.scratch["onnx-float32"] = tmp
     return ctx.scratch["onnx-float32"]
@@ -95,21 +96,38 @@ def calibrate_ranges(model: Path, images: np.ndarray, calibration: dict, folder:
     return ranges
 
 
-def convert_int8(ctx: ExportContext, dest: Path) -> None:
-    import onnx
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+def _prepared(ctx: ExportContext) -> Path:
+    """The float model after ONNX Runtime's pre-processing, made once per export (the fix re-quantises it)."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    source = float_onnx(ctx)
+    prepared = work_dir(ctx) / "prepared.onnx"
+    if not prepared.is_file():
+        # skip_symbolic_shape: onnxruntime 1.32 made sympy optional; ONNX's own
+        # shape inference is enough for a static-shaped CNN.
+        quant_pre_process(str(float_onnx(ctx)), str(prepared), skip_symbolic_shape=True)
+    return prepared
+
+
+def _ranges(ctx: ExportContext, prepared: Path) -> Path:
+    """Activation ranges for the context's calibration, computed once per method and percentile."""
+    key = "-".join(str(v) for k, v in sorted(ctx.calibration.items()) if k != "images")
+    folder = prepared.parent / f"ranges-{key}"
+    if not (folder / "ranges.json").is_file():
+        folder.mkdir(exist_ok=True)
+        calibrate_ranges(prepared, ctx.calibration_images, ctx.calibration, folder)
+    return folder / "ranges.json"
+
+
+def convert_int8(ctx: ExportContext, dest: Path) -> None:
+    """Static QDQ int8; the nodes in `ctx.float_layers` stay float (the automatic fix's exclusions)."""
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
     method, _ = calibrator_options(ctx.calibration)
     with tempfile.TemporaryDirectory(prefix="toolkit-quant-") as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
         quantized = Path(tmp) / "int8.onnx"
         try:
-            # skip_symbolic_shape: onnxruntime 1.32 made sympy optional; ONNX's own
-            # shape inference is enough for a static-shaped CNN.
-            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-            ranges = calibrate_ranges(prepared, ctx.calibration_images, ctx.calibration, Path(tmp))
+            prepared = _prepared(ctx)
             quantize_static(
                 str(prepared),
                 str(quantized),
@@ -119,7 +137,8 @@ def convert_int8(ctx: ExportContext, dest: Path) -> None:
                 activation_type=QuantType.QInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=method,
-                calibration_cache_path=str(ranges),
+                calibration_cache_path=str(_ranges(ctx, prepared)),
+                nodes_to_exclude=list(ctx.float_layers),
             )
         except Exception as exc:
             raise ExportError(f"ONNX int8 quantisation failed: {' '.join(str(exc).split())[:200]}") from exc
@@ -128,12 +147,19 @@ def convert_int8(ctx: ExportContext, dest: Path) -> None:
     onnx.save(model, str(dest))
 
 
+def _rank_layers(ctx: ExportContext, images: np.ndarray) -> list[list[str]]:
+    from toolkit.export.diagnose import rank_onnx_layers
+
+    return rank_onnx_layers(float_onnx(ctx), ctx.export_dir / FILENAME, _prepared(ctx), images)
+
+
 FORMAT = ExportFormat(
     format="onnx",
     precision="int8",
-    filename="model_int8.onnx",
+    filename=FILENAME,
     convert=convert_int8,
     describe_io=describe_onnx,
-    advice="use more --calib-images, or ship onnx float32 instead",
+    advice="try --int8-max-drop 1 (other calibrations, then float layers), or ship openvino bf16 or onnx float32",
     converter="onnxruntime.quantization",
+    rank_layers=_rank_layers,
 )

@@ -1,4 +1,4 @@
-"""TFLite float32, float16, dynamic-range int8 and full int8 (uint8 input).
+"""TFLite float32, float16 and dynamic-range int8 (full int8: tflite_int8.py).
 
 Converted with `TFLiteConverter.from_keras_model`: with Keras 3,
 `from_concrete_functions` silently writes a weightless model that outputs NaN.
@@ -9,7 +9,6 @@ float32 probabilities, so apps feed it the same bytes as every other format.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +18,15 @@ from toolkit.export.base import ExportContext, ExportFormat
 from toolkit.export.tflite_metadata import add_classifier_metadata
 
 
-def _converter(ctx: ExportContext):
+def tflite_converter(ctx: ExportContext):
     import tensorflow as tf
 
     return tf, tf.lite.TFLiteConverter.from_keras_model(ctx.model)
+
+
+def finish_tflite(ctx: ExportContext, dest: Path) -> None:
+    """What every TFLite artifact carries: MediaPipe-readable metadata with the labels packed in."""
+    add_classifier_metadata(dest, ctx.labels, ctx.image_size, ctx.decision)
 
 
 def anchored_calibration(images: np.ndarray) -> np.ndarray:
@@ -38,16 +42,8 @@ def anchored_calibration(images: np.ndarray) -> np.ndarray:
     return anchored
 
 
-def _representative(images: np.ndarray):
-    def dataset() -> Iterator[list[np.ndarray]]:
-        for image in images:
-            yield [image[None].astype(np.float32)]
-
-    return dataset
-
-
 def _convert(ctx: ExportContext, dest: Path, configure) -> None:
-    tf, converter = _converter(ctx)
+    tf, converter = tflite_converter(ctx)
     configure(tf, converter)
     try:
         with warnings.catch_warnings():
@@ -56,7 +52,7 @@ def _convert(ctx: ExportContext, dest: Path, configure) -> None:
     except Exception as exc:
         raise ExportError(f"TFLite conversion failed: {' '.join(str(exc).split())[:200]}") from exc
     dest.write_bytes(blob)
-    add_classifier_metadata(dest, ctx.labels, ctx.image_size, ctx.decision)
+    finish_tflite(ctx, dest)
 
 
 def _float32(tf, converter) -> None:
@@ -70,20 +66,6 @@ def _float16(tf, converter) -> None:
 
 def _dynamic(tf, converter) -> None:
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
-
-
-def convert_int8(ctx: ExportContext, dest: Path) -> None:
-    def configure(tf, converter) -> None:
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = _representative(anchored_calibration(ctx.calibration_images))
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.uint8
-        converter.inference_output_type = tf.float32
-
-    _convert(ctx, dest, configure)
-    scale, zero_point = describe_tflite(dest)["input"]["quantization"]
-    if abs(scale - 1.0) > 1e-6 or zero_point != 0:
-        raise ExportError(f"full-int8 input quantisation is scale {scale}, zero point {zero_point}; expected 1 and 0")
 
 
 def describe_tflite(path: Path) -> dict:
@@ -133,15 +115,6 @@ FORMATS = [
         _simple(_dynamic),
         describe_tflite,
         "try tflite float16, or full int8 with more --calib-images",
-        "tensorflow.lite",
-    ),
-    ExportFormat(
-        "tflite",
-        "int8",
-        "model_int8.tflite",
-        convert_int8,
-        describe_tflite,
-        "use more --calib-images, or try tflite dynamic or float16",
         "tensorflow.lite",
     ),
 ]

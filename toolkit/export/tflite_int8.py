@@ -1,0 +1,177 @@
+"""TFLite full int8 (uint8 input, float32 output) in two steps, so both steps can be chosen.
+
+`TFLiteConverter` calibrates and quantises in one call, with min/max ranges only. Here
+the converter calibrates (`_experimental_calibrate_only`, as TFLite's QuantizationDebugger
+does), the ranges are replaced where `--calibration` asks for entropy or percentile
+(histograms from ONNX Runtime's collector over the same calibration images, so both int8
+paths choose ranges the same way), and the MLIR quantizer then writes the int8 model with
+the converter's own settings, keeping `ctx.float_layers` in float (its denylist: how the
+automatic fix and TFLite's selective quantization keep a layer float).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+
+from toolkit.errors import ExportError
+from toolkit.export.base import ExportContext, ExportFormat, work_dir
+from toolkit.export.onnx_int8 import calibrator_options
+from toolkit.export.tflite import anchored_calibration, describe_tflite, finish_tflite, tflite_converter
+
+FILENAME = "model_int8.tflite"
+
+
+def _representative(images: np.ndarray):
+    def dataset():
+        for image in images:
+            yield [image[None].astype(np.float32)]
+
+    return dataset
+
+
+def calibrated_model(ctx: ExportContext) -> bytes:
+    """The float model with min/max ranges from the calibration images (made once per export)."""
+    cached = work_dir(ctx) / "tflite-calibrated.tflite"
+    if cached.is_file():
+        return cached.read_bytes()
+    tf, converter = tflite_converter(ctx)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = _representative(anchored_calibration(ctx.calibration_images))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.uint8
+    converter.inference_output_type = tf.float32
+    converter._experimental_calibrate_only = True  # noqa: SLF001 (TFLite's own debugger uses it the same way)
+    try:
+        blob = converter.convert()
+    except Exception as exc:
+        raise ExportError(f"TFLite calibration failed: {' '.join(str(exc).split())[:200]}") from exc
+    cached.write_bytes(blob)
+    return blob
+
+
+def _range_tensors(model) -> dict[int, str]:
+    """Activation tensors with a calibrated range (not the input: it stays 0..255, raw pixels)."""
+    graph = model.subgraphs[0]
+    inputs = set(graph.inputs)
+    return {
+        i: t.name.decode() if isinstance(t.name, bytes) else t.name
+        for i, t in enumerate(graph.tensors)
+        if i not in inputs and t.quantization is not None and t.quantization.min is not None
+    }
+
+
+def histogram_ranges(calibrated: bytes, images: np.ndarray, calibration: dict) -> dict[int, tuple[float, float]]:
+    """Entropy or percentile ranges per activation tensor, one image at a time (memory stays flat)."""
+    from ai_edge_litert.interpreter import Interpreter
+    from onnxruntime.quantization.calibrate import HistogramCollector
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    tensors = _range_tensors(flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated)))
+    _, options = calibrator_options(calibration)
+    collector = HistogramCollector(
+        calibration["method"],
+        symmetric=False,
+        num_bins=options["num_bins"],
+        num_quantized_bins=options.get("num_quantized_bins", 128),
+        percentile=options.get("percentile", 99.999),
+        scenario="same",
+    )
+    interpreter = Interpreter(model_content=calibrated, experimental_preserve_all_tensors=True)
+    interpreter.allocate_tensors()
+    index = interpreter.get_input_details()[0]["index"]
+    for image in images:
+        interpreter.set_tensor(index, image[None].astype(np.float32))
+        interpreter.invoke()
+        collector.collect({str(i): [interpreter.get_tensor(i).astype(np.float32)] for i in tensors})
+    return {int(k): (float(v[0]), float(v[1])) for k, v in collector.compute_collection_result().items()}
+
+
+def with_ranges(calibrated: bytes, ranges: dict[int, tuple[float, float]]) -> bytes:
+    """The calibrated model with its activation ranges replaced."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated))
+    tensors = model.subgraphs[0].tensors
+    for i, (low, high) in ranges.items():
+        tensors[i].quantization.min = [min(low, 0.0)]  # zero stays representable, as the quantizer requires
+        tensors[i].quantization.max = [max(high, 0.0)]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def ranged_model(ctx: ExportContext) -> bytes:
+    """The calibrated model with the ranges `ctx.calibration` asks for (cached per method)."""
+    calibrated = calibrated_model(ctx)
+    if ctx.calibration["method"] == "minmax":
+        return calibrated
+    key = "-".join(str(v) for k, v in sorted(ctx.calibration.items()) if k != "images")
+    cached = work_dir(ctx) / f"tflite-ranges-{key}.tflite"
+    if not cached.is_file():
+        ranges = histogram_ranges(calibrated, ctx.calibration_images, ctx.calibration)
+        cached.write_bytes(with_ranges(calibrated, ranges))
+    return cached.read_bytes()
+
+
+def quantize(calibrated: bytes, float_layers: list[str], debug: bool = False) -> bytes:
+    """The MLIR quantizer with the converter's own full-int8 settings (uint8 in, float32 out)."""
+    import tensorflow as tf
+    from tensorflow.lite.python.convert import mlir_quantize
+
+    io_types = {} if debug else {"input_data_type": tf.uint8, "output_data_type": tf.float32}
+    try:
+        return mlir_quantize(
+            calibrated, enable_numeric_verify=debug, denylisted_nodes=list(float_layers) or None, **io_types
+        )
+    except Exception as exc:
+        raise ExportError(f"TFLite int8 quantisation failed: {' '.join(str(exc).split())[:200]}") from exc
+
+
+def convert_int8(ctx: ExportContext, dest: Path) -> None:
+    dest.write_bytes(quantize(ranged_model(ctx), ctx.float_layers))
+    finish_tflite(ctx, dest)
+    scale, zero_point = describe_tflite(dest)["input"]["quantization"]
+    if abs(scale - 1.0) > 1e-6 or zero_point != 0:
+        raise ExportError(f"full-int8 input quantisation is scale {scale}, zero point {zero_point}; expected 1 and 0")
+
+
+def layer_noise(ctx: ExportContext, images: np.ndarray) -> list[tuple[str, float]]:
+    """Per-layer quantization noise from TFLite's QuantizationDebugger: (tensor, RMSE in quantization steps), worst first.
+
+    RMSE over scale is the debugger's own suggested ranking (TFLite's "inspecting quantization
+    errors" guide): an error of several quantization steps marks a layer that int8 does not fit.
+    """
+    import tensorflow as tf
+
+    debug_model = quantize(ranged_model(ctx), [], debug=True)
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        quant_debug_model_content=debug_model,
+        debug_dataset=_representative(images),
+    )
+    debugger.run()
+    dump = io.StringIO()
+    debugger.layer_statistics_dump(dump)
+    rows = []
+    for row in csv.DictReader(io.StringIO(dump.getvalue())):
+        scale = float(row["scale"])
+        if scale > 0:
+            rows.append((row["tensor_name"], float(np.sqrt(float(row["mean_squared_error"]))) / scale))
+    return sorted(rows, key=lambda r: -r[1])
+
+
+def _rank_layers(ctx: ExportContext, images: np.ndarray) -> list[list[str]]:
+    return [[name] for name, _ in layer_noise(ctx, images)]
+
+
+FORMAT = ExportFormat(
+    "tflite",
+    "int8",
+    FILENAME,
+    convert_int8,
+    describe_tflite,
+    "try --int8-max-drop 1 (other calibrations, then float layers), or tflite dynamic or float16",
+    "tensorflow.lite",
+    rank_layers=_rank_layers,
+)
