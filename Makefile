@@ -14,7 +14,7 @@ else
 WEIGHTS_FLAGS := --weights $(VGG16_WEIGHTS)
 endif
 
-.PHONY: install system-deps demo test lint format bench bench-real clean-demo
+.PHONY: install system-deps demo test lint format bench bench-real bench-int8 clean-demo
 
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 ORT_WEB := node_modules/onnxruntime-web/dist/ort.wasm.min.js
@@ -73,6 +73,14 @@ bench: $(BIN)/toolkit
 ELPV_CACHE ?= $(HOME)/.cache/toolkit-elpv
 bench-real: $(BIN)/toolkit
 	$(BIN)/python bench/real.py --cache $(ELPV_CACHE) --weights $(or $(VGG16_WEIGHTS),imagenet)
+
+# int8 side by side (calibration methods, the automatic fix, OpenVINO bf16) on the demo run (make demo first)
+# and on the real-data run that make bench-real leaves in ELPV_CACHE/run; writes bench/INT8.md (~25 min).
+bench-int8: $(BIN)/toolkit
+	test -f $(DEMO_RUN)/best.keras || { echo "run make demo first"; exit 2; }
+	$(BIN)/python bench/int8.py demo $(DEMO_RUN) $(DEMO_DATA)/test
+	test ! -f $(ELPV_CACHE)/run/best.keras || \
+		$(BIN)/python bench/int8.py elpv $(ELPV_CACHE)/run $(ELPV_CACHE)/data/test
 
 test: $(BIN)/toolkit system-deps
 	$(BIN)/python -m pytest

@@ -67,6 +67,7 @@ def evaluate_artifacts(run: Path, test_dir: Path) -> list[dict]:
     """Test-split metrics of best.keras and every exported artifact, through toolkit.runtime."""
     from toolkit.evaluate import evaluate_model
     from toolkit.runtime import load
+    from toolkit.runtime.openvino_backend import model_bytes
 
     manifest = json.loads((run / "export" / "manifest.json").read_text())
     models = [("keras", "float32", run / "best.keras", True)]
@@ -87,7 +88,7 @@ def evaluate_artifacts(run: Path, test_dir: Path) -> list[dict]:
                 "sensitivity": m.sensitivity,
                 "specificity": m.specificity,
                 "threshold": m.threshold,
-                "size_mb": path.stat().st_size / 1e6,
+                "size_mb": model_bytes(path) / 1e6,  # an OpenVINO IR with its .bin
                 "parity_passed": passed,
                 "images": m.count,
             }

@@ -263,7 +263,7 @@ def test_calibration_images_come_from_every_class_of_train(trained_run, monkeypa
     assert sorted(index[bytes(img.tobytes())] for img in images) == [0, 0, 1, 1]
 
 
-def test_diagnose_ranks_every_quantized_activation_and_runs_when_the_int8_gate_fails(trained_run, tmp_path):
+def test_diagnose_ranks_every_quantized_layer_of_both_int8_paths_and_runs_when_a_gate_fails(trained_run, tmp_path):
     from typer.testing import CliRunner
 
     from toolkit.cli import app
@@ -273,12 +273,16 @@ def test_diagnose_ranks_every_quantized_activation_and_runs_when_the_int8_gate_f
     run = tmp_path / "asked"
     shutil.copytree(trained_run, run)
     relaxed = ParityOverrides(min_agreement=0.0, max_accuracy_drop=1.0)  # the random 32 px model (conftest)
-    asked = export_run(run, ExportOptions(format="onnx", calib_images=8, diagnose=True, overrides=relaxed))
-    report = json.loads(asked.diagnosis.read_text())
-    sqnr = [row["own_sqnr_db"] for row in report["layers"]]
-    assert report["artifact"] == "model_int8.onnx" and report["images"] == 6
-    assert len(sqnr) > 10 and sqnr == sorted(sqnr)  # worst first
-    assert any("block1_conv1" in row["tensor"] for row in report["layers"])
+    options = ExportOptions(precisions=["int8"], calib_images=8, diagnose=True, overrides=relaxed)
+    report = json.loads(export_run(run, options).diagnosis.read_text())
+    onnx, tflite = report["artifacts"]
+    assert report["images"] == 6 and (onnx["artifact"], tflite["artifact"]) == ("model_int8.onnx", "model_int8.tflite")
+    sqnr = [row["own_sqnr_db"] for row in onnx["layers"]]
+    assert len(sqnr) > 10 and sqnr == sorted(sqnr)  # worst (lowest SQNR) first
+    assert any("block1_conv1" in row["tensor"] for row in onnx["layers"])
+    steps = [row["rmse_steps"] for row in tflite["layers"]]
+    assert len(steps) > 10 and steps == sorted(steps, reverse=True)  # worst (most quantization steps) first
+    assert any("block1_conv1" in row["tensor"] for row in tflite["layers"])
     assert (run / "export" / "quant_report.png").stat().st_size > 0
 
     failing = tmp_path / "failing"
@@ -288,7 +292,7 @@ def test_diagnose_ranks_every_quantized_activation_and_runs_when_the_int8_gate_f
         failing, ExportOptions(format="onnx", precisions=["float32", "int8"], calib_images=8, overrides=impossible)
     )
     assert report.failed and report.diagnosis == failing / "export" / "quant_report.json"
-    assert report.diagnosis.is_file()
+    assert [d["artifact"] for d in json.loads(report.diagnosis.read_text())["artifacts"]] == ["model_int8.onnx"]
 
     shown = CliRunner().invoke(
         app,
@@ -309,4 +313,4 @@ def test_diagnose_ranks_every_quantized_activation_and_runs_when_the_int8_gate_f
         ],
     )
     assert shown.exit_code == 0, shown.output
-    assert "noisiest activations of model_int8.onnx" in shown.output
+    assert "noisiest layers of model_int8.onnx" in shown.output

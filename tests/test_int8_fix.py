@@ -53,5 +53,7 @@ def test_the_fix_turns_a_failing_int8_gate_into_a_pass_and_says_what_it_cost(tra
     assert methods[:3] == ["minmax", "entropy", "percentile"]  # calibrations before any float layer
     assert all(a["float_layers"] == 0 for a in fix["attempts"][:3])
     if fix["float_layers"]:
-        assert [a["float_layers"] for a in fix["attempts"][3:]] == sorted(a["float_layers"] for a in fix["attempts"][3:])
+        assert [a["float_layers"] for a in fix["attempts"][3:]] == sorted(
+            a["float_layers"] for a in fix["attempts"][3:]
+        )
         assert set(fix["latency_ms"]) == {"all_int8", "with_float_layers", "cost"}

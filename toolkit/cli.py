@@ -167,6 +167,10 @@ def train(
     print_train_result(result)
 
 
+INT8_MAX_DROP_HELP = "int8: allowed accuracy drop (points); tries each calibration, then keeps worst layers float."
+CALIBRATION_HELP = "int8 activation ranges (ONNX and TFLite)."
+
+
 @app.command()
 @user_errors
 def export(
@@ -179,32 +183,17 @@ def export(
     ] = choices.ExportFormat.all,
     precision: Annotated[
         str | None,
-        typer.Option(
-            callback=_csv(choices.Precision),
-            help="Comma-separated: float32,float16,dynamic,int8,bf16 (bf16: openvino).",
-        ),
+        typer.Option(callback=_csv(choices.Precision), help="Comma-separated: float32,float16,dynamic,int8,bf16."),
     ] = None,
     opset: Annotated[int, typer.Option(min=7, max=18, help="ONNX opset (tf2onnx 1.17: up to 18).")] = 17,
     calib_images: Annotated[int, typer.Option(min=1, help="Training images (stratified) calibrating int8.")] = 200,
-    calibration: Annotated[
-        choices.Calibration, typer.Option(help="ONNX int8 ranges (TFLite's converter: min/max only).")
-    ] = choices.Calibration.minmax,
+    calibration: Annotated[choices.Calibration, typer.Option(help=CALIBRATION_HELP)] = choices.Calibration.minmax,
     calibration_percentile: Annotated[float, typer.Option(help="--calibration percentile: which one.")] = 99.999,
     diagnose: Annotated[
-        bool,
-        typer.Option(help="Per-activation ONNX int8 report (export/quant_report.json, .png); also on a failed gate."),
+        bool, typer.Option(help="Per-layer int8 report (export/quant_report.*); also on a failed gate.")
     ] = False,
-    int8_max_drop: Annotated[
-        float | None,
-        typer.Option(
-            min=0,
-            max=100,
-            help="int8: allowed accuracy drop in points; try each calibration, then keep the worst layers in float.",
-        ),
-    ] = None,
-    int8_max_float_layers: Annotated[
-        int, typer.Option(min=1, help="--int8-max-drop: at most this many layers kept in float.")
-    ] = 10,
+    int8_max_drop: Annotated[float | None, typer.Option(min=0, max=100, help=INT8_MAX_DROP_HELP)] = None,
+    int8_max_float_layers: Annotated[int, typer.Option(min=1, help="--int8-max-drop's budget of float layers.")] = 10,
     parity_images: Annotated[
         int | None, typer.Option(min=1, help="A seeded, class-stratified sample of validation for the gate.")
     ] = None,

@@ -57,15 +57,16 @@ def int8_fix_line(entry: dict) -> str:
 
 
 def print_quant_report(path: Path, worst: int = 5) -> None:
-    """The activations int8 hurts most, from export/quant_report.json."""
+    """The layers int8 hurts most, per artifact, from export/quant_report.json."""
     report = json.loads(Path(path).read_text())
-    table = Table(title=f"int8: the {worst} noisiest activations of {report['artifact']} ({report['images']} images)")
-    for column in ("tensor", "own SQNR dB", "vs float model dB"):
-        table.add_column(column, justify="left" if column == "tensor" else "right")
-    for row in report["layers"][:worst]:
-        drift = row["model_sqnr_db"]
-        table.add_row(row["tensor"][-70:], f"{row['own_sqnr_db']:.1f}", "" if drift is None else f"{drift:.1f}")
-    Console(width=max(Console().width, 110)).print(table)
+    console = Console(width=max(Console().width, 110))
+    for d in report["artifacts"]:
+        table = Table(title=f"int8: the {worst} noisiest layers of {d['artifact']} ({report['images']} images)")
+        table.add_column("tensor", justify="left")
+        table.add_column(d["meaning"].split(":")[0], justify="right")
+        for row in d["layers"][:worst]:
+            table.add_row(row["tensor"][-70:], f"{row[d['metric']]:.2f}")
+        console.print(table)
     typer.echo(f"full report: {path} and {Path(path).with_suffix('.png').name}")
 
 

@@ -188,8 +188,7 @@ def _export_one(fmt: ExportFormat, ctx: ExportContext, parity: ParitySet) -> dic
     # The converters print pages of graph dumps: silenced inside the phase, whose line comes after.
     with phase(f"converting {fmt.format} {fmt.precision}"), atomic_path(dest) as tmp, silenced((1, 2)):
         fmt.convert(ctx, tmp)
-    if fmt.format == "onnx":  # what int8 quantises and web bundles copy
-        ctx.scratch[fmt.key] = dest
+    ctx.scratch[fmt.key] = dest  # what int8 quantises, web bundles copy and the diagnosis reads
     with phase(f"parity of {fmt.format} {fmt.precision} on {len(parity.images)} validation images"):
         with silenced((2,)):  # LiteRT announces its XNNPACK delegate
             classifier = load_artifact(dest, device="cpu", labels=ctx.labels, verify=False)
@@ -291,16 +290,23 @@ def _diagnosis_images(parity: ParitySet) -> np.ndarray:
 def _diagnose_if_asked(
     ctx: ExportContext, parity: ParitySet, options: ExportOptions, failed: list[dict]
 ) -> Path | None:
-    """The ONNX int8 per-activation report, on `--diagnose` or when that artifact failed its gate."""
-    from toolkit.export.diagnose import layer_errors, write_quant_report
+    """The per-layer int8 report, on `--diagnose` or for an int8 model file that failed its gate."""
+    from toolkit.export import diagnose, tflite_int8
 
-    int8_failed = any((e["format"], e["precision"]) == ("onnx", "int8") for e in failed)
-    if "onnx-int8" not in ctx.scratch or not (options.diagnose or int8_failed):
+    failing = {f"{e['format']}-{e['precision']}" for e in failed}
+    wanted = [k for k in ("onnx-int8", "tflite-int8") if k in ctx.scratch and (options.diagnose or k in failing)]
+    if not wanted:
         return None
     images = _diagnosis_images(parity)
-    with phase(f"diagnosing onnx int8 on {len(images)} validation images"), silenced((1, 2)):
-        rows = layer_errors(ctx.scratch["onnx-float32"], ctx.scratch["onnx-int8"], images)
-    return write_quant_report(rows, ctx.export_dir, "model_int8.onnx", len(images))
+    diagnoses = []
+    for key in wanted:
+        with phase(f"diagnosing {key.replace('-', ' ')} on {len(images)} validation images"), silenced((1, 2)):
+            if key == "onnx-int8":
+                diagnoses.append(diagnose.onnx_diagnosis(onnx_int8.float_onnx(ctx), ctx.scratch[key], images))
+            else:
+                noise = tflite_int8.layer_noise(ctx, images)
+                diagnoses.append(diagnose.tflite_diagnosis(ctx.scratch[key].name, noise))
+    return diagnose.write_quant_report(diagnoses, ctx.export_dir, len(images))
 
 
 def _read_manifest(path: Path) -> dict:

@@ -1,4 +1,4 @@
-"""Which activations int8 hurts most: a per-tensor report of an ONNX int8 model against its float32 source.
+"""Which layers int8 hurts most: a per-layer report of each int8 artifact against its float source.
 
 Built on ONNX Runtime's `qdq_loss_debug`: both models are augmented to output every
 activation, run on the same validation images, and matched tensor by tensor. For
@@ -6,7 +6,9 @@ each quantized activation the report gives two signal-to-quantization-noise rati
 (dB; lower is worse): `own_sqnr_db`, the noise that tensor's own quantize/dequantize
 adds, and `model_sqnr_db`, how far the int8 model's tensor has drifted from the
 float model's there (everything upstream included). Rows are ranked by their own
-noise, the layer a fix would keep in float first.
+noise, the layer a fix would keep in float first. The TFLite int8 model is measured by
+TFLite's QuantizationDebugger (tflite_int8.layer_noise): each layer's RMSE against its
+float twin, in quantization steps.
 """
 
 from __future__ import annotations
@@ -74,27 +76,51 @@ def rank_onnx_layers(float_model: Path, int8_model: Path, prepared: Path, images
     return groups
 
 
-def plot_layer_errors(rows: list[LayerError], dest: Path, worst: int = 20) -> None:
+@dataclasses.dataclass
+class Diagnosis:
+    """One int8 artifact's layers, worst first, by one metric."""
+
+    artifact: str
+    metric: str  # the row key that ranks them
+    meaning: str  # for the plot and the reader
+    worst_is_low: bool
+    layers: list[dict]
+
+
+def onnx_diagnosis(float_model: Path, int8_model: Path, images: np.ndarray) -> Diagnosis:
+    rows = [dataclasses.asdict(r) for r in layer_errors(float_model, int8_model, images)]
+    return Diagnosis(int8_model.name, "own_sqnr_db", "own quantization SQNR (dB): lower is worse", True, rows)
+
+
+def tflite_diagnosis(artifact: str, noise: list[tuple[str, float]]) -> Diagnosis:
+    rows = [{"tensor": name, "rmse_steps": steps} for name, steps in noise]
+    meaning = "RMSE of the int8 layer against float, in quantization steps: higher is worse"
+    return Diagnosis(artifact, "rmse_steps", meaning, False, rows)
+
+
+def plot_diagnoses(diagnoses: list[Diagnosis], dest: Path, worst: int = 20) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = rows[:worst][::-1]
-    fig, ax = plt.subplots(figsize=(9, 0.35 * len(shown) + 1.2))
-    ax.barh([r.tensor[-60:] for r in shown], [r.own_sqnr_db for r in shown], color="tab:red")
-    ax.set_xlabel("own quantization SQNR (dB): lower is worse")
-    ax.set_title(f"int8: the {len(shown)} activations with the most quantization noise")
-    ax.tick_params(axis="y", labelsize=7)
+    heights = [0.35 * min(worst, len(d.layers)) + 1.2 for d in diagnoses]
+    fig, axes = plt.subplots(len(diagnoses), 1, figsize=(9, sum(heights)), squeeze=False)
+    for ax, d in zip(axes[:, 0], diagnoses):
+        shown = d.layers[:worst][::-1]
+        ax.barh([r["tensor"][-60:] for r in shown], [r[d.metric] for r in shown], color="tab:red")
+        ax.set_xlabel(d.meaning)
+        ax.set_title(f"{d.artifact}: the {len(shown)} layers with the most quantization noise")
+        ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
     with atomic_path(dest) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
 
 
-def write_quant_report(rows: list[LayerError], export_dir: Path, artifact: str, images: int) -> Path:
-    """quant_report.json (every quantized activation, ranked) and quant_report.png (the worst 20)."""
-    payload = {"artifact": artifact, "images": images, "layers": [dataclasses.asdict(r) for r in rows]}
+def write_quant_report(diagnoses: list[Diagnosis], export_dir: Path, images: int) -> Path:
+    """quant_report.json (every quantized layer of each int8 artifact, ranked) and quant_report.png (the worst 20)."""
+    payload = {"images": images, "artifacts": [dataclasses.asdict(d) for d in diagnoses]}
     write_json_atomic(export_dir / REPORT, payload)
-    plot_layer_errors(rows, export_dir / PLOT)
+    plot_diagnoses(diagnoses, export_dir / PLOT)
     return export_dir / REPORT
