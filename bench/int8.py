@@ -21,6 +21,10 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from real import machine  # noqa: E402  (the same machine line as bench/REAL.md)
+
 VARIANTS = [
     ("minmax", ["--calibration", "minmax"]),
     ("entropy", ["--calibration", "entropy"]),
@@ -98,15 +102,6 @@ def measure(run: Path, test_dir: Path) -> dict:
     rows += [{"variant": "float", **score(run, artifacts[k], test_dir)} for k in ("onnx float32", "openvino bf16")]
     sections["rows"] = rows
     return sections
-
-
-def machine() -> str:
-    import os
-
-    from toolkit.bench.machine import machine_header
-
-    m = machine_header(os.cpu_count() or 1)
-    return f"{m['cpu']}, {m['cores']} cores, {m['platform']}, Python {m['python']}"
 
 
 def write_markdown(results: dict, dest: Path) -> None:

@@ -61,6 +61,9 @@ def test_one_vocabulary_across_commands():
         (["export", "RUN", "--precision", "float32,int9"], "'int9' not among"),
         (["export", "RUN", "--parity-images", "0"], "greater than or equal to 1"),
         (["bench", "RUN", "--format", "pytorch"], "'pytorch' not among"),
+        (["export", "RUN", "--int8-max-drop", "-1"], "greater than or equal to 0"),
+        (["export", "RUN", "--int8-max-float-layers", "0"], "greater than or equal to 1"),
+        (["train", "DATA", "--fine-tune-schedule", "linear"], "'linear' is not one of"),
     ],
 )
 def test_bad_choices_are_refused_before_any_work(args, needle):

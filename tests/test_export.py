@@ -314,3 +314,39 @@ def test_diagnose_ranks_every_quantized_layer_of_both_int8_paths_and_runs_when_a
     )
     assert shown.exit_code == 0, shown.output
     assert "noisiest layers of model_int8.onnx" in shown.output
+
+
+def test_two_step_tflite_int8_with_minmax_matches_the_converters_one_step_model(exported_run, tmp_path):
+    """Calibrate, then quantise (what makes --calibration and the denylist possible) changes nothing by default."""
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+
+    from toolkit.export.tflite import anchored_calibration
+    from toolkit.model import load_keras_model
+    from toolkit.run_folder import load_run
+
+    run = load_run(exported_run)
+    train = run.load_data().train
+    manifest = json.loads((exported_run / "export" / "manifest.json").read_text())
+    entry = next(a for a in manifest["artifacts"] if a["path"] == "model_int8.tflite")
+    assert entry["calibration"]["method"] == "minmax"
+    import toolkit.export as export_module
+
+    images = export_module._calibration_subset(train, entry["calibration"]["images"], seed=0)
+    converter = tf.lite.TFLiteConverter.from_keras_model(load_keras_model(run.best))
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([i[None].astype(np.float32)] for i in anchored_calibration(images))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type, converter.inference_output_type = tf.uint8, tf.float32
+    one_step = converter.convert()
+
+    def outputs(**source):
+        interpreter = Interpreter(**source)
+        interpreter.allocate_tensors()
+        x = np.random.default_rng(1).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+        interpreter.invoke()
+        return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+
+    two_step = outputs(model_path=str(exported_run / "export" / "model_int8.tflite"))
+    np.testing.assert_array_equal(two_step, outputs(model_content=one_step))

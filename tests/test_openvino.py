@@ -25,7 +25,7 @@ def test_ir_runs_in_plain_openvino_in_bf16_with_the_toolkit_metadata(exported_ru
 
     entry = _entry(exported_run)
     assert entry["path"] == "model_bf16.xml" and entry["weights"]["path"] == "model_bf16.bin"
-    assert entry["parity"]["passed"] and entry["parity"]["thresholds"]["max_abs_diff"] == pytest.approx(3e-2)
+    assert entry["parity"]["passed"] and entry["parity"]["thresholds"]["max_abs_diff"] == pytest.approx(8e-2)
     core = ov.Core()
     model = core.read_model(str(exported_run / "export" / "model_bf16.xml"))
     assert json.loads(model.get_rt_info(["toolkit", "labels"]).astype(str)) == ["benign", "malignant"]
@@ -44,7 +44,7 @@ def test_runtime_loads_the_ir_and_matches_the_float_onnx_model(exported_run):
     reference = load(exported_run / "export" / "model_float32.onnx", device="cpu").predict_arrays(images)
     assert ir.labels == ["benign", "malignant"] and ir.backend.kind == "openvino"
     assert ir.backend.precision == ("bf16" if cpu_supports_bf16() else "f32")
-    assert np.abs(ir.predict_arrays(images) - reference).max() < 3e-2
+    assert np.abs(ir.predict_arrays(images) - reference).max() < 8e-2
 
 
 def test_ir_without_its_weights_is_a_one_line_error(exported_run, tmp_path):

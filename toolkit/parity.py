@@ -26,10 +26,11 @@ FLOAT16_MIN_AGREEMENT = 0.99
 INT8_MIN_AGREEMENT = 0.98
 INT8_MAX_ACCURACY_DROP = 0.01
 
-# bfloat16 keeps 8 significant bits to float16's 11, so its rounding is 8x coarser: the ELPV model's
-# OpenVINO bf16 IR moved probabilities by up to 1.2e-2 (mean 1.1e-3) with every decision unchanged.
-# 3e-2 leaves headroom and still catches a wrong weight or preprocessing step (differences of 0.1-1).
-BF16_MAX_ABS_DIFF = 3e-2
+# bfloat16 keeps 8 significant bits to float16's 11, so its rounding is 8x coarser: float16's 1e-2 scaled
+# by 8. Measured with OpenVINO's bf16 CPU kernels, every decision unchanged: up to 1.2e-2 on the ELPV model
+# (295 validation images) and 3.8e-2 on the demo's Flatten head (102). The IR is converted from the float32
+# ONNX model, which passed the 1e-4 gate, so a wrong weight or preprocessing step is caught there.
+BF16_MAX_ABS_DIFF = 8e-2
 BF16_MIN_AGREEMENT = 0.99
 PRECISION_FAMILY = {"float32": "float32", "float16": "float16", "bf16": "bf16", "dynamic": "int8", "int8": "int8"}
 

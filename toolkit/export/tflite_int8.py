@@ -171,7 +171,7 @@ FORMAT = ExportFormat(
     FILENAME,
     convert_int8,
     describe_tflite,
-    "try --int8-max-drop 1 (other calibrations, then float layers), or tflite dynamic or float16",
+    "--int8-max-drop 1 (other calibrations, then float layers), or tflite dynamic or float16",
     "tensorflow.lite",
     rank_layers=_rank_layers,
 )
