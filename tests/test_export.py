@@ -332,7 +332,7 @@ def test_two_step_tflite_int8_with_minmax_matches_the_converters_one_step_model(
     assert entry["calibration"]["method"] == "minmax"
     import toolkit.export as export_module
 
-    images = export_module._calibration_subset(train, entry["calibration"]["images"], seed=0)
+    images = export_module._calibration_subset(train, entry["calibration"]["images"], int(run.config["seed"]))
     converter = tf.lite.TFLiteConverter.from_keras_model(load_keras_model(run.best))
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = lambda: ([i[None].astype(np.float32)] for i in anchored_calibration(images))
