@@ -135,7 +135,7 @@ def compare_outputs(
         and reference_accuracy - accuracy > thresholds.max_accuracy_drop + 1e-12
     ):
         failures.append(
-            f"accuracy drop {100 * (reference_accuracy - accuracy):.1f} points > {100 * thresholds.max_accuracy_drop:.0f}"
+            f"accuracy drop {100 * (reference_accuracy - accuracy):.2f} points > {100 * thresholds.max_accuracy_drop:g}"
         )
     return ParityRecord(
         len(labels), max_diff, mean_diff, agreement, accuracy, reference_accuracy, thresholds, not failures, failures
