@@ -129,7 +129,7 @@ def compare_outputs(
     if thresholds.max_abs_diff is not None and max_diff > thresholds.max_abs_diff:
         failures.append(f"max |diff| {max_diff:.2e} > {thresholds.max_abs_diff:.0e}")
     if agreement < thresholds.min_agreement - 1e-12:
-        failures.append(f"top-1 agreement {agreement:.1%} < {thresholds.min_agreement:.0%}")
+        failures.append(f"top-1 agreement {agreement:.1%} < {thresholds.min_agreement:.1%}")
     if (
         thresholds.max_accuracy_drop is not None
         and reference_accuracy - accuracy > thresholds.max_accuracy_drop + 1e-12

@@ -277,7 +277,7 @@ def _export_or_fix(fmt: ExportFormat, ctx: ExportContext, parity: ParitySet, opt
     try:
         return fix_int8(fmt, ctx, lambda: _export_one(fmt, ctx, parity), _diagnosis_images(parity), fix)
     finally:
-        ctx.calibration = chosen  # the next format starts from the user's calibration again
+        ctx.calibration, ctx.float_layers = chosen, []  # the next format starts from the user's choices
 
 
 def _diagnosis_images(parity: ParitySet) -> np.ndarray:
