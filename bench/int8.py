@@ -17,7 +17,6 @@ import datetime
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -40,21 +39,15 @@ def toolkit(*args: str) -> int:
 
 
 def batch1_ms(path: Path) -> float:
-    """Median batch-1 latency through the toolkit runtime, all cores."""
+    """Median batch-1 latency through the toolkit runtime, all cores (the fix's own measurement)."""
     import numpy as np
 
+    from toolkit.export.int8_fix import batch1_ms as measure
     from toolkit.runtime import load
 
-    clf = load(path, device="cpu")
-    x = np.random.default_rng(0).integers(0, 256, (1, *clf.image_size, 3), dtype=np.uint8)
-    for _ in range(3):
-        clf.predict_arrays(x)
-    times = []
-    for _ in range(LATENCY_RUNS):
-        start = time.perf_counter()
-        clf.predict_arrays(x)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1000)
+    size = load(path, device="cpu").image_size
+    image = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
+    return measure(path, None, image, runs=LATENCY_RUNS)
 
 
 def score(run: Path, entry: dict, test_dir: Path) -> dict:

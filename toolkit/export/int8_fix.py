@@ -57,14 +57,14 @@ def _score(entry: dict) -> tuple[float, float]:
     return entry["parity"]["top1_agreement"], entry["parity"]["accuracy"]
 
 
-def batch1_ms(path: Path, labels: list[str], image: np.ndarray) -> float:
+def batch1_ms(path: Path, labels: list[str] | None, image: np.ndarray, runs: int = LATENCY_RUNS) -> float:
     """Median batch-1 latency of an artifact through the runtime (after one warm-up run)."""
     from toolkit.runtime import load
 
     classifier = load(path, device="cpu", labels=labels, verify=False)
     classifier.predict_arrays(image[None])
     times = []
-    for _ in range(LATENCY_RUNS):
+    for _ in range(runs):
         start = time.perf_counter()
         classifier.predict_arrays(image[None])
         times.append(time.perf_counter() - start)
