@@ -21,7 +21,7 @@ import numpy as np
 from toolkit import __version__
 from toolkit.errors import ExportError
 from toolkit.export import onnx_float, onnx_int8, openvino, tflite, tflite_int8, web
-from toolkit.export.base import ExportContext, ExportFormat
+from toolkit.export.base import CALIBRATION_METHODS, ExportContext, ExportFormat
 from toolkit.fileio import atomic_path, remove_stale_temporaries, sha256_file, write_json_atomic
 from toolkit.parity import ParityOverrides, compare_outputs, thresholds_for
 from toolkit.progress import phase
@@ -99,9 +99,6 @@ def select_formats(format: str, precisions: list[str] | None) -> list[ExportForm
 def _versions(converter: str) -> dict[str, str]:
     extra = {"mediapipe"} if converter == "tensorflow.lite" else set()  # its metadata writer
     return package_versions(sorted({CONVERTER_PACKAGES[converter], "tensorflow", "keras", "onnx", *extra}))
-
-
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 
 def _calibration_subset(train, count: int, seed: int) -> np.ndarray:

@@ -28,6 +28,14 @@ class ExportContext:
     scratch: dict[str, Path] = dataclasses.field(default_factory=dict)  # shared intermediates
 
 
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")  # int8 activation ranges, both paths
+
+
+def calibration_key(calibration: dict) -> str:
+    """A file-name-safe key for a calibration's ranges (method and percentile; the image set is fixed per export)."""
+    return "-".join(str(v) for k, v in sorted(calibration.items()) if k != "images")
+
+
 def work_dir(ctx: ExportContext) -> Path:
     """A scratch folder for this export's intermediates (removed when the export ends)."""
     if "work" not in ctx.scratch:

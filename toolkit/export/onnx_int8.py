@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.errors import ExportError
-from toolkit.export.base import ExportContext, ExportFormat, work_dir
+from toolkit.export.base import ExportContext, ExportFormat, calibration_key, work_dir
 from toolkit.export.onnx_float import INPUT_NAME, convert_float32, describe_onnx, onnx_metadata, set_metadata
 
 CALIBRATION_BATCH = 8
@@ -110,8 +110,7 @@ def _prepared(ctx: ExportContext) -> Path:
 
 def _ranges(ctx: ExportContext, prepared: Path) -> Path:
     """Activation ranges for the context's calibration, computed once per method and percentile."""
-    key = "-".join(str(v) for k, v in sorted(ctx.calibration.items()) if k != "images")
-    folder = prepared.parent / f"ranges-{key}"
+    folder = prepared.parent / f"ranges-{calibration_key(ctx.calibration)}"
     if not (folder / "ranges.json").is_file():
         folder.mkdir(exist_ok=True)
         calibrate_ranges(prepared, ctx.calibration_images, ctx.calibration, folder)

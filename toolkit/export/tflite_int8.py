@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.errors import ExportError
-from toolkit.export.base import ExportContext, ExportFormat, work_dir
+from toolkit.export.base import ExportContext, ExportFormat, calibration_key, work_dir
 from toolkit.export.onnx_int8 import calibrator_options
 from toolkit.export.tflite import anchored_calibration, describe_tflite, finish_tflite, tflite_converter
 
@@ -53,15 +53,15 @@ def calibrated_model(ctx: ExportContext) -> bytes:
     return blob
 
 
-def _range_tensors(model) -> dict[int, str]:
-    """Activation tensors with a calibrated range (not the input: it stays 0..255, raw pixels)."""
+def _range_tensors(model) -> list[int]:
+    """Indices of the activation tensors with a calibrated range (not the input: it stays 0..255, raw pixels)."""
     graph = model.subgraphs[0]
     inputs = set(graph.inputs)
-    return {
-        i: t.name.decode() if isinstance(t.name, bytes) else t.name
+    return [
+        i
         for i, t in enumerate(graph.tensors)
         if i not in inputs and t.quantization is not None and t.quantization.min is not None
-    }
+    ]
 
 
 def histogram_ranges(calibrated: bytes, images: np.ndarray, calibration: dict) -> dict[int, tuple[float, float]]:
@@ -107,8 +107,7 @@ def ranged_model(ctx: ExportContext) -> bytes:
     calibrated = calibrated_model(ctx)
     if ctx.calibration["method"] == "minmax":
         return calibrated
-    key = "-".join(str(v) for k, v in sorted(ctx.calibration.items()) if k != "images")
-    cached = work_dir(ctx) / f"tflite-ranges-{key}.tflite"
+    cached = work_dir(ctx) / f"tflite-ranges-{calibration_key(ctx.calibration)}.tflite"
     if not cached.is_file():
         ranges = histogram_ranges(calibrated, ctx.calibration_images, ctx.calibration)
         cached.write_bytes(with_ranges(calibrated, ranges))
