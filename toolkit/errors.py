@@ -72,3 +72,7 @@ class Interrupted(ToolkitError):
 
 class ProtobufError(ValueError):
     """Internal: bytes that are not a well-formed protobuf message (the runtime turns it into a ModelError)."""
+
+
+class StepFailed(Exception):  # noqa: N818 - internal control flow, never shown as a traceback
+    """Internal: one `--weights imagenet` resolver step could not provide weights; the message says why in one line."""

@@ -9,7 +9,15 @@ from toolkit.data import SkippedFile, load_labelled_folder
 from toolkit.fileio import write_json_atomic
 from toolkit.metrics import Metrics, classification_metrics, plot_confusion, plot_roc
 from toolkit.operating_point import default_decision
+from toolkit.run_folder import METRICS
 from toolkit.runtime import Classifier
+
+
+@dataclasses.dataclass
+class EvaluateOptions:
+    """`toolkit evaluate`'s own defaults."""
+
+    batch_size: int = 32
 
 
 @dataclasses.dataclass
@@ -22,7 +30,10 @@ class EvaluationResult:
 
 
 def evaluate_model(
-    classifier: Classifier, data_dir: str | Path, out: str | Path | None = None, batch_size: int = 32
+    classifier: Classifier,
+    data_dir: str | Path,
+    out: str | Path | None = None,
+    batch_size: int = EvaluateOptions.batch_size,
 ) -> EvaluationResult:
     """Metrics of a loaded classifier on a labelled folder; metrics.json and confusion.png into `out`."""
     labels, arrays = load_labelled_folder(data_dir, classifier.image_size, classifier.labels)
@@ -34,7 +45,7 @@ def evaluate_model(
     if out is not None:
         out = Path(out)
         payload = dataclasses.asdict(result)
-        write_json_atomic(out / "metrics.json", payload)
+        write_json_atomic(out / METRICS, payload)
         title = f"{Path(model_path).name} on {Path(data_dir).name}"
         plot_confusion(metrics, out / "confusion.png", title=title)
         if decision is not None:

@@ -8,13 +8,28 @@ from __future__ import annotations
 
 import json
 import os
+from enum import StrEnum
 from pathlib import Path
 
 from toolkit.errors import DatasetError
 from toolkit.tf_setup import import_tensorflow
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-STRATEGIES = ("default", "mirrored", "multiworker")
+
+class BasePrecision(StrEnum):
+    """Compute precision of the frozen base's cached forward passes (auto: bf16 where the silicon has it)."""
+
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class Strategy(StrEnum):
+    """tf.distribute strategy (multiworker reads TF_CONFIG)."""
+
+    default = "default"
+    mirrored = "mirrored"
+    multiworker = "multiworker"
 
 
 def cpu_supports_bf16() -> bool:

@@ -11,16 +11,35 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from enum import StrEnum
 from pathlib import Path
 
 from toolkit.errors import ModelError, WeightsError
 
 IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
-HEADS = ("flatten", "gap", "gmp", "gap+gmp")
-FINE_TUNE_BLOCK = "block5"
+PREPROCESSING = "raw RGB pixels 0..255, NHWC; caffe preprocessing (RGB->BGR, minus ImageNet mean) is in the graph"
+
+
+class Head(StrEnum):
+    """The new head: flatten (Flatten+Dense, the tutorial's) or pooled: gap, gmp, gap+gmp (+Dropout+Dense)."""
+
+    flatten = "flatten"
+    gap = "gap"
+    gmp = "gmp"
+    gap_gmp = "gap+gmp"
+
+
+class FineTuneFrom(StrEnum):
+    """The first unfrozen block of fine-tuning."""
+
+    block5 = "block5"
+    block4 = "block4"
+
+
+FINE_TUNE_BLOCK = FineTuneFrom.block5
 # The unfrozen part of fine-tuning starts at one of these blocks; the cached features for it
 # are the output of the layer before (the last frozen one).
-FINE_TUNE_CUTS = {"block5": "block4_pool", "block4": "block3_pool"}
+FINE_TUNE_CUTS = {FineTuneFrom.block5: "block4_pool", FineTuneFrom.block4: "block3_pool"}
 
 
 def _keras():
@@ -160,8 +179,8 @@ def build_head(feature_shape: tuple[int, ...], num_classes: int, head: str, drop
     Dense layer on the pooled heads.
     """
     keras = _keras()
-    if head not in HEADS:
-        raise ModelError(f"--head must be one of {', '.join(HEADS)}, got {head}")
+    if head not in tuple(Head):
+        raise ModelError(f"--head must be one of {', '.join(Head)}, got {head}")
     inputs = keras.Input(feature_shape, name="features")
     if head == "flatten":
         x = keras.layers.Flatten(name="flatten")(inputs)

@@ -22,11 +22,21 @@ from toolkit.errors import DatasetError, ModelError
 from toolkit.fileio import atomic_path, write_json_atomic, write_text_atomic, write_with
 from toolkit.operating_point import Decision, parse_labels_payload
 
+# Every name of the run folder, defined here once (training writes them, export, bench and the runtime read them).
 BEST = "best.keras"
 CONFIG = "config.json"
 LABELS = "labels.json"
 STATE = "train_state.json"
 HISTORY = "history.csv"
+CURVES = "curves.png"
+RUN = "run.json"
+METRICS = "metrics.json"
+DATA_REPORT = "data_report.json"
+CACHE_DIR = "cache"
+EXPORT_DIR = "export"  # RUN/export/: the artifacts and their manifest
+MANIFEST = "manifest.json"
+BENCH_DIR = "bench"  # RUN/bench/: bench.json, bench.md and the plots
+BENCH_JSON = "bench.json"
 
 
 @dataclasses.dataclass
@@ -141,6 +151,10 @@ class RunFolder:
         return self.path / BEST
 
     @property
+    def export_dir(self) -> Path:
+        return self.path / EXPORT_DIR
+
+    @property
     def image_size(self) -> int:
         return int(self.config["image_size"])
 
@@ -161,7 +175,7 @@ class RunFolder:
             self.config.get("seed", 0),
             self.config.get("validate_on_test", False),
         )
-        data = load_dataset(folder, self.image_size, options, self.path / "cache")
+        data = load_dataset(folder, self.image_size, options, self.path / CACHE_DIR)
         if data.classes != self.labels:
             raise DatasetError(f"classes in {folder} {data.classes} differ from the model's labels {self.labels}")
         return RunData(data.train, data.val)

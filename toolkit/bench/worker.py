@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.bench.types import BenchRecord, BenchTarget
-from toolkit.runtime.openvino_backend import model_bytes
+from toolkit.runtime.base import model_bytes
 
 
 def _percentile(values: list[float], q: float) -> float:

@@ -5,10 +5,41 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from toolkit.facts import ModelFacts
+
+
+class ExportTarget(StrEnum):
+    """`--format`: every model file (all), one format, or the browser bundle (web, by name only)."""
+
+    all = "all"
+    onnx = "onnx"
+    tflite = "tflite"
+    openvino = "openvino"
+    web = "web"
+
+
+class Precision(StrEnum):
+    """An artifact's numeric precision (bf16: the OpenVINO IR, or in bench the Keras model's base in bfloat16)."""
+
+    float32 = "float32"
+    float16 = "float16"
+    dynamic = "dynamic"
+    int8 = "int8"
+    bf16 = "bf16"
+
+
+class Calibration(StrEnum):
+    """How int8 activation ranges are chosen from the calibration images (both int8 paths)."""
+
+    minmax = "minmax"
+    entropy = "entropy"
+    percentile = "percentile"
 
 
 @dataclasses.dataclass
@@ -22,13 +53,11 @@ class ExportContext:
     calibration_images: np.ndarray  # uint8 NxHxWx3 from the training set
     opset: int
     source_sha256: str
+    facts: ModelFacts  # the record every artifact carries (`pipeline.model_facts`)
     decision: dict | None = None  # binary models: {"positive_class", "threshold", "criterion"}
     calibration: dict = dataclasses.field(default_factory=lambda: {"method": "minmax", "images": 0})
     float_layers: list[str] = dataclasses.field(default_factory=list)  # int8: nodes kept in float (the fix)
     scratch: dict[str, Path] = dataclasses.field(default_factory=dict)  # shared intermediates
-
-
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")  # int8 activation ranges, both paths
 
 
 def calibration_key(calibration: dict) -> str:

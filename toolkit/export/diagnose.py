@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.export.onnx_int8 import calibration_reader
+from toolkit.export.onnx_calibration import calibration_reader
 from toolkit.fileio import atomic_path, write_json_atomic
 
 REPORT = "quant_report.json"

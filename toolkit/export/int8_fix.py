@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.export.base import CALIBRATION_METHODS, ExportContext, ExportFormat
+from toolkit.export.base import Calibration, ExportContext, ExportFormat
 from toolkit.progress import phase
 from toolkit.quiet import silenced
 
@@ -34,7 +34,7 @@ class FixOptions:
 
 def calibration_order(first: dict, percentile: float) -> list[dict]:
     """The user's calibration, then the others (minmax, entropy, percentile), each once."""
-    records = [{"method": m, **({"percentile": percentile} if m == "percentile" else {})} for m in CALIBRATION_METHODS]
+    records = [{"method": m, **({"percentile": percentile} if m == "percentile" else {})} for m in Calibration]
     ordered = [dict(first)] + [r for r in records if r["method"] != first["method"]]
     return [{**r, "images": first["images"]} for r in ordered]
 

@@ -6,27 +6,32 @@ import json
 import warnings
 from pathlib import Path
 
-from toolkit import __version__
 from toolkit.errors import ExportError
 from toolkit.export.base import ExportContext, ExportFormat
+from toolkit.facts import FACTS_KEY
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "probs"
-PREPROCESSING = "raw RGB pixels 0..255, NHWC; caffe preprocessing (RGB->BGR, minus ImageNet mean) is in the graph"
 
 
 def onnx_metadata(ctx: ExportContext) -> dict[str, str]:
-    """Stored in `metadata_props`, so a lone .onnx file is enough for the runtime."""
-    decision = {"decision": json.dumps(ctx.decision)} if ctx.decision else {}
+    """Stored in `metadata_props` (and an IR's rt_info): the facts record, plus its fields as separate keys.
+
+    The separate keys are the record's fields as toolkit 0.2 wrote them, for readers
+    that look for `labels` or `decision` directly (Netron shows them too).
+    """
+    facts = ctx.facts
+    decision = {"decision": json.dumps(facts.decision)} if facts.decision else {}
     return {
+        FACTS_KEY: facts.dumps(),
         **decision,
-        "labels": json.dumps(ctx.labels),
-        "image_size": json.dumps([ctx.image_size, ctx.image_size]),
-        "pixel_scale": "0..255",
-        "layout": "NHWC",
-        "preprocessing": PREPROCESSING,
-        "toolkit_version": __version__,
-        "source_sha256": ctx.source_sha256,
+        "labels": json.dumps(list(facts.labels)),
+        "image_size": json.dumps(list(facts.image_size)),
+        "pixel_scale": facts.input.pixel_range,
+        "layout": facts.input.layout,
+        "preprocessing": facts.preprocessing,
+        "toolkit_version": facts.toolkit_version,
+        "source_sha256": facts.source_sha256 or "",
     }
 
 

@@ -14,9 +14,10 @@ import numpy as np
 
 from toolkit.errors import ExportError
 from toolkit.export.base import ExportContext, ExportFormat, calibration_key, work_dir
-from toolkit.export.onnx_float import INPUT_NAME, convert_float32, describe_onnx, onnx_metadata, set_metadata
+from toolkit.export.diagnose import rank_onnx_layers
+from toolkit.export.onnx_calibration import calibrate_ranges, calibration_reader, calibrator_options
+from toolkit.export.onnx_float import convert_float32, describe_onnx, onnx_metadata, set_metadata
 
-CALIBRATION_BATCH = 8
 FILENAME = "model_int8.onnx"
 
 
@@ -27,73 +28,6 @@ def float_onnx(ctx: ExportContext) -> Path:
         convert_float32(ctx, tmp)
         ctx.scratch["onnx-float32"] = tmp
     return ctx.scratch["onnx-float32"]
-
-
-def calibration_reader(images: np.ndarray):
-    """Batches of calibration images as ONNX Runtime reads them, restartable at any range of batches."""
-    from onnxruntime.quantization import CalibrationDataReader
-
-    starts = list(range(0, len(images), CALIBRATION_BATCH))
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.set_range(0, len(starts))
-
-        def __len__(self) -> int:
-            return len(starts)
-
-        def set_range(self, start_index: int, end_index: int) -> None:
-            self.pending = iter(starts[start_index:end_index])
-
-        def get_next(self):
-            first = next(self.pending, None)
-            if first is None:
-                return None
-            return {INPUT_NAME: images[first : first + CALIBRATION_BATCH].astype(np.float32)}
-
-    return Reader()
-
-
-def calibrator_options(calibration: dict):
-    """(ONNX Runtime's CalibrationMethod, the calibrator's options) for a manifest calibration record.
-
-    Entropy gets TensorRT's 2,048 histogram bins searched down to 128 (`quantize_static` would
-    leave ONNX Runtime's 128 and 128, which leaves nothing to search: the ranges equal min/max);
-    percentile clips each side separately, since most activations here follow a ReLU.
-    """
-    from onnxruntime.quantization import CalibrationMethod
-
-    method = calibration["method"]
-    if method == "entropy":
-        return CalibrationMethod.Entropy, {"num_bins": 2048, "num_quantized_bins": 128}
-    if method == "percentile":
-        return CalibrationMethod.Percentile, {
-            "num_bins": 2048,
-            "percentile": calibration["percentile"],
-            "symmetric": False,
-        }
-    return CalibrationMethod.MinMax, {}
-
-
-def calibrate_ranges(model: Path, images: np.ndarray, calibration: dict, folder: Path) -> Path:
-    """Activation ranges from the calibration images, one batch at a time, saved where quantize_static reads them.
-
-    Collecting batch by batch keeps memory flat: the histogram calibrators would otherwise hold every
-    activation of every image at once (about 60 MB per 224 px VGG16 image).
-    """
-    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
-
-    method, options = calibrator_options(calibration)
-    calibrator = create_calibrator(
-        model, None, augmented_model_path=str(folder / "augmented.onnx"), calibrate_method=method, extra_options=options
-    )
-    reader = calibration_reader(images)
-    for batch in range(len(reader)):
-        reader.set_range(batch, batch + 1)
-        calibrator.collect_data(reader)
-    ranges = folder / "ranges.json"
-    save_tensors_data(calibrator.compute_data(), ranges)
-    return ranges
 
 
 def _prepared(ctx: ExportContext) -> Path:
@@ -147,8 +81,6 @@ def convert_int8(ctx: ExportContext, dest: Path) -> None:
 
 
 def _rank_layers(ctx: ExportContext, images: np.ndarray) -> list[list[str]]:
-    from toolkit.export.diagnose import rank_onnx_layers
-
     return rank_onnx_layers(float_onnx(ctx), ctx.export_dir / FILENAME, _prepared(ctx), images)
 
 

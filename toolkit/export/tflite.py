@@ -26,7 +26,7 @@ def tflite_converter(ctx: ExportContext):
 
 def finish_tflite(ctx: ExportContext, dest: Path) -> None:
     """What every TFLite artifact carries: MediaPipe-readable metadata with the labels packed in."""
-    add_classifier_metadata(dest, ctx.labels, ctx.image_size, ctx.decision)
+    add_classifier_metadata(dest, ctx.facts)
 
 
 def anchored_calibration(images: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ import numpy as np
 
 from toolkit.errors import ExportError
 from toolkit.export.base import ExportContext, ExportFormat, calibration_key, work_dir
-from toolkit.export.onnx_int8 import calibrator_options
+from toolkit.export.onnx_calibration import calibrator_options
 from toolkit.export.tflite import anchored_calibration, describe_tflite, finish_tflite, tflite_converter
 
 FILENAME = "model_int8.tflite"

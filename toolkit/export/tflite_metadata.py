@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import importlib
 import sys
+import tempfile
 import types
 from pathlib import Path
 
 from toolkit.errors import ExportError, MissingDependencyError
+from toolkit.facts import FACTS_FILE, ModelFacts
 
 PYWRAP = "mediapipe.tasks.cc.metadata.python._pywrap_metadata_version"
 BASE_VERSION = "1.0.0"
@@ -95,11 +97,12 @@ def _writer_module():
     return metadata_writer
 
 
-def describe_model(labels: list[str], image_size: int, decision: dict | None) -> str:
+def describe_model(facts: ModelFacts) -> str:
     """The model description stored in the metadata: what goes in, what comes out, the operating point."""
+    decision, (height, width) = facts.decision, facts.image_size
     text = (
-        f"Image classifier ({', '.join(labels)}) trained with toolkit: VGG16 base + small head. "
-        f"Input: RGB {image_size}x{image_size}, raw 0..255 pixels (normalisation is inside the model). "
+        f"Image classifier ({', '.join(facts.labels)}) trained with toolkit: {facts.base.upper()} base + small head. "
+        f"Input: RGB {height}x{width}, raw 0..255 pixels (normalisation is inside the model). "
         "Output: one softmax probability per label."
     )
     if decision:
@@ -110,16 +113,35 @@ def describe_model(labels: list[str], image_size: int, decision: dict | None) ->
     return text
 
 
-def add_classifier_metadata(path: Path, labels: list[str], image_size: int, decision: dict | None = None) -> None:
-    """Rewrite the TFLite file at `path` in place with image-classifier metadata and its labels file."""
+def _pack_facts(writer, writer_module, facts: ModelFacts, folder: str) -> None:
+    """Pack the model-facts record beside labels.txt, declared on the output tensor.
+
+    MediaPipe's writer has no public call for an extra associated file; the classification
+    output's metadata takes a list of them, and the populator packs every listed file into
+    the model's zip section, where `toolkit.runtime` reads it back without MediaPipe.
+    MediaPipe Tasks ignore files of type UNKNOWN (tests run its ImageClassifier on every export).
+    """
+    from mediapipe.tasks.python.metadata.metadata_writers import metadata_info
+
+    path = Path(folder) / FACTS_FILE
+    path.write_text(facts.dumps())
+    record = metadata_info.AssociatedFileMd(str(path), description="toolkit model-facts record (JSON)")
+    writer._output_mds[-1].associated_files.append(record)
+    writer._associated_files.append(str(path))
+
+
+def add_classifier_metadata(path: Path, facts: ModelFacts) -> None:
+    """Rewrite the TFLite file at `path` in place with image-classifier metadata, labels file and facts record."""
     writer_module = _writer_module()
     model = bytearray(Path(path).read_bytes())
     try:
         writer = writer_module.MetadataWriter.create(model)
-        writer.add_general_info("toolkit image classifier", describe_model(labels, image_size, decision))
+        writer.add_general_info("toolkit image classifier", describe_model(facts))
         writer.add_image_input(norm_mean=[0.0], norm_std=[1.0])
-        writer.add_classification_output(writer_module.Labels().add(list(labels)))
-        populated, _ = writer.populate()
+        writer.add_classification_output(writer_module.Labels().add(list(facts.labels)))
+        with tempfile.TemporaryDirectory(prefix="toolkit-facts-") as folder:
+            _pack_facts(writer, writer_module, facts, folder)
+            populated, _ = writer.populate()
         del writer  # its __del__ removes a temporary folder: now, not at interpreter shutdown
     except (ValueError, RuntimeError) as exc:
         raise ExportError(f"writing TFLite metadata failed: {' '.join(str(exc).split())[:200]}") from exc

@@ -1,7 +1,7 @@
 """A static web page that classifies images in the browser with onnxruntime-web: `--format web`.
 
 `export/web-int8/` (or `web-float32/`) is self-contained: index.html + app.js, the
-ONNX model, bundle.json (labels, input size, operating point) and the
+ONNX model, bundle.json (labels, input size, operating point, the model-facts record) and the
 onnxruntime-web files it loads (`ort/`), copied at export time from the npm
 package `onnxruntime-web`, so nothing comes from a CDN and the image never leaves
 the device. app.js decodes and resizes exactly as `toolkit.runtime` does (a port
@@ -21,6 +21,7 @@ from pathlib import Path
 from toolkit.errors import ExportError
 from toolkit.export import onnx_float, onnx_int8
 from toolkit.export.base import ExportContext, ExportFormat
+from toolkit.facts import FACTS_KEY
 from toolkit.fileio import write_json_atomic, write_with
 
 ASSETS = Path(__file__).with_name("web_assets")
@@ -58,6 +59,7 @@ def bundle_config(ctx: ExportContext, precision: str) -> dict:
         "labels": ctx.labels,
         "decision": ctx.decision,
         "onnxruntime_web": ORT_WEB_VERSION,
+        FACTS_KEY: ctx.facts.to_json(),
     }
 
 

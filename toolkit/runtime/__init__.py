@@ -3,12 +3,15 @@
     from toolkit.runtime import load
     clf = load("models/demo/export/model_float32.onnx")
     clf.predict("lesion.jpg")[0].label
+    clf.info  # the model-facts record: labels, decision, input, base, ...
 
 Only numpy, Pillow and ONNX Runtime or the LiteRT interpreter are imported
-(`.keras` files are the exception and need TensorFlow). Labels, input size and
-pixel scaling come from the artifact: ONNX metadata, or the export manifest
-beside the file, whose sha256 must match. Decoding goes through the same
-function training used, so the model sees the pixels the parity gate checked.
+(`.keras` files need TensorFlow, `.xml` files OpenVINO). Labels, input size, pixel
+range and the operating point come from the model-facts record inside the file
+(`toolkit.facts`), so a file copied alone into an app knows them; the manifest beside
+it, when present, must agree and must match the file's sha256. Decoding goes
+through the same function training used, so the model sees the pixels the parity
+gate checked.
 """
 
 from __future__ import annotations
@@ -21,16 +24,17 @@ from pathlib import Path
 
 import numpy as np
 
+from toolkit.data.imaging import ImageSource, load_image_array
 from toolkit.errors import DatasetError, RuntimeModelError
+from toolkit.facts import FACTS_KEY, InputSpec, ModelFacts
 from toolkit.fileio import sha256_file
-from toolkit.imaging import ImageSource, load_image_array
 from toolkit.operating_point import Decision, decision_from_json, parse_labels_payload
-from toolkit.runtime.backends import Backend, open_backend
+from toolkit.run_folder import LABELS
+from toolkit.run_folder import MANIFEST as MANIFEST_NAME
+from toolkit.runtime.backends import open_backend
+from toolkit.runtime.base import Backend, Device, PixelScale
 
-__all__ = ["Classifier", "Prediction", "load", "PIXEL_SCALES"]
-
-PIXEL_SCALES = ("0..255", "0..1")
-MANIFEST_NAME = "manifest.json"
+__all__ = ["Classifier", "LoadOptions", "ModelFacts", "Prediction", "PredictOptions", "load", "Device", "PixelScale"]
 
 
 @dataclasses.dataclass
@@ -45,12 +49,23 @@ class Prediction:
 
 
 @dataclasses.dataclass
-class ModelInfo:
-    labels: list[str] | None = None
-    image_size: tuple[int, int] | None = None
-    pixel_scale: str | None = None
-    source: str = "model"  # where labels came from: onnx-metadata, manifest, argument, default
-    decision: dict | None = None  # {"positive_class", "threshold", "criterion"} for binary models
+class LoadOptions:
+    """How `load` opens a model: the only home of these defaults (the CLI reads them from here)."""
+
+    device: str = Device.auto
+    threads: int | None = None  # intra-op threads (default: all cores)
+    labels: Sequence[str] | None = None  # for models made elsewhere; toolkit artifacts carry theirs
+    pixel_scale: str | None = None  # "0..255" or "0..1", for models made elsewhere
+    verify: bool = True  # check the file against the sha256 in a manifest beside it
+    allow_external_data: bool = False  # ONNX external data, only inside the model's folder
+
+
+@dataclasses.dataclass
+class PredictOptions:
+    """`toolkit predict`'s own defaults: small batches, so a folder of any size streams through."""
+
+    top_k: int = 1
+    batch_size: int = 16
 
 
 def _manifest_entry(path: Path, verify: bool) -> dict | None:
@@ -61,8 +76,11 @@ def _manifest_entry(path: Path, verify: bool) -> dict | None:
         data = json.loads(manifest.read_text())
     except (OSError, ValueError) as exc:
         raise RuntimeModelError(f"cannot read {manifest}: {exc}") from exc
-    for entry in data.get("artifacts", []):
-        if Path(entry.get("path", "")).name == path.name:
+    artifacts = data.get("artifacts", []) if isinstance(data, dict) else None
+    if not isinstance(artifacts, list):
+        raise RuntimeModelError(f"{manifest}: 'artifacts' is not a list")
+    for entry in artifacts:
+        if isinstance(entry, dict) and Path(str(entry.get("path", ""))).name == path.name:
             if verify and entry.get("sha256") != sha256_file(path):
                 raise RuntimeModelError(
                     f"{path.name} does not match the sha256 in {manifest.name} (modified or corrupt); "
@@ -72,45 +90,64 @@ def _manifest_entry(path: Path, verify: bool) -> dict | None:
     return None
 
 
-def _info_from_metadata(meta: dict[str, str]) -> ModelInfo:
-    info = ModelInfo()
-    if "labels" in meta:
-        try:
-            info.labels = list(json.loads(meta["labels"]))
-        except ValueError:
-            info.labels = meta["labels"].split(",")
-        info.source = "onnx-metadata"
-    if "image_size" in meta:
-        try:
-            size = json.loads(meta["image_size"])
-            info.image_size = (int(size[0]), int(size[1])) if isinstance(size, list) else (int(size), int(size))
-        except (ValueError, TypeError, IndexError):
-            pass
-    if meta.get("pixel_scale") in PIXEL_SCALES:
-        info.pixel_scale = meta["pixel_scale"]
-    if "decision" in meta:
-        try:
-            info.decision = json.loads(meta["decision"])
-        except ValueError:
-            pass
-    return info
+def _legacy_facts(meta: dict[str, str], image_size: tuple[int, int]) -> ModelFacts | None:
+    """Files exported before the facts record: the separate ONNX metadata keys of toolkit 0.2."""
+    if "labels" not in meta:
+        return None
+    try:
+        labels = list(json.loads(meta["labels"]))
+    except ValueError:
+        labels = meta["labels"].split(",")
+    try:
+        size = json.loads(meta.get("image_size", "null"))
+        height, width = (int(size[0]), int(size[1])) if isinstance(size, list) else (int(size), int(size))
+    except (ValueError, TypeError, IndexError):
+        height, width = image_size
+    try:
+        decision = json.loads(meta["decision"]) if "decision" in meta else None
+    except ValueError:
+        decision = None
+    pixel_range = meta.get("pixel_scale") if meta.get("pixel_scale") in tuple(PixelScale) else "0..255"
+    return ModelFacts(
+        labels=tuple(labels),
+        input=InputSpec(height, width, pixel_range=pixel_range),
+        decision=decision,
+        preprocessing=meta.get("preprocessing", ""),
+        toolkit_version=meta.get("toolkit_version", ""),
+        source_sha256=meta.get("source_sha256"),
+    )
+
+
+def read_facts(backend: Backend, path: Path) -> ModelFacts | None:
+    """The record the file carries (every toolkit artifact), or its older separate keys, or None."""
+    meta = backend.metadata()
+    if FACTS_KEY in meta:
+        return ModelFacts.loads(meta[FACTS_KEY], path.name)
+    return _legacy_facts(meta, backend.image_size)
+
+
+def foreign_facts(labels: Sequence[str], image_size: tuple[int, int], pixel_scale: str) -> ModelFacts:
+    """What is known of a model made elsewhere: its labels (given or numbered) and its input."""
+    return ModelFacts(
+        labels=tuple(labels),
+        input=InputSpec(image_size[0], image_size[1], pixel_range=pixel_scale),
+        decision=None,
+        preprocessing="unknown (a model made elsewhere)",
+        toolkit_version="",
+        base="unknown",
+    )
 
 
 class Classifier:
     """A loaded image classifier; `predict` is safe to call from several threads."""
 
-    def __init__(
-        self,
-        backend: Backend,
-        info: ModelInfo,
-        image_size: tuple[int, int],
-        path: Path,
-    ):
+    def __init__(self, backend: Backend, info: ModelFacts, label_source: str, path: Path):
         self.backend = backend
-        self.labels = list(info.labels or [])
-        self.image_size = image_size
+        self.info = info  # the model-facts record, as the file (or the run folder, for .keras) states it
+        self.labels = list(info.labels)
+        self.image_size = info.image_size
         self.path = path
-        self.label_source = info.source
+        self.label_source = label_source  # model-facts, manifest, labels.json, argument or default
         # Binary models: the positive class and its threshold (the operating point chosen on validation).
         self.decision: Decision | None = decision_from_json(self.labels, info.decision)
 
@@ -205,55 +242,83 @@ def _as_list(images) -> list:
     return list(images)
 
 
-def load(
-    path: str | os.PathLike[str],
-    device: str = "auto",
-    threads: int | None = None,
-    labels: Sequence[str] | None = None,
-    pixel_scale: str | None = None,
-    verify: bool = True,
-    allow_external_data: bool = False,
-) -> Classifier:
-    """Load a `.onnx`, `.tflite` (or, with TensorFlow, `.keras`) classifier.
+def load(path: str | os.PathLike[str], **options) -> Classifier:
+    """Load a `.onnx`, `.tflite`, `.xml` (OpenVINO IR) or (with TensorFlow) `.keras` classifier.
 
-    `labels` and `pixel_scale` ("0..255" or "0..1") are for models made
-    elsewhere; toolkit artifacts carry both. `verify` checks the file against
-    the sha256 in a manifest beside it. ONNX external data is refused unless
-    `allow_external_data`, and then only inside the model's folder.
+    `options` are `LoadOptions` fields: `device`, `threads`, `labels` and
+    `pixel_scale` (for models made elsewhere; toolkit artifacts carry both),
+    `verify` (the sha256 in a manifest beside the file) and `allow_external_data`
+    (ONNX external data, only inside the model's folder).
     """
+    try:
+        opts = LoadOptions(**options)
+    except TypeError as exc:
+        raise RuntimeModelError(f"load(): {exc}") from None
     path = Path(path)
-    if pixel_scale is not None and pixel_scale not in PIXEL_SCALES:
-        raise RuntimeModelError(f"pixel_scale must be one of {', '.join(PIXEL_SCALES)}")
+    if opts.pixel_scale is not None and opts.pixel_scale not in tuple(PixelScale):
+        raise RuntimeModelError(f"pixel_scale must be one of {', '.join(PixelScale)}")
     if not path.is_file():
         raise RuntimeModelError(f"model file not found: {path}")
-    entry = _manifest_entry(path, verify)
-    backend = open_backend(path, device, threads, pixel_scale or "0..255", allow_external_data)
-    info = _info_from_metadata(backend.metadata())
-    if entry is not None:
-        info.decision = info.decision or entry.get("decision")
-        info.labels = info.labels or entry.get("labels")
-        if info.source == "model" and entry.get("labels"):
-            info.source = "manifest"
-        if info.image_size is None and entry.get("image_size"):
-            info.image_size = (int(entry["image_size"]), int(entry["image_size"]))
-    if path.suffix.lower() == ".keras" and info.labels is None:
-        sidecar = path.parent / "labels.json"
-        if sidecar.is_file():
-            info.labels, info.decision, info.source = *_read_sidecar(sidecar), "labels.json"
-    if pixel_scale is None and info.pixel_scale:
-        backend.pixel_scale = info.pixel_scale
-    if labels is not None:
-        if info.labels is not None and list(labels) != info.labels:
-            info.decision = None  # relabelled: the stored positive class may no longer mean the same
-        info.labels, info.source = list(labels), "argument"
-    image_size = info.image_size or backend.image_size
-    if not image_size or not all(image_size):
-        raise RuntimeModelError(f"{path.name} has no fixed input size; it cannot be inferred")
-    if info.labels is None:
-        # A foreign model without labels: probe its output width and number the classes.
-        probe = backend.run(np.zeros((1, *image_size, 3), np.uint8))
-        info.labels, info.source = [str(i) for i in range(probe.shape[1])], "default"
-    return Classifier(backend, info, tuple(image_size), path)
+    entry = _manifest_entry(path, opts.verify)
+    backend = open_backend(path, opts.device, opts.threads, opts.pixel_scale or "0..255", opts.allow_external_data)
+    facts, source = _facts_for(backend, path, entry)
+    if facts is not None and opts.pixel_scale is None:
+        backend.pixel_scale = facts.input.pixel_range
+    if opts.labels is not None:
+        facts = _relabelled(facts, list(opts.labels), backend, opts.pixel_scale or "0..255")
+        source = "argument"
+    if facts is None:
+        facts, source = _probed_facts(backend, path, opts.pixel_scale or "0..255"), "default"
+    return Classifier(backend, facts, source, path)
+
+
+def _facts_for(backend: Backend, path: Path, entry: dict | None) -> tuple[ModelFacts | None, str]:
+    """The file's own record (checked against the manifest entry beside it), or labels.json for .keras."""
+    facts = read_facts(backend, path)
+    stated = (
+        ModelFacts.from_json(entry["facts"], f"{MANIFEST_NAME} entry for {path.name}")
+        if entry and "facts" in entry
+        else None
+    )
+    if facts is not None and stated is not None and facts.to_json() != stated.to_json():
+        raise RuntimeModelError(f"{path.name}: its model-facts record disagrees with {MANIFEST_NAME} beside it")
+    if facts is not None:
+        return facts, "model-facts"
+    if stated is not None:
+        return stated, "manifest"
+    if entry is not None and entry.get("labels"):  # manifests of toolkit 0.2
+        size = int(entry.get("image_size") or backend.image_size[0])
+        legacy = ModelFacts(tuple(entry["labels"]), InputSpec.square(size), entry.get("decision"), "", "")
+        return legacy, "manifest"
+    sidecar = path.parent / LABELS
+    if path.suffix.lower() == ".keras" and sidecar.is_file():
+        labels, decision = _read_sidecar(sidecar)
+        return ModelFacts(tuple(labels), InputSpec(*backend.image_size), decision, "", ""), LABELS
+    return None, "default"
+
+
+def _relabelled(facts: ModelFacts | None, labels: list[str], backend: Backend, pixel_scale: str) -> ModelFacts:
+    if facts is None:
+        return foreign_facts(labels, _fixed_size(backend), pixel_scale)
+    decision = facts.decision if list(facts.labels) == labels else None  # the positive class may mean another
+    return dataclasses.replace(facts, labels=tuple(labels), decision=decision)
+
+
+def _fixed_size(backend: Backend) -> tuple[int, int]:
+    size = backend.image_size
+    if not size or not all(size):
+        raise RuntimeModelError("the model has no fixed input size; it cannot be inferred")
+    return tuple(size)
+
+
+def _probed_facts(backend: Backend, path: Path, pixel_scale: str) -> ModelFacts:
+    """A foreign model without labels: probe its output width and number the classes."""
+    try:
+        size = _fixed_size(backend)
+    except RuntimeModelError:
+        raise RuntimeModelError(f"{path.name} has no fixed input size; it cannot be inferred") from None
+    probe = backend.run(np.zeros((1, *size, 3), np.uint8))
+    return foreign_facts([str(i) for i in range(probe.shape[1])], size, pixel_scale)
 
 
 def _read_sidecar(path: Path) -> tuple[list[str], dict | None]:

@@ -3,20 +3,51 @@
 from __future__ import annotations
 
 import dataclasses
+from enum import StrEnum
 
 from toolkit.data import SplitOptions
 from toolkit.errors import DatasetError
-from toolkit.hardware import PRECISIONS, STRATEGIES
-from toolkit.model import FINE_TUNE_CUTS, HEADS
+from toolkit.hardware import BasePrecision, Strategy
+from toolkit.model import FineTuneFrom, Head
 from toolkit.operating_point import Decision, parse_operating_point
 
-METRIC_NAMES = ("loss", "accuracy", "auc", "precision", "recall")
-CLASS_WEIGHTS = ("none", "auto")
-SCHEDULES = ("constant", "cosine")
+METRIC_NAMES = ("loss", "accuracy", "auc", "precision", "recall")  # what fit logs, each also as val_*
+
+
+class Monitor(StrEnum):
+    """The metric that picks the best epoch."""
+
+    val_loss = "val_loss"
+    val_accuracy = "val_accuracy"
+    val_auc = "val_auc"
+    val_precision = "val_precision"
+    val_recall = "val_recall"
+    loss = "loss"
+    accuracy = "accuracy"
+
+
+class ClassWeight(StrEnum):
+    """auto: balanced class weights, for imbalanced data."""
+
+    none = "none"
+    auto = "auto"
+
+
+class Schedule(StrEnum):
+    """The fine-tuning learning rate over its epochs."""
+
+    constant = "constant"
+    cosine = "cosine"
+
+
+def _choices(enum: type[StrEnum]) -> str:
+    return ", ".join(enum)
 
 
 @dataclasses.dataclass
 class TrainConfig:
+    """What `toolkit train` is asked to do: the only home of its defaults (the CLI reads them from here)."""
+
     data_dir: str
     out: str
     image_size: int = 224
@@ -24,29 +55,29 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 1e-3
     seed: int = 0
-    val_split: float = 0.15
-    test_split: float = 0.15  # flat folders only: the held-out test share
-    validate_on_test: bool = False  # train/ + test/: validate on test/ as the Keras tutorial does
+    val_split: float = SplitOptions.val_split
+    test_split: float = SplitOptions.test_split  # flat folders only: the held-out test share
+    validate_on_test: bool = SplitOptions.validate_on_test  # train/ + test/: validate on test/ as the tutorial does
     positive_class: str | None = None  # two classes: the finding (default: the label that sorts second)
     operating_point: str | None = None  # "sensitivity=0.95", "specificity=0.9" or "threshold=0.3"
     augment: bool = True
     aug_views: int = 0
     cache_features: bool = True
-    precision: str = "auto"
-    head: str = "gap+gmp"  # measured on real images (README "Real data"); flatten is the tutorial's
+    precision: BasePrecision = BasePrecision.auto  # --base-precision
+    head: Head = Head.gap_gmp  # measured on real images (benchmarks/REAL.md); flatten is the tutorial's
     dropout: float = 0.3
     weight_decay: float = 0.0  # AdamW's decoupled weight decay (0: plain Adam)
     label_smoothing: float = 0.0
     weights: str = "imagenet"
     allow_random_weights: bool = False
-    monitor: str = "val_accuracy"  # what the user judges the model by; val_loss picked epoch 1 on ELPV
+    monitor: Monitor = Monitor.val_accuracy  # what the user judges the model by; val_loss picked epoch 1 on ELPV
     patience: int = 0
-    class_weight: str = "none"  # "none" or "auto"
+    class_weight: ClassWeight = ClassWeight.none
     fine_tune_epochs: int = 0
-    fine_tune_lr: float | None = None
-    fine_tune_schedule: str = "constant"  # or "cosine": per epoch, from fine_tune_lr down to 0
-    fine_tune_from: str = "block5"  # the first unfrozen block; with cached features, trained on the cut's output
-    strategy: str = "default"
+    fine_tune_lr: float | None = None  # default lr/10
+    fine_tune_schedule: Schedule = Schedule.constant  # or cosine: per epoch, from fine_tune_lr down to 0
+    fine_tune_from: FineTuneFrom = FineTuneFrom.block5  # first unfrozen block; cached: trained on the cut's output
+    strategy: Strategy = Strategy.default
     cache_dir: str | None = None
 
     def split_options(self) -> SplitOptions:
@@ -66,29 +97,29 @@ class TrainConfig:
             raise DatasetError("--aug-views needs augmentation; drop --no-augment")
         if self.aug_views and not self.cache_features:
             raise DatasetError("--aug-views precomputes features; drop --no-cache-features")
-        if self.precision not in PRECISIONS:
-            raise DatasetError(f"--base-precision must be one of {', '.join(PRECISIONS)}")
+        if self.precision not in tuple(BasePrecision):
+            raise DatasetError(f"--base-precision must be one of {_choices(BasePrecision)}")
         if self.precision not in ("auto", "fp32") and not self.cache_features:
             raise DatasetError(
                 f"--base-precision {self.precision} applies to the cached frozen-base passes, and "
                 "--no-cache-features trains the whole model in float32: drop one of them"
             )
-        if self.fine_tune_from not in FINE_TUNE_CUTS:
-            raise DatasetError(f"--fine-tune-from must be one of {', '.join(FINE_TUNE_CUTS)}")
+        if self.fine_tune_from not in tuple(FineTuneFrom):
+            raise DatasetError(f"--fine-tune-from must be one of {_choices(FineTuneFrom)}")
         if not 0 <= self.dropout < 1:
             raise DatasetError("--dropout must be in [0, 1)")
         if self.weight_decay < 0:
             raise DatasetError("--weight-decay must be 0 or more")
         if not 0 <= self.label_smoothing < 1:
             raise DatasetError("--label-smoothing must be in [0, 1)")
-        if self.strategy not in STRATEGIES:
-            raise DatasetError(f"--strategy must be one of {', '.join(STRATEGIES)}")
-        if self.head not in HEADS:
-            raise DatasetError(f"--head must be one of {', '.join(HEADS)}")
-        if self.class_weight not in CLASS_WEIGHTS:
-            raise DatasetError("--class-weight must be none or auto")
-        if self.fine_tune_schedule not in SCHEDULES:
-            raise DatasetError(f"--fine-tune-schedule must be one of {', '.join(SCHEDULES)}")
+        if self.strategy not in tuple(Strategy):
+            raise DatasetError(f"--strategy must be one of {_choices(Strategy)}")
+        if self.head not in tuple(Head):
+            raise DatasetError(f"--head must be one of {_choices(Head)}")
+        if self.class_weight not in tuple(ClassWeight):
+            raise DatasetError(f"--class-weight must be one of {_choices(ClassWeight)}")
+        if self.fine_tune_schedule not in tuple(Schedule):
+            raise DatasetError(f"--fine-tune-schedule must be one of {_choices(Schedule)}")
         if self.fine_tune_epochs < 0:
             raise DatasetError("--fine-tune-epochs must be 0 or more")
         name = self.monitor.removeprefix("val_")

@@ -14,7 +14,18 @@ from toolkit.fileio import write_json_atomic
 from toolkit.metrics import Metrics, classification_metrics, plot_confusion, plot_roc
 from toolkit.model import WeightsInfo, head_part, load_keras_model, predict_in_batches
 from toolkit.operating_point import Decision, choose_threshold, parse_operating_point, resolve_positive_class
-from toolkit.run_folder import BEST, HISTORY, LABELS, labels_payload, plot_curves, read_history_csv, write_history_csv
+from toolkit.run_folder import (
+    BEST,
+    CURVES,
+    HISTORY,
+    LABELS,
+    METRICS,
+    RUN,
+    labels_payload,
+    plot_curves,
+    read_history_csv,
+    write_history_csv,
+)
 from toolkit.train.config import TrainConfig, TrainResult
 from toolkit.train.fit import FitContext
 from toolkit.versions import TRAINING_PACKAGES, package_versions
@@ -91,9 +102,9 @@ def final_metrics(ctx: FitContext, data: LoadedDataset, val_features=None) -> Ev
     if test is not None:
         payload["test"] = dataclasses.asdict(test)
     write_json_atomic(ctx.run_dir / LABELS, labels_payload(classes, decision))
-    write_json_atomic(ctx.run_dir / "metrics.json", payload)
+    write_json_atomic(ctx.run_dir / METRICS, payload)
     write_history_csv(ctx.history, ctx.run_dir / HISTORY)
-    plot_curves(ctx.history, ctx.run_dir / "curves.png")
+    plot_curves(ctx.history, ctx.run_dir / CURVES)
     return Evaluation(val, test, decision)
 
 
@@ -149,4 +160,4 @@ def write_run_json(ctx: FitContext, facts: RunFacts, result: TrainResult) -> Non
         "timings_s": {**ctx.timings, "total": result.seconds},
         "versions": package_versions(TRAINING_PACKAGES),
     }
-    write_json_atomic(Path(ctx.run_dir) / "run.json", payload)
+    write_json_atomic(Path(ctx.run_dir) / RUN, payload)

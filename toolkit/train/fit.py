@@ -19,7 +19,7 @@ import numpy as np
 
 from toolkit.data import ImageArrays
 from toolkit.errors import Interrupted, TrainingError
-from toolkit.run_folder import STATE, TrainState, save_model_atomic, write_history_csv
+from toolkit.run_folder import BEST, HISTORY, STATE, TrainState, save_model_atomic, write_history_csv
 from toolkit.tf_setup import import_tensorflow
 from toolkit.train.config import TrainConfig
 from toolkit.train.features import distribute_options
@@ -163,9 +163,9 @@ def make_run_callback(ctx: FitContext):
             state.completed_epochs = epoch + 1
             if ctx.chief:
                 if improved(value, state.best_value, mode):
-                    save_model_atomic(ctx.model, ctx.run_dir / "best.keras")
+                    save_model_atomic(ctx.model, ctx.run_dir / BEST)
                     state.best_value, state.best_epoch = float(value), epoch + 1
-                write_history_csv(history, ctx.run_dir / "history.csv")
+                write_history_csv(history, ctx.run_dir / HISTORY)
                 state.save(ctx.run_dir / STATE)
 
     return RunCallback()

@@ -26,7 +26,17 @@ from toolkit.errors import TrainingError
 from toolkit.fileio import remove_stale_temporaries, write_json_atomic
 from toolkit.hardware import is_chief, make_strategy, resolve_precision, tf_config, worker_tag
 from toolkit.operating_point import resolve_positive_class
-from toolkit.run_folder import BEST, CONFIG, HISTORY, STATE, TrainState, read_history_csv, read_json_file
+from toolkit.run_folder import (
+    BEST,
+    CACHE_DIR,
+    CONFIG,
+    DATA_REPORT,
+    HISTORY,
+    STATE,
+    TrainState,
+    read_history_csv,
+    read_json_file,
+)
 from toolkit.tf_setup import import_tensorflow
 from toolkit.train.config import TrainConfig, TrainResult
 from toolkit.train.cut import (
@@ -275,12 +285,12 @@ def train(
     run_dir, config = prepare_run_dir(config, resume, chief, explicit)
     if chief:  # only the chief writes the run folder's files (workers may share it)
         remove_stale_temporaries(run_dir)
-    cache_dir = Path(config.cache_dir) if config.cache_dir else run_dir / "cache"
+    cache_dir = Path(config.cache_dir) if config.cache_dir else run_dir / CACHE_DIR
     data = load_training_data(config, cache_dir, log)
     if chief:
-        write_data_report(data.report, run_dir / "data_report.json")
+        write_data_report(data.report, run_dir / DATA_REPORT)
     ctx, weights_info, precision, warnings = _context(config, run_dir, chief, data, resume, log, verbose)
-    from toolkit.augment import RandomAffine
+    from toolkit.data.augment import RandomAffine
     from toolkit.model import count_params
 
     augmenter = RandomAffine(config.seed) if config.augment else None

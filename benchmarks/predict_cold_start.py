@@ -2,7 +2,7 @@
 
 Embedding apps pay this on every launch, so it is measured as whole-process wall time
 (median of several fresh processes), for each exported format of a run.
-Usage: python bench/predict_cold_start.py RUN_DIR [--repeats 5]
+Usage: python benchmarks/predict_cold_start.py RUN_DIR [--repeats 5]
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ with real weights, in `make bench`) and compares wall times and validation accur
   d. the demo default (auto, views 3)       <= 25% of the tutorial recipe (fp32, every pass every
                                               epoch), accuracy within 1 point
 
-Usage: python bench/train_modes.py DATA_DIR WEIGHTS [--epochs 10] [--image-size 224] [--out DIR]
-Writes DIR/train_modes.json; bench/write_results.py adds it to bench/RESULTS.md.
+Usage: python benchmarks/train_modes.py DATA_DIR WEIGHTS [--epochs 10] [--image-size 224] [--out DIR]
+Writes DIR/train_modes.json; benchmarks/write_results.py adds it to benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def main() -> None:
     parser.add_argument("weights")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--out", type=Path, default=Path("bench/out"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/out"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

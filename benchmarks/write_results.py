@@ -1,4 +1,4 @@
-"""Write bench/RESULTS.md from a run's bench.json and cold_start.json (the table, the machine, the date, the command)."""
+"""Write benchmarks/RESULTS.md from a run's bench.json and cold_start.json (the table, the machine, the date, the command)."""
 
 from __future__ import annotations
 
@@ -71,12 +71,12 @@ def main(run_dir: Path, command: str) -> None:
         "| --- | --- | --- | --- |",
     ]
     lines += [f"| {c['artifact']} | {c['median_s']:.3f} | {c['min_s']:.3f} | {c['max_s']:.3f} |" for c in cold]
-    modes_path = Path("bench/out/train_modes.json")
+    modes_path = Path("benchmarks/out/train_modes.json")
     if modes_path.is_file():
         modes = json.loads(modes_path.read_text())
         lines += [
             "",
-            f"Training modes ({modes['epochs']} epochs at {modes['image_size']} px, `bench/train_modes.py`; "
+            f"Training modes ({modes['epochs']} epochs at {modes['image_size']} px, `benchmarks/train_modes.py`; "
             "seconds are each run's own total from run.json):",
             "",
             "| run | flags | precision | seconds | val accuracy |",
@@ -95,8 +95,8 @@ def main(run_dir: Path, command: str) -> None:
         for key, t in modes["targets"].items():
             gap = f"{t['accuracy_gap_points']:.1f}" if "accuracy_gap_points" in t else ""
             lines.append(f"| {key} | {t['ratio']:.2f} | {t['limit']} | {gap} | {'yes' if t['met'] else 'no'} |")
-    Path("bench/RESULTS.md").write_text("\n".join(lines) + "\n")
-    print("wrote bench/RESULTS.md")
+    Path("benchmarks/RESULTS.md").write_text("\n".join(lines) + "\n")
+    print("wrote benchmarks/RESULTS.md")
 
 
 if __name__ == "__main__":

@@ -4,10 +4,10 @@ For each calibration method (minmax, entropy, percentile) and for the automatic 
 (`--int8-max-drop 1`), exports ONNX and TFLite int8 and records the parity gate's
 validation agreement and accuracy, the test accuracy, the batch-1 latency and the
 layers kept in float; then the float alternatives (ONNX float32, OpenVINO bf16).
-Writes bench/INT8.md and bench/int8.json (one section per run; a rerun replaces
+Writes benchmarks/INT8.md and benchmarks/int8.json (one section per run; a rerun replaces
 that run's section).
 
-Usage: python bench/int8.py NAME RUN TEST_DIR   (e.g. elpv ~/.cache/toolkit-elpv/run DATA/test)
+Usage: python benchmarks/int8.py NAME RUN TEST_DIR   (e.g. elpv ~/.cache/toolkit-elpv/run DATA/test)
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from real import machine  # noqa: E402  (the same machine line as bench/REAL.md)
+from real import machine  # noqa: E402  (the same machine line as benchmarks/REAL.md)
 
 VARIANTS = [
     ("minmax", ["--calibration", "minmax"]),
@@ -101,7 +101,7 @@ def write_markdown(results: dict, dest: Path) -> None:
     lines = [
         "# int8 on real data: calibration methods, the automatic fix, and bf16",
         "",
-        "Written by `make bench-int8` (bench/int8.py). Each int8 row is gated on the run's validation images "
+        "Written by `make bench-int8` (benchmarks/int8.py). Each int8 row is gated on the run's validation images "
         "(agreement >= 98%, accuracy drop <= 1 point) and scored on its held-out test images; batch-1 ms is the "
         "median of 20 runs through the toolkit runtime on all cores.",
     ]

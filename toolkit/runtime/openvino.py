@@ -15,20 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.errors import DeviceError, RuntimeModelError
-from toolkit.runtime.backends import Backend
+from toolkit.runtime.base import Backend, check_device
 
 METADATA_SECTION = "toolkit"
-
-
-def model_files(path: Path) -> list[Path]:
-    """Every file a model consists of: an IR's .xml and its .bin, any other model alone."""
-    if path.suffix.lower() == ".xml":
-        return [path, path.with_suffix(".bin")]
-    return [path]
-
-
-def model_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in model_files(path) if p.is_file())
 
 
 def _openvino():
@@ -56,8 +45,7 @@ class OpenVinoBackend(Backend):
     def __init__(self, path: Path, device: str = "auto", threads: int | None = None, pixel_scale: str = "0..255"):
         if device == "cuda":
             raise DeviceError("device=cuda is not available for OpenVINO IR; use an ONNX model or device=cpu")
-        if device not in ("auto", "cpu"):
-            raise DeviceError(f"device must be one of auto, cpu, cuda, got {device}")
+        check_device(device)
         if not path.with_suffix(".bin").is_file():
             raise RuntimeModelError(f"{path.name}: its weights file {path.with_suffix('.bin').name} is missing")
         ov = _openvino()

@@ -5,10 +5,10 @@ outside git (`pip download elpv-dataset==1.0.0.post1 --no-deps`) and never commi
 
 The paper's task: a cell is `defective` when its defect probability is >= 0.5, `functional`
 otherwise. Test is 25%, stratified by class and module type (mono/poly); the split is written once
-to `bench/elpv_split.csv` (committed: file names only), so every machine trains and tests on the
+to `benchmarks/elpv_split.csv` (committed: file names only), so every machine trains and tests on the
 same cells. Validation is carved from the training part only, by `toolkit train`.
 
-Usage: python bench/elpv.py CACHE_DIR   (prints the prepared DATA_DIR: DATA/{train,test}/{class}/)
+Usage: python benchmarks/elpv.py CACHE_DIR   (prints the prepared DATA_DIR: DATA/{train,test}/{class}/)
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """`make bench-real`: the README recipe on real images (ELPV), every artifact scored on the held-out test split.
 
-Downloads the ELPV solar-cell set (bench/elpv.py: pip, into a cache outside git), trains with the
+Downloads the ELPV solar-cell set (benchmarks/elpv.py: pip, into a cache outside git), trains with the
 recipe README recommends, exports every format (each gated on parity), evaluates the Keras model and
 every artifact on the 25% test split (655 cells), measures batch-1 latency, and writes
-bench/REAL.md + bench/real.json beside the published results on the same task and split sizes
+benchmarks/REAL.md + benchmarks/real.json beside the published results on the same task and split sizes
 (Deitsch et al., Solar Energy 2019).
 
-Usage: python bench/real.py [--cache ~/.cache/toolkit-elpv] [--weights imagenet|PATH] [--out DIR]
+Usage: python benchmarks/real.py [--cache ~/.cache/toolkit-elpv] [--weights imagenet|PATH] [--out DIR]
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def evaluate_artifacts(run: Path, test_dir: Path) -> list[dict]:
     """Test-split metrics of best.keras and every exported artifact, through toolkit.runtime."""
     from toolkit.evaluate import evaluate_model
     from toolkit.runtime import load
-    from toolkit.runtime.openvino_backend import model_bytes
+    from toolkit.runtime.base import model_bytes
 
     manifest = json.loads((run / "export" / "manifest.json").read_text())
     models = [("keras", "float32", run / "best.keras", True)]
@@ -118,7 +118,7 @@ def write_report(result: dict, out_md: Path) -> None:
         "",
         f"Written by `{result['command']}` on {result['date']}; machine: {result['machine']}.",
         f"Data: {result['data']['train']} training cells (validation carved from them), {result['data']['test']} test "
-        f"cells (25%, stratified by class and module type; `bench/elpv_split.csv`). Positive class: `{POSITIVE}`.",
+        f"cells (25%, stratified by class and module type; `benchmarks/elpv_split.csv`). Positive class: `{POSITIVE}`.",
         f"Recipe: `toolkit train DATA {' '.join(RECIPE)} --positive-class {POSITIVE}` "
         f"(weights: {result['weights']}); training {result['train_seconds'] / 60:.1f} min, "
         f"whole benchmark {result['total_seconds'] / 60:.1f} min.",

@@ -1,0 +1,146 @@
+"""Every CLI option's default and choices come from the library: one home for each fact."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from enum import StrEnum
+
+import pytest
+import typer.core
+import typer.main
+
+from toolkit.bench.types import BenchFormat, BenchOptions
+from toolkit.cli import app
+from toolkit.data.demo import DemoDataConfig
+from toolkit.evaluate import EvaluateOptions
+from toolkit.export.base import Calibration, ExportTarget, Precision
+from toolkit.export.pipeline import ExportOptions
+from toolkit.hardware import BasePrecision, Strategy
+from toolkit.model import FineTuneFrom, Head
+from toolkit.parity import ParityOverrides
+from toolkit.runtime import LoadOptions, PredictOptions
+from toolkit.runtime.base import Device, PixelScale
+from toolkit.train.config import ClassWeight, Monitor, Schedule, TrainConfig
+
+# Options that belong to the command line alone (where output goes, how it is shown), not to the library.
+CLI_ONLY = {"out", "quiet", "json_output", "resume", "help"}
+
+# command -> {parameter: (dataclass, field)} where the names differ or the owner is not the command's own options
+RENAMED = {
+    "train": {"base_precision": (TrainConfig, "precision")},
+    "demo-data": {"image_size": (DemoDataConfig, "size")},
+    "export": {
+        "precision": (ExportOptions, "precisions"),
+        "data": (ExportOptions, "data_dir"),
+        "max_diff": (ParityOverrides, "max_abs_diff"),
+        "min_agreement": (ParityOverrides, "min_agreement"),
+        "max_accuracy_drop": (ParityOverrides, "max_accuracy_drop"),
+    },
+    "bench": {
+        "format": (BenchOptions, "formats"),
+        "precision": (BenchOptions, "precisions"),
+        "batch_size": (BenchOptions, "batches"),
+        "data": (BenchOptions, "data_dir"),
+    },
+}
+OWNERS = {
+    "train": [TrainConfig],
+    "demo-data": [DemoDataConfig],
+    "export": [ExportOptions],
+    "bench": [BenchOptions],
+    "predict": [PredictOptions, LoadOptions],
+    "evaluate": [EvaluateOptions, LoadOptions],
+}
+CHOICES = {
+    ("train", "base_precision"): BasePrecision,
+    ("train", "head"): Head,
+    ("train", "monitor"): Monitor,
+    ("train", "class_weight"): ClassWeight,
+    ("train", "fine_tune_schedule"): Schedule,
+    ("train", "fine_tune_from"): FineTuneFrom,
+    ("train", "strategy"): Strategy,
+    ("export", "format"): ExportTarget,
+    ("export", "calibration"): Calibration,
+    ("predict", "device"): Device,
+    ("predict", "pixel_scale"): PixelScale,
+    ("evaluate", "device"): Device,
+    ("bench", "device"): Device,
+}
+LISTED = {("export", "precision"): Precision, ("bench", "precision"): Precision, ("bench", "format"): BenchFormat}
+
+
+def _field_default(cls, name: str):
+    field = {f.name: f for f in dataclasses.fields(cls)}[name]
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    return field.default_factory()
+
+
+def _owner(command: str, name: str):
+    if name in RENAMED.get(command, {}):
+        return RENAMED[command][name]
+    for cls in OWNERS[command]:
+        if name in {f.name for f in dataclasses.fields(cls)}:
+            return cls, name
+    raise AssertionError(f"{command} --{name} has no library home for its default")
+
+
+def _commands() -> dict:
+    return typer.main.get_command(app).commands
+
+
+@pytest.mark.parametrize("command", sorted(OWNERS))
+def test_every_option_default_is_the_library_default(command):
+    checked = 0
+    for param in _commands()[command].params:
+        if not isinstance(param, typer.core.TyperOption) or param.name in CLI_ONLY:
+            continue
+        cls, field = _owner(command, param.name)
+        expected = _field_default(cls, field)
+        if command == "bench" and field == "batches":
+            expected = ",".join(map(str, expected))
+        shown = param.default.value if isinstance(param.default, StrEnum) else param.default
+        assert shown == expected, (command, param.name, shown, expected)
+        checked += 1
+    assert checked >= 3
+
+
+def test_every_choice_list_is_the_library_enum():
+    commands = _commands()
+    for (command, name), enum in CHOICES.items():
+        param = next(p for p in commands[command].params if p.name == name)
+        annotation = param.type_descriptor.annotation
+        kinds = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+        assert kinds == [enum], (command, name, annotation)  # the library's enum itself, not a copy
+
+
+def test_comma_separated_options_check_against_the_library_enum():
+    from typer.testing import CliRunner
+
+    for (command, name), enum in LISTED.items():
+        flag = "--" + name.replace("_", "-")
+        result = CliRunner().invoke(app, [command, "x", flag, "bogus"])
+        assert result.exit_code == 2
+        text = " ".join(result.output.replace("│", " ").split())
+        assert ", ".join(enum) in text, result.output
+
+
+def test_no_vocabulary_is_written_twice_in_the_library():
+    """The tuples that used to shadow the CLI's enums are gone; the enums are the only lists."""
+    import toolkit.export.pipeline as pipeline
+    import toolkit.hardware as hardware
+    import toolkit.model as model
+    import toolkit.train.config as config
+
+    for module, names in (
+        (hardware, ("PRECISIONS", "STRATEGIES")),
+        (model, ("HEADS",)),
+        (config, ("SCHEDULES", "CLASS_WEIGHTS")),
+        (pipeline, ("FORMAT_CHOICES", "PRECISIONS")),
+    ):
+        for name in names:
+            assert not hasattr(module, name), f"{module.__name__}.{name}"
+    assert TrainConfig.val_split == _field_default(
+        __import__("toolkit.data", fromlist=["SplitOptions"]).SplitOptions, "val_split"
+    )

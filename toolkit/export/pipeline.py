@@ -1,0 +1,296 @@
+"""The export pipeline: select formats, convert each atomically, gate it on parity, record it.
+
+Each artifact is written to a temporary file and renamed, then checked against the
+Keras model through the runtime, then recorded in `manifest.json` (rewritten
+atomically after every artifact), so an interrupted export never leaves an artifact
+that the manifest vouches for but did not check.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from toolkit import __version__
+from toolkit.errors import ExportError
+from toolkit.export import onnx_float, onnx_int8, openvino, tflite, tflite_int8, web
+from toolkit.export.base import Calibration, ExportContext, ExportFormat, ExportTarget, Precision
+from toolkit.export.manifest import MANIFEST, converter_versions, open_manifest, record_artifact
+from toolkit.facts import InputSpec, ModelFacts
+from toolkit.fileio import atomic_path, remove_stale_temporaries, sha256_file
+from toolkit.parity import ParityOverrides, compare_outputs, thresholds_for
+from toolkit.progress import phase
+from toolkit.quiet import silenced
+from toolkit.run_folder import RunFolder, load_run
+
+REGISTRY: dict[str, ExportFormat] = {
+    f.key: f
+    for f in (
+        onnx_float.FORMAT,
+        onnx_int8.FORMAT,
+        *tflite.FORMATS,
+        tflite_int8.FORMAT,
+        openvino.FORMAT,
+        *web.FORMATS,
+    )
+}
+MODEL_FORMATS = (ExportTarget.onnx, ExportTarget.tflite, ExportTarget.openvino)  # `all`: every model file
+MAX_OPSET = 18  # tf2onnx 1.17 supports opsets up to 18
+
+
+@dataclasses.dataclass
+class ExportOptions:
+    """What `toolkit export` is asked to do: the only home of its defaults (the CLI reads them from here)."""
+
+    format: ExportTarget = ExportTarget.all
+    precisions: list[str] | None = None
+    opset: int = 17  # what most runtimes in the field accept
+    calib_images: int = 200  # training images (stratified) calibrating int8
+    calibration: Calibration = Calibration.minmax  # int8 activation ranges (ONNX and TFLite)
+    calibration_percentile: float = 99.999
+    diagnose: bool = False  # per-activation int8 report (also written whenever the ONNX int8 gate fails)
+    int8_max_drop: float | None = None  # accuracy points: turns on the automatic fix (int8_fix.py)
+    int8_max_float_layers: int = 10  # the fix's budget
+    parity_images: int | None = None
+    data_dir: str | None = None
+    overrides: ParityOverrides = dataclasses.field(default_factory=ParityOverrides)
+
+
+@dataclasses.dataclass
+class ExportReport:
+    manifest: dict
+    failed: list[dict]
+    manifest_path: Path
+    diagnosis: Path | None = None  # export/quant_report.json, when written
+
+
+def select_formats(format: str, precisions: list[str] | None) -> list[ExportFormat]:
+    if format not in tuple(ExportTarget):
+        raise ExportError(f"--format must be one of {', '.join(ExportTarget)}, got {format}")
+    for p in precisions or []:
+        if p not in tuple(Precision):
+            raise ExportError(f"--precision must be among {', '.join(Precision)}, got {p}")
+    chosen = [
+        f
+        for f in REGISTRY.values()
+        if (f.format == format or (format == "all" and f.format in MODEL_FORMATS))
+        and (not precisions or f.precision in precisions)
+    ]
+    if not chosen:
+        raise ExportError(f"no format matches --format {format} --precision {','.join(precisions or [])}")
+    return chosen
+
+
+def _calibration_subset(train, count: int, seed: int) -> np.ndarray:
+    """A seeded sample of training images, every class in proportion (never validation or test)."""
+    from toolkit.data import stratified_sample
+
+    return np.asarray(train.images[stratified_sample(train.labels, count, seed)], dtype=np.uint8)
+
+
+def _calibration_record(fmt: ExportFormat, ctx: ExportContext) -> dict | None:
+    """What calibrated an int8 artifact, for its manifest entry."""
+    if fmt.precision != "int8":
+        return None
+    return dict(ctx.calibration)
+
+
+@dataclasses.dataclass
+class ParitySet:
+    """The validation images every artifact is compared on, with the Keras model's own outputs."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    reference: np.ndarray
+    overrides: ParityOverrides
+    decide: Callable[[np.ndarray], np.ndarray] | None = None  # the operating point, where the run has one
+
+
+def _check_options(options: ExportOptions) -> list[ExportFormat]:
+    formats = select_formats(options.format, options.precisions)
+    if not 7 <= options.opset <= MAX_OPSET:
+        raise ExportError(f"--opset must be between 7 and {MAX_OPSET} (tf2onnx 1.17), got {options.opset}")
+    if options.calib_images < 1:
+        raise ExportError("--calib-images must be at least 1")
+    if options.calibration not in tuple(Calibration):
+        raise ExportError(f"--calibration must be one of {', '.join(Calibration)}")
+    if not 50.0 < options.calibration_percentile <= 100.0:
+        raise ExportError("--calibration-percentile must be in (50, 100]")
+    if options.int8_max_drop is not None and not 0 <= options.int8_max_drop <= 100:
+        raise ExportError("--int8-max-drop is in accuracy points, 0 to 100")
+    if options.int8_max_float_layers < 1:
+        raise ExportError("--int8-max-float-layers must be at least 1")
+    if options.parity_images is not None and options.parity_images < 1:
+        raise ExportError("--parity-images must be at least 1")
+    return formats
+
+
+def _parity_set(model, val, options: ExportOptions, seed: int, decision=None) -> ParitySet:
+    """All validation images, or a seeded sample stratified by class (validation is stored sorted by class)."""
+    from toolkit.data import stratified_sample
+    from toolkit.model import predict_in_batches
+
+    index = stratified_sample(val.labels, options.parity_images, seed)
+    images = np.asarray(val.images[index], dtype=np.uint8)
+    decide = decision.predict if decision is not None else None
+    overrides = options.overrides
+    if options.int8_max_drop is not None and overrides.max_accuracy_drop is None:  # the fix's budget is the gate's
+        overrides = dataclasses.replace(overrides, max_accuracy_drop=options.int8_max_drop / 100)
+    return ParitySet(images, val.labels[index], predict_in_batches(model, images), overrides, decide)
+
+
+def _export_one(fmt: ExportFormat, ctx: ExportContext, parity: ParitySet) -> dict:
+    """Convert (atomically), run the artifact through the runtime, and describe it for the manifest."""
+    from toolkit.runtime import load as load_artifact
+    from toolkit.runtime.base import model_bytes
+
+    dest = ctx.export_dir / fmt.filename
+    # The converters print pages of graph dumps: silenced inside the phase, whose line comes after.
+    with phase(f"converting {fmt.format} {fmt.precision}"), atomic_path(dest) as tmp, silenced((1, 2)):
+        fmt.convert(ctx, tmp)
+    ctx.scratch[fmt.key] = dest  # what int8 quantises, web bundles copy and the diagnosis reads
+    with phase(f"parity of {fmt.format} {fmt.precision} on {len(parity.images)} validation images"):
+        with silenced((2,)):  # LiteRT announces its XNNPACK delegate
+            classifier = load_artifact(dest, device="cpu", labels=ctx.labels, verify=False)
+        candidate = classifier.predict_arrays(parity.images)
+    thresholds = thresholds_for(fmt.precision, parity.overrides)
+    record = compare_outputs(parity.reference, candidate, parity.labels, thresholds, parity.decide)
+    entry = {
+        "format": fmt.format,
+        "precision": fmt.precision,
+        "path": fmt.filename,
+        "sha256": sha256_file(dest),
+        "size_bytes": model_bytes(dest),  # an OpenVINO IR's .bin included
+        **fmt.describe_io(dest),
+        "labels": ctx.labels,
+        "decision": ctx.decision,
+        "image_size": ctx.image_size,
+        "preprocessing": ctx.facts.preprocessing,
+        "source_sha256": ctx.source_sha256,
+        "facts": ctx.facts.to_json(),
+        "versions": converter_versions(fmt.converter),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "parity": dataclasses.asdict(record),
+    }
+    calibration = _calibration_record(fmt, ctx)
+    if calibration is not None:
+        entry["calibration"] = calibration
+    if not record.passed:
+        entry["advice"] = fmt.advice
+    return entry
+
+
+def export_run(run_dir: str | Path, options: ExportOptions = ExportOptions()) -> ExportReport:
+    """Convert the run's best model to every selected format and gate each on parity."""
+    from toolkit.model import load_keras_model
+
+    formats = _check_options(options)
+    run = load_run(run_dir)
+    model = load_keras_model(run.best)
+    data = run.load_data(options.data_dir)
+    seed = int(run.config.get("seed", 0))
+    parity = _parity_set(model, data.val, options, seed, run.decision)
+    export_dir = run.export_dir
+    export_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(export_dir)
+    source_sha = sha256_file(run.best)
+    decision = run.decision.to_json() if run.decision else None
+    facts = model_facts(run, source_sha)
+    manifest = open_manifest(export_dir, source_sha, facts)
+    ctx = ExportContext(
+        model=model,
+        export_dir=export_dir,
+        labels=run.labels,
+        image_size=run.image_size,
+        calibration_images=_calibration_subset(data.train, options.calib_images, seed),
+        opset=options.opset,
+        source_sha256=source_sha,
+        facts=facts,
+        decision=decision,
+    )
+    ctx.calibration = {"method": options.calibration, "images": len(ctx.calibration_images)}
+    if options.calibration == "percentile":
+        ctx.calibration["percentile"] = options.calibration_percentile
+    failed: list[dict] = []
+    diagnosis = None
+    try:
+        for fmt in formats:
+            entry = _export_or_fix(fmt, ctx, parity, options)
+            if not entry["parity"]["passed"]:
+                failed.append(entry)
+            record_artifact(export_dir, manifest, entry)
+        diagnosis = _diagnose_if_asked(ctx, parity, options, failed)
+    finally:
+        if "work" in ctx.scratch:
+            shutil.rmtree(ctx.scratch["work"], ignore_errors=True)
+    return ExportReport(manifest, failed, export_dir / MANIFEST, diagnosis)
+
+
+def model_facts(run: RunFolder, source_sha: str) -> ModelFacts:
+    """The one record every artifact of this export carries (and its manifest entry repeats)."""
+    from toolkit.model import PREPROCESSING
+
+    return ModelFacts(
+        labels=tuple(run.labels),
+        input=InputSpec.square(run.image_size),
+        decision=run.decision.to_json() if run.decision else None,
+        preprocessing=PREPROCESSING,
+        toolkit_version=__version__,
+        base="vgg16",
+        source_sha256=source_sha,
+    )
+
+
+def _export_or_fix(fmt: ExportFormat, ctx: ExportContext, parity: ParitySet, options: ExportOptions) -> dict:
+    """One artifact; an int8 model file under `--int8-max-drop` goes through the automatic fix."""
+    from toolkit.export.int8_fix import FixOptions, calibration_order, fix_int8
+
+    if options.int8_max_drop is None or fmt.rank_layers is None:
+        return _export_one(fmt, ctx, parity)
+    fix = FixOptions(calibration_order(ctx.calibration, options.calibration_percentile), options.int8_max_float_layers)
+    chosen = dict(ctx.calibration)
+    try:
+        return fix_int8(fmt, ctx, lambda: _export_one(fmt, ctx, parity), _diagnosis_images(parity), fix)
+    finally:
+        ctx.calibration, ctx.float_layers = chosen, []  # the next format starts from the user's choices
+
+
+def _diagnosis_images(parity: ParitySet) -> np.ndarray:
+    from toolkit.data import stratified_sample
+    from toolkit.export.diagnose import DIAGNOSIS_IMAGES
+
+    return parity.images[stratified_sample(parity.labels, DIAGNOSIS_IMAGES, seed=0)]
+
+
+def _diagnose_if_asked(
+    ctx: ExportContext, parity: ParitySet, options: ExportOptions, failed: list[dict]
+) -> Path | None:
+    """The per-layer int8 report, on `--diagnose` or for an int8 model file that failed its gate."""
+    from toolkit.export import diagnose, tflite_int8
+
+    failing = {f"{e['format']}-{e['precision']}" for e in failed}
+    wanted = [k for k in ("onnx-int8", "tflite-int8") if k in ctx.scratch and (options.diagnose or k in failing)]
+    if not wanted:
+        return None
+    images = _diagnosis_images(parity)
+    diagnoses = []
+    for key in wanted:
+        with phase(f"diagnosing {key.replace('-', ' ')} on {len(images)} validation images"), silenced((1, 2)):
+            if key == "onnx-int8":
+                diagnoses.append(diagnose.onnx_diagnosis(onnx_int8.float_onnx(ctx), ctx.scratch[key], images))
+            else:
+                noise = tflite_int8.layer_noise(ctx, images)
+                diagnoses.append(diagnose.tflite_diagnosis(ctx.scratch[key].name, noise))
+    return diagnose.write_quant_report(diagnoses, ctx.export_dir, len(images))
+
+
+def parity_failure_message(failed: list[dict]) -> str:
+    parts = [
+        f"{e['format']} {e['precision']}: {'; '.join(e['parity']['failures'])} (try: {e['advice']})" for e in failed
+    ]
+    return "parity gate failed for " + " | ".join(parts)
