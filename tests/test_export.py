@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from toolkit.errors import ExportError
+from toolkit.fileio import LOCK_NAME
 
 EXPECTED = {
     ("onnx", "float32"),
@@ -50,7 +51,7 @@ def test_manifest_lists_every_artifact_with_matching_sha256(exported_run):
         } <= set(p)
     float32 = [a for a in manifest["artifacts"] if a["precision"] == "float32"]
     assert all(a["parity"]["passed"] and a["parity"]["max_abs_diff"] < 1e-4 for a in float32)
-    assert not list((exported_run / "export").glob(".*"))  # no temporary leftovers
+    assert [p.name for p in (exported_run / "export").glob(".*")] == [LOCK_NAME]  # no temporary leftovers
 
 
 def test_onnx_artifacts_run_in_onnxruntime_with_named_io_and_metadata(exported_run):
@@ -137,7 +138,7 @@ def test_failed_conversion_leaves_no_artifact_and_no_manifest_entry(trained_run,
     with pytest.raises(ExportError, match="converter crashed"):
         export_run(run, ExportOptions(format="tflite", precisions=["float16"]))
     assert not (run / "export" / "model_float16.tflite").exists()
-    assert list((run / "export").iterdir()) == []
+    assert [p.name for p in (run / "export").iterdir()] == [LOCK_NAME]  # only the (released) lock file
 
 
 def test_bad_options_are_export_errors(trained_run):
@@ -197,7 +198,7 @@ def test_full_disk_during_export_is_one_error_and_keeps_the_previous_artifact(ex
     with pytest.raises(DiskFullError, match="previous file was kept"):
         export_run(run, ExportOptions(format="tflite", precisions=["int8"]))
     assert (run / "export" / "model_int8.tflite").read_bytes() == before
-    assert not [p for p in (run / "export").iterdir() if p.name.startswith(".")]
+    assert [p.name for p in (run / "export").iterdir() if p.name.startswith(".")] == [LOCK_NAME]
 
 
 def _activation_scales(path) -> dict[str, float]:
@@ -252,7 +253,7 @@ def test_each_calibration_method_is_used_and_recorded(trained_run, tmp_path, fmt
 
 
 def test_calibration_images_come_from_every_class_of_train(trained_run, monkeypatch):
-    import toolkit.export as export_module
+    import toolkit.export.pipeline as export_module
     from toolkit.run_folder import load_run
 
     train = load_run(trained_run).load_data().train
@@ -330,7 +331,7 @@ def test_two_step_tflite_int8_with_minmax_matches_the_converters_one_step_model(
     manifest = json.loads((exported_run / "export" / "manifest.json").read_text())
     entry = next(a for a in manifest["artifacts"] if a["path"] == "model_int8.tflite")
     assert entry["calibration"]["method"] == "minmax"
-    import toolkit.export as export_module
+    import toolkit.export.pipeline as export_module
 
     images = export_module._calibration_subset(train, entry["calibration"]["images"], int(run.config["seed"]))
     converter = tf.lite.TFLiteConverter.from_keras_model(load_keras_model(run.best))

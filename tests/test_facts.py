@@ -37,15 +37,17 @@ def test_every_artifact_carries_the_same_record_as_its_manifest(exported_run):
     export = exported_run / "export"
     manifest = json.loads((export / "manifest.json").read_text())
     labels = json.loads((exported_run / "labels.json").read_text())
-    records = {}
+    records, digests = {}, set()
     for name in ARTIFACTS:
         clf = load(export / name)
-        records[name] = clf.info.to_json()
+        records[name] = clf.info.shared()
+        digests.add(clf.info.content_sha256)
         entry = next(a for a in manifest["artifacts"] if a["path"] == name)
-        assert entry["facts"] == records[name], name
-        assert clf.label_source == "model-facts", name
+        assert entry["facts"] == clf.info.to_json(), name
+        assert clf.label_source == "model-facts" and clf.verified, name
     first = records[ARTIFACTS[0]]
-    assert all(record == first for record in records.values())
+    assert all(record == first for record in records.values())  # one record, each file with its own digest
+    assert len(digests) == len(ARTIFACTS) and None not in digests
     assert first["labels"] == labels["labels"]
     assert first["decision"]["threshold"] == labels["threshold"]
     assert first["decision"]["positive_class"] == labels["positive_class"]

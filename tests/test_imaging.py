@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from toolkit import imaging
+from toolkit.data import imaging
 from toolkit.data.imaging import load_image_array, load_rgb
 from toolkit.errors import DatasetError
 

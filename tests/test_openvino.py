@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from toolkit.cli import app
 from toolkit.errors import RuntimeModelError
+from toolkit.fileio import LOCK_NAME
 from toolkit.hardware import cpu_supports_bf16
 
 
@@ -90,4 +91,5 @@ def test_a_killed_conversion_leaves_a_staging_folder_the_next_export_removes(tra
     (leftover / "model_bf16.bin").write_bytes(b"partial")
     report = export_run(run, ExportOptions(format="openvino"))
     assert not report.failed and not leftover.exists()
-    assert sorted(p.name for p in (run / "export").iterdir()) == ["manifest.json", "model_bf16.bin", "model_bf16.xml"]
+    names = sorted(p.name for p in (run / "export").iterdir())
+    assert names == [LOCK_NAME, "manifest.json", "model_bf16.bin", "model_bf16.xml"]

@@ -85,7 +85,7 @@ def test_lone_onnx_file_carries_its_labels(exported_run, tmp_path):
     lone = tmp_path / "model.onnx"
     shutil.copy(exported_run / "export" / "model_float32.onnx", lone)
     clf = load(lone)
-    assert clf.labels == ["benign", "malignant"] and clf.label_source == "onnx-metadata"
+    assert clf.labels == ["benign", "malignant"] and clf.label_source == "model-facts"
 
 
 def test_foreign_nchw_model_with_given_labels_and_scaling(tmp_path):

@@ -74,6 +74,15 @@ def test_bundle_is_self_contained(web_run):
     assert config["decision"]["positive_class"] == "malignant"
 
 
+def _tolerance(precision: str) -> float:
+    """1e-4, except int8 on x86 CPUs without VNNI: there ONNX Runtime's native u8s8 kernels (AVX2 vpmaddubsw)
+    saturate pairwise sums that WebAssembly computes exactly, which moves the int8 model's quantised softmax
+    output (scale 1/255) by up to two steps (measured 2/255 on a 2-core AMD EPYC with AVX2 only)."""
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    vnni = "avx512_vnni" in flags or "avx_vnni" in flags or "amx_int8" in flags
+    return 1e-4 if precision == "float32" or vnni or "avx2" not in flags else 2.5 / 255
+
+
 @pytest.mark.parametrize("precision", ["int8", "float32"])
 def test_page_classifies_like_the_python_runtime(web_run, served, browser, precision):
     from toolkit.runtime import load
@@ -98,7 +107,7 @@ def test_page_classifies_like_the_python_runtime(web_run, served, browser, preci
         np.testing.assert_array_equal(np.array(result["pixels"], np.uint8).reshape(pixels.shape), pixels)
         expected = runtime.predict([path])[0]
         np.testing.assert_allclose(
-            result["probabilities"], [expected.probabilities[n] for n in runtime.labels], atol=1e-4
+            result["probabilities"], [expected.probabilities[n] for n in runtime.labels], atol=_tolerance(precision)
         )
         assert result["label"] == expected.label
     page.close()

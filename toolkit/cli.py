@@ -8,6 +8,7 @@ Vocabularies and defaults come from the library's enums and dataclasses; heavy i
 from __future__ import annotations
 
 import dataclasses
+import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -15,9 +16,9 @@ from typing import Annotated
 import typer
 
 from toolkit.bench.types import BenchFormat, BenchOptions
+from toolkit.console import OneLineErrors, load_classifier, set_debug, use_progress, user_errors
 from toolkit.console import csv_choices as _csv
 from toolkit.console import echo_json as _echo_json
-from toolkit.console import set_debug, user_errors
 from toolkit.data.demo import DemoDataConfig
 from toolkit.errors import ParityError, ToolkitError
 from toolkit.evaluate import EvaluateOptions
@@ -41,6 +42,7 @@ DEMO = DemoDataConfig()
 Opt, Arg = typer.Option, typer.Argument  # short names keep each option on one line
 
 app = typer.Typer(
+    cls=OneLineErrors,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -56,12 +58,6 @@ def main_options(
     set_debug(debug)
 
 
-def _progress(quiet: bool) -> None:
-    from toolkit import progress
-
-    progress.use(progress.for_terminal(quiet))
-
-
 JsonFlag = Annotated[bool, Opt("--json", help="Print the result as JSON (no progress output).")]
 QuietFlag = Annotated[bool, Opt(help="No progress output.")]
 DeviceFlag = Annotated[Device, Opt(help="Where inference runs (cuda: ONNX only).")]
@@ -69,6 +65,7 @@ ThreadsFlag = Annotated[int | None, Opt(min=1, help="Intra-op threads (default: 
 VerifyFlag = Annotated[bool, Opt("--verify/--no-verify", help="Check the sha256 in a manifest beside it.")]
 ExternalData = Annotated[bool, Opt(help="Let an ONNX model read data files beside it.")]
 ImageSize = Annotated[int, Opt(min=16, help="Square image side in pixels.")]
+WaitFlag = Annotated[bool, Opt(help="If another process writes the same folder, wait for it (default: exit 2).")]
 
 
 def _options(cls, params: dict, **overrides):
@@ -160,6 +157,7 @@ def train(
     strategy: Annotated[Strategy, Opt(help="multiworker reads TF_CONFIG.")] = TRAIN.strategy,
     cache_dir: Annotated[Path | None, Opt(help="Decoded-image cache (default RUN_DIR/cache).")] = TRAIN.cache_dir,
     resume: Annotated[bool, Opt(help="Continue an interrupted run in --out (only --epochs may change).")] = (False),
+    wait: WaitFlag = False,
     quiet: Annotated[bool, Opt(help="No progress bars or per-epoch output.")] = False,
     json_output: JsonFlag = False,
 ) -> None:
@@ -170,7 +168,7 @@ def train(
     from toolkit.console import print_train_result
     from toolkit.train import train as run_training
 
-    _progress(quiet or json_output)
+    use_progress(quiet or json_output)
     if out is None:
         if resume:
             raise ToolkitError("--resume needs --out RUN_DIR")
@@ -179,11 +177,11 @@ def train(
         out = Path("models") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     paths = {"data_dir": str(data_dir), "out": str(out), "cache_dir": str(cache_dir) if cache_dir else None}
     config = _options(TrainConfig, ctx.params, precision=base_precision.value, **paths)
-    explicit = _explicit_options(ctx) - {"out", "resume", "quiet", "json_output"}
+    explicit = _explicit_options(ctx) - {"out", "resume", "quiet", "json_output", "wait"}
     explicit = {"precision" if name == "base_precision" else name for name in explicit} | {"data_dir"}
     log = (lambda _m: None) if json_output else typer.echo
-    quiet_fit = 0 if quiet or json_output else 1
-    result = run_training(config, resume=resume, log=log, verbose=quiet_fit, explicit=explicit)
+    quiet_fit = 0 if quiet or json_output else (1 if sys.stdout.isatty() else 2)  # 2: one line per epoch
+    result = run_training(config, resume=resume, log=log, verbose=quiet_fit, explicit=explicit, wait=wait)
     if json_output:
         return _echo_json(result)
     print_train_result(result)
@@ -236,6 +234,7 @@ def export(
     max_accuracy_drop: Annotated[float | None, Opt(help="Relax the int8 accuracy drop (0..1).")] = (
         EXPORT.overrides.max_accuracy_drop
     ),
+    wait: WaitFlag = EXPORT.wait,
     quiet: QuietFlag = False,
     json_output: JsonFlag = False,
 ) -> None:
@@ -247,7 +246,7 @@ def export(
     from toolkit.export import export_run, parity_failure_message
     from toolkit.parity import ParityOverrides
 
-    _progress(quiet or json_output)
+    use_progress(quiet or json_output)
     overrides = ParityOverrides(max_diff, min_agreement, max_accuracy_drop)
     data_dir = str(data) if data else None
     options = _options(ExportOptions, ctx.params, precisions=precision, data_dir=data_dir, overrides=overrides)
@@ -261,19 +260,6 @@ def export(
             print_quant_report(report.diagnosis)
     if report.failed:
         raise ParityError(parity_failure_message(report.failed))
-
-
-def _load_classifier(model: Path, **kwargs):
-    """The runtime's classifier, with LiteRT's and TensorFlow's start-up lines kept off the terminal."""
-    from toolkit.quiet import silenced
-    from toolkit.runtime import load
-
-    if model.suffix.lower() == ".keras":
-        from toolkit.tf_setup import import_tensorflow
-
-        import_tensorflow()
-    with silenced((2,)):
-        return load(model, **kwargs)
 
 
 @app.command()
@@ -295,7 +281,7 @@ def predict(
     from toolkit.console import print_predictions
     from toolkit.data.imaging import collect_images
 
-    classifier = _load_classifier(
+    classifier = load_classifier(
         model,
         device=device.value,
         threads=threads,
@@ -326,8 +312,8 @@ def evaluate(
     """Accuracy, AUC, per-class precision/recall/F1 and the confusion matrix at the model's operating point."""
     from toolkit.evaluate import evaluate_model, format_metrics
 
-    _progress(quiet or json_output)
-    classifier = _load_classifier(
+    use_progress(quiet or json_output)
+    classifier = load_classifier(
         model, device=device.value, threads=threads, verify=verify, allow_external_data=allow_external_data
     )
     result = evaluate_model(classifier, data_dir, out, batch_size=batch_size)
@@ -358,10 +344,12 @@ def bench(
     runs: Annotated[int, Opt(min=1, help="Timed runs per batch size.")] = BENCH.runs,
     seconds: Annotated[float | None, Opt(help="Time each batch size this long instead of --runs.")] = BENCH.seconds,
     threads: ThreadsFlag = BENCH.threads,
+    verify: VerifyFlag = BENCH.verify,
     data: Annotated[Path | None, Opt(help="Labelled folder for accuracy (default: the run's validation).")] = (
         BENCH.data_dir
     ),
     device: Annotated[Device, Opt(help="auto: CPU rows, plus CUDA rows where ONNX has CUDA.")] = Device(BENCH.device),
+    wait: WaitFlag = BENCH.wait,
     quiet: QuietFlag = False,
     json_output: JsonFlag = False,
 ) -> None:
@@ -372,7 +360,7 @@ def bench(
     from toolkit.errors import BenchError
 
     batches = parse_batches(batch_size)
-    _progress(quiet or json_output)
+    use_progress(quiet or json_output)
     run_dir = targets[0] if len(targets) == 1 and targets[0].is_dir() else None
     files = [] if run_dir else targets
     for f in files:

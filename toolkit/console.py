@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
+import traceback
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,6 +16,8 @@ from typing import TYPE_CHECKING
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError  # Typer >= 0.29 vendors click
+from typer.core import TyperGroup
 
 from toolkit.errors import ToolkitError
 
@@ -21,6 +25,29 @@ if TYPE_CHECKING:
     from toolkit.bench import BenchReport
     from toolkit.runtime import Prediction
     from toolkit.train import TrainResult
+
+
+def use_progress(quiet: bool) -> None:
+    """Progress bars on a terminal, one line per phase elsewhere, nothing when quiet."""
+    from toolkit import progress
+
+    progress.use(progress.for_terminal(quiet))
+
+
+def load_classifier(model: Path, **kwargs):
+    """The runtime's classifier, with LiteRT's and TensorFlow's start-up lines kept off the terminal."""
+    from toolkit.quiet import silenced
+    from toolkit.runtime import load
+
+    if model.suffix.lower() == ".keras":
+        from toolkit.tf_setup import import_tensorflow
+
+        import_tensorflow()
+    with silenced((2,)):
+        classifier = load(model, **kwargs)
+    if kwargs.get("verify", True) and not classifier.verified and classifier.format != "keras":
+        typer.echo(f"warning: {model.name} carries no content digest: unverified (--no-verify silences this)", err=True)
+    return classifier
 
 
 def print_predictions(classifier, paths: list, problems: list[str], options, json_output: bool) -> int:
@@ -181,6 +208,35 @@ def set_debug(on: bool) -> None:
 def _fail(message: str, code: int) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
+
+
+class OneLineErrors(TyperGroup):
+    """The app's group: usage errors in one line (exit 2), and `--debug` keeping the documented codes.
+
+    Typer would print a usage line, a hint and a boxed panel; the README promises one line.
+    `--help` still shows the full help. An internal error under `--debug` shows its traceback
+    and exits 3, as without `--debug`.
+    """
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except NoArgsIsHelpError as exc:
+            typer.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+            sys.exit(2)
+        except ClickException as exc:
+            where = f"{exc.ctx.command_path}: " if getattr(exc, "ctx", None) else ""
+            typer.echo(f"error: {where}{' '.join(exc.format_message().split())}", err=True)
+            sys.exit(2 if isinstance(exc, UsageError) else exc.exit_code)
+        except typer.Abort:
+            typer.echo("error: aborted", err=True)
+            sys.exit(130)
+        except Exception:  # only reached under --debug: user_errors turns everything else into one line
+            traceback.print_exc()
+            sys.exit(INTERNAL_ERROR)
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 def user_errors(func):

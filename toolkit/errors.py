@@ -56,6 +56,10 @@ class BenchError(ToolkitError):
     """A benchmark could not be set up or a backend failed to run."""
 
 
+class FolderBusyError(ToolkitError):
+    """Another process is writing this run or export folder (exit 2; `--wait` waits for it instead)."""
+
+
 class DiskFullError(ToolkitError):
     """No space left while writing; the previous file (if any) is untouched."""
 

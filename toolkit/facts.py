@@ -49,6 +49,7 @@ class ModelFacts:
     base: str = "vgg16"
     output: str = OUTPUT_PROBABILITIES
     source_sha256: str | None = None  # the best.keras the artifact was converted from
+    content_sha256: str | None = None  # this file's content, the record excluded (`toolkit.runtime.digest`)
     extra: dict = dataclasses.field(default_factory=dict)
     schema: int = SCHEMA
 
@@ -60,6 +61,10 @@ class ModelFacts:
     def dumps(self) -> str:
         """The record as stored in a file: compact, keys sorted, so equal records are equal bytes."""
         return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
+
+    def shared(self) -> dict[str, Any]:
+        """The record without this file's own digest: what every artifact of one export has in common."""
+        return {k: v for k, v in self.to_json().items() if k != "content_sha256"}
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -87,6 +92,7 @@ class ModelFacts:
                 base=str(data.get("base", "vgg16")),
                 output=str(data.get("output", OUTPUT_PROBABILITIES)),
                 source_sha256=data.get("source_sha256"),
+                content_sha256=data.get("content_sha256"),
                 extra=dict(data.get("extra") or {}),
                 schema=int(data.get("schema", SCHEMA)),
             )

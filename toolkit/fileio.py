@@ -10,16 +10,20 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from toolkit.errors import DiskFullError
+from toolkit.errors import DiskFullError, FolderBusyError
+
+LOCK_NAME = ".toolkit.lock"
 
 
 @contextlib.contextmanager
@@ -31,6 +35,7 @@ def atomic_path(dest: str | os.PathLike[str], suffix: str | None = None) -> Iter
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    existed = dest.exists()
     fd, tmp_name = tempfile.mkstemp(
         prefix=f".{dest.name}{TEMP_MARK}",
         suffix=suffix if suffix is not None else "".join(dest.suffixes) or ".tmp",
@@ -47,7 +52,8 @@ def atomic_path(dest: str | os.PathLike[str], suffix: str | None = None) -> Iter
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         if exc.errno == errno.ENOSPC:
-            raise DiskFullError(f"no space left on device while writing {dest}; the previous file was kept") from exc
+            kept = "the previous file was kept" if existed else "nothing was written"
+            raise DiskFullError(f"no space left on device while writing {dest}; {kept}") from exc
         raise
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -55,6 +61,37 @@ def atomic_path(dest: str | os.PathLike[str], suffix: str | None = None) -> Iter
 
 
 TEMP_MARK = ".toolkit-tmp-"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike[str], wait: bool = False):
+    """Hold the one-writer lock of `folder` (an OS file lock, so a crash or SIGKILL releases it).
+
+    A second writer fails at once with a one-line `FolderBusyError` naming the folder and
+    the holder's PID, or with `wait` blocks until the holder is done. The lock file keeps
+    the holder's PID and command line, for the message; it is left behind, unlocked.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "another process"
+            if not wait:
+                raise FolderBusyError(
+                    f"{folder} is in use by {holder}; wait for it with --wait, or use another folder"
+                ) from None
+            from toolkit.progress import phase
+
+            with phase(f"waiting for {folder}, in use by {holder}"):
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"PID {os.getpid()} ({' '.join(Path(a).name for a in sys.argv[:2])})\n".encode(), 0)
+        yield folder
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def _umask() -> int:

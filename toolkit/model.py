@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import zipfile
 from enum import StrEnum
 from pathlib import Path
 
@@ -376,6 +377,8 @@ def load_keras_model(path: str | os.PathLike[str], compile: bool = False):
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")
+    if not zipfile.is_zipfile(path):  # Keras would say "File not found" for a PNG or a truncated file
+        raise ModelError(f"{path} is not a Keras model file (a .keras file is a zip archive; this one is damaged)")
     try:
         return keras.saving.load_model(path, custom_objects=custom_objects(), compile=compile, safe_mode=True)
     except Exception as exc:

@@ -119,6 +119,9 @@ def parse_labels_payload(data, where: str) -> tuple[list[str], Decision | None]:
 
 def decision_from_json(labels: list[str], payload: dict | None) -> Decision | None:
     """A Decision stored by training or export, or None (older files, multi-class models)."""
-    if not payload or len(labels) != 2 or payload.get("positive_class") not in labels:
+    if not isinstance(payload, dict) or len(labels) != 2 or payload.get("positive_class") not in labels:
         return None
-    return Decision(labels, payload["positive_class"], float(payload.get("threshold", 0.5)), payload.get("criterion"))
+    threshold = payload.get("threshold", 0.5)
+    if not isinstance(threshold, int | float) or isinstance(threshold, bool) or not 0 <= threshold <= 1:
+        raise ModelError(f"the stored decision's 'threshold' must be a probability, got {threshold!r}")
+    return Decision(labels, payload["positive_class"], float(threshold), payload.get("criterion"))

@@ -189,6 +189,36 @@ def read_json_file(path: Path, what: str):
         raise ModelError(f"cannot read {what} {path}: {' '.join(str(exc).split())[:120]}") from None
 
 
+def check_config(config, path: Path) -> dict:
+    """A run's config.json as export and bench need it; damage of any shape is one line naming file and key."""
+    if not isinstance(config, dict):
+        raise ModelError(f"{path} is not a toolkit run config (a JSON object is needed)")
+    size = config.get("image_size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 16:
+        raise ModelError(f"{path}: 'image_size' must be an integer of at least 16, got {size!r}")
+    if not isinstance(config.get("data_dir"), str):
+        raise ModelError(f"{path}: 'data_dir' must be a folder path, got {config.get('data_dir')!r}")
+    for key in ("val_split", "test_split", "seed"):
+        value = config.get(key, 0)
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise ModelError(f"{path}: '{key}' must be a number, got {value!r}")
+    return config
+
+
+def manifest_artifacts(path: Path) -> list[dict]:
+    """The `artifacts` of an export manifest, each with format, precision and path; damage is one line."""
+    data = read_json_file(path, "export manifest")
+    artifacts = data.get("artifacts") if isinstance(data, dict) else None
+    if not isinstance(artifacts, list):
+        raise ModelError(f"{path}: 'artifacts' must be a list")
+    for entry in artifacts:
+        if not isinstance(entry, dict) or not all(
+            isinstance(entry.get(k), str) for k in ("format", "precision", "path")
+        ):
+            raise ModelError(f"{path}: each entry of 'artifacts' needs 'format', 'precision' and 'path' strings")
+    return artifacts
+
+
 def load_run(run_dir: str | Path, need_model: bool = True) -> RunFolder:
     """Open a run folder made by `toolkit train`, checking that the files export and bench need are there."""
     path = Path(run_dir)
@@ -199,7 +229,5 @@ def load_run(run_dir: str | Path, need_model: bool = True) -> RunFolder:
     if not (path / LABELS).is_file() or not (path / CONFIG).is_file():
         raise ModelError(f"{path} is not a complete run folder ({LABELS} and {CONFIG} are needed)")
     labels, decision = parse_labels_payload(read_json_file(path / LABELS, "labels file"), str(path / LABELS))
-    config = read_json_file(path / CONFIG, "run config")
-    if not isinstance(config, dict) or "image_size" not in config or "data_dir" not in config:
-        raise ModelError(f"{path / CONFIG} is not a toolkit run config")
+    config = check_config(read_json_file(path / CONFIG, "run config"), path / CONFIG)
     return RunFolder(path, config, labels, decision)

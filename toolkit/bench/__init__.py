@@ -28,6 +28,7 @@ from toolkit.bench.targets import cuda_available, discover_targets, selected, ta
 from toolkit.bench.types import DEFAULT_BATCHES, BenchOptions, BenchRecord, BenchTarget
 from toolkit.bench.worker import run_worker
 from toolkit.errors import BenchError
+from toolkit.fileio import folder_lock
 from toolkit.progress import phase
 
 if TYPE_CHECKING:  # the worker subprocess imports this package: keep its start light
@@ -66,14 +67,14 @@ def _plan_for_run(run_dir: Path, cuda: bool) -> BenchPlan:
     return BenchPlan(targets, run.labels, run.image_size, run.config.get("head", "flatten"), run)
 
 
-def _plan_for_files(files: list[Path], cuda: bool) -> BenchPlan:
+def _plan_for_files(files: list[Path], cuda: bool, verify: bool) -> BenchPlan:
     from toolkit.runtime import load
 
     targets = targets_from_files(files, cuda)
     probe = next((t for t in targets if t.backend != "keras"), None)
     if probe is None:
         raise BenchError("benchmarking a lone .keras file needs its run folder")
-    clf = load(probe.path, device="cpu", verify=False)
+    clf = load(probe.path, device="cpu", verify=verify)
     return BenchPlan(targets, clf.labels, clf.image_size[0], "flatten")
 
 
@@ -99,6 +100,7 @@ def _run_in_subprocess(target: BenchTarget, data_path: Path, options: BenchOptio
         "warmup": options.warmup,
         "runs": options.runs,
         "seconds": options.seconds,
+        "verify": options.verify,
     }
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", OMP_NUM_THREADS=str(threads))
     proc = subprocess.run(
@@ -136,7 +138,7 @@ def run_bench(
         raise BenchError(
             "--device cuda: this onnxruntime has no CUDA provider (install the gpu extra on a GPU machine)"
         )
-    plan = _plan_for_run(run_dir, cuda) if run_dir is not None else _plan_for_files(model_files, cuda)
+    plan = _plan_for_run(run_dir, cuda) if run_dir is not None else _plan_for_files(model_files, cuda, options.verify)
     targets = [t for t in plan.targets if selected(t, options.formats, options.precisions, options.device)]
     if not targets:
         raise BenchError("nothing to benchmark (no best.keras or exports, or --format/--precision matched none)")
@@ -154,5 +156,6 @@ def run_bench(
     out_dir = run_dir / BENCH_DIR if run_dir is not None else None
     report = BenchReport(_machine(threads, plan, records), records, out_dir)
     if out_dir is not None:
-        write_outputs(report, out_dir)
+        with folder_lock(out_dir, options.wait):
+            write_outputs(report, out_dir)
     return report

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
 from toolkit.bench.types import BenchTarget
 from toolkit.errors import BenchError
 from toolkit.hardware import cpu_supports_bf16
-from toolkit.run_folder import BEST, EXPORT_DIR, MANIFEST
+from toolkit.run_folder import BEST, EXPORT_DIR, MANIFEST, manifest_artifacts
 
 
 def discover_targets(run_dir: Path, cuda: bool) -> list[BenchTarget]:
@@ -20,7 +19,7 @@ def discover_targets(run_dir: Path, cuda: bool) -> list[BenchTarget]:
             targets.append(BenchTarget("keras bf16", "keras", str(run_dir / BEST), "bf16"))
     manifest = run_dir / EXPORT_DIR / MANIFEST
     if manifest.is_file():
-        for a in json.loads(manifest.read_text())["artifacts"]:
+        for a in manifest_artifacts(manifest):
             if a["format"] == "web":
                 continue  # the same ONNX file as the onnx row, run by a browser rather than here
             path = str(_inside_export(run_dir, a["path"]))

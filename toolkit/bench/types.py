@@ -74,4 +74,6 @@ class BenchOptions:
     seconds: float | None = None
     threads: int | None = None
     data_dir: str | None = None
+    wait: bool = False  # another bench holds RUN/bench: wait for it instead of failing
+    verify: bool = True  # each model's content digest and manifest sha256, as `toolkit predict` checks them
     device: str = "auto"  # runtime.Device; auto: CPU rows plus CUDA rows where ONNX Runtime has CUDA; cpu; cuda

@@ -52,9 +52,8 @@ def run_worker(spec: dict) -> list[dict]:
     else:
         from toolkit.runtime import load
 
-        clf = load(
-            target.path, device=target.device if target.device == "cpu" else "auto", threads=threads, verify=False
-        )
+        device = target.device if target.device == "cpu" else "auto"
+        clf = load(target.path, device=device, threads=threads, verify=spec.get("verify", True))
         run, provider = clf.backend.run, clf.provider
     load_s = time.perf_counter() - t0
     probs = np.concatenate([run(images[i : i + 16]) for i in range(0, len(images), 16)])
@@ -100,5 +99,11 @@ def run_worker(spec: dict) -> list[dict]:
 
 
 if __name__ == "__main__":
-    result = run_worker(json.loads(sys.argv[1]))
+    from toolkit.errors import ToolkitError
+
+    try:
+        result = run_worker(json.loads(sys.argv[1]))
+    except ToolkitError as exc:  # a refused model (tampered, corrupt): one line for the parent to report
+        sys.stderr.write(f"{exc}\n")
+        sys.exit(exc.exit_code)
     sys.stdout.write(json.dumps(result) + "\n")

@@ -54,7 +54,7 @@ def open_manifest(export_dir: Path, source_sha: str, facts: ModelFacts) -> dict:
             "labels": list(facts.labels),
             "image_size": facts.input.height,
             "decision": facts.decision,
-            "facts": facts.to_json(),
+            "facts": facts.shared(),
         }
     )
     manifest.setdefault("artifacts", [])

@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from pathlib import Path
 
 from toolkit.errors import ExportError
 from toolkit.export.base import ExportContext, ExportFormat
-from toolkit.facts import FACTS_KEY
+from toolkit.facts import FACTS_KEY, ModelFacts
+from toolkit.runtime.digest import onnx_digest
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "probs"
 
 
-def onnx_metadata(ctx: ExportContext) -> dict[str, str]:
+def onnx_metadata(facts: ModelFacts) -> dict[str, str]:
     """Stored in `metadata_props` (and an IR's rt_info): the facts record, plus its fields as separate keys.
 
     The separate keys are the record's fields as toolkit 0.2 wrote them, for readers
     that look for `labels` or `decision` directly (Netron shows them too).
     """
-    facts = ctx.facts
     decision = {"decision": json.dumps(facts.decision)} if facts.decision else {}
     return {
         FACTS_KEY: facts.dumps(),
@@ -40,6 +41,17 @@ def set_metadata(model, metadata: dict[str, str]) -> None:
     for key, value in metadata.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
+
+
+def save_with_facts(model, facts: ModelFacts, dest: Path) -> None:
+    """Write `model` with the facts record and its content digest (everything but the metadata) to `dest`."""
+    set_metadata(model, onnx_metadata(facts))
+    digest = onnx_digest(model.SerializeToString())
+    set_metadata(model, onnx_metadata(dataclasses.replace(facts, content_sha256=digest)))
+    data = model.SerializeToString()
+    if onnx_digest(data) != digest:
+        raise ExportError("ONNX serialisation is not stable: the content digest changed with the metadata")
+    dest.write_bytes(data)
 
 
 def _rename_output(model, new_name: str) -> None:
@@ -76,9 +88,8 @@ def convert_float32(ctx: ExportContext, dest: Path) -> None:
         raw.unlink(missing_ok=True)
     _rename_output(model, OUTPUT_NAME)
     _name_batch_dim(model)
-    set_metadata(model, onnx_metadata(ctx))
     onnx.checker.check_model(model)
-    onnx.save(model, str(dest))
+    save_with_facts(model, ctx.facts, dest)
 
 
 def describe_onnx(path: Path) -> dict:

@@ -16,7 +16,7 @@ from toolkit.errors import ExportError
 from toolkit.export.base import ExportContext, ExportFormat, calibration_key, work_dir
 from toolkit.export.diagnose import rank_onnx_layers
 from toolkit.export.onnx_calibration import calibrate_ranges, calibration_reader, calibrator_options
-from toolkit.export.onnx_float import convert_float32, describe_onnx, onnx_metadata, set_metadata
+from toolkit.export.onnx_float import convert_float32, describe_onnx, save_with_facts
 
 FILENAME = "model_int8.onnx"
 
@@ -76,8 +76,7 @@ def convert_int8(ctx: ExportContext, dest: Path) -> None:
         except Exception as exc:
             raise ExportError(f"ONNX int8 quantisation failed: {' '.join(str(exc).split())[:200]}") from exc
         model = onnx.load(str(quantized))
-    set_metadata(model, onnx_metadata(ctx))
-    onnx.save(model, str(dest))
+    save_with_facts(model, ctx.facts, dest)
 
 
 def _rank_layers(ctx: ExportContext, images: np.ndarray) -> list[list[str]]:

@@ -13,6 +13,7 @@ in f32: correct, just not faster.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from pathlib import Path
@@ -22,6 +23,7 @@ from toolkit.export.base import ExportContext, ExportFormat
 from toolkit.export.onnx_float import onnx_metadata
 from toolkit.export.onnx_int8 import float_onnx
 from toolkit.fileio import TEMP_MARK, sha256_file
+from toolkit.runtime.digest import openvino_digest
 
 FILENAME = "model_bf16.xml"
 INFERENCE_PRECISION = "bf16"
@@ -42,20 +44,34 @@ def convert_bf16(ctx: ExportContext, dest: Path) -> None:
     source = float_onnx(ctx)
     try:
         model = ov.convert_model(str(source))
-        for key, value in {**onnx_metadata(ctx), "inference_precision": INFERENCE_PRECISION}.items():
-            model.set_rt_info(value, [METADATA_SECTION, key])
         model.set_rt_info(INFERENCE_PRECISION, ["runtime_options", "INFERENCE_PRECISION_HINT"])
         # Staged beside the export (os.replace stays on one file system); a killed export's
         # leftover folder carries the temporary mark, which the next export removes.
         with tempfile.TemporaryDirectory(prefix=f".{FILENAME}{TEMP_MARK}", dir=ctx.export_dir) as tmp:
             staged = Path(tmp) / FILENAME
-            ov.save_model(model, str(staged), compress_to_fp16=True)
+            _save_with_facts(ov, model, ctx.facts, staged)
             os.replace(weights_path(staged), weights_path(ctx.export_dir / FILENAME))
             os.replace(staged, dest)
     except ExportError:
         raise
     except Exception as exc:
         raise ExportError(f"OpenVINO conversion failed: {' '.join(str(exc).split())[:200]}") from exc
+
+
+def _set_facts(model, facts) -> None:
+    for key, value in {**onnx_metadata(facts), "inference_precision": INFERENCE_PRECISION}.items():
+        model.set_rt_info(value, [METADATA_SECTION, key])
+
+
+def _save_with_facts(ov, model, facts, staged: Path) -> None:
+    """Save the IR twice: once to digest it (the toolkit section excluded), once with the digest in its record."""
+    _set_facts(model, facts)
+    ov.save_model(model, str(staged), compress_to_fp16=True)
+    digest = openvino_digest(staged)
+    _set_facts(model, dataclasses.replace(facts, content_sha256=digest))
+    ov.save_model(model, str(staged), compress_to_fp16=True)
+    if openvino_digest(staged) != digest:
+        raise ExportError("OpenVINO serialisation is not stable: the content digest changed with the metadata")
 
 
 def describe_ir(path: Path) -> dict:

@@ -22,7 +22,7 @@ from toolkit.export import onnx_float, onnx_int8, openvino, tflite, tflite_int8,
 from toolkit.export.base import Calibration, ExportContext, ExportFormat, ExportTarget, Precision
 from toolkit.export.manifest import MANIFEST, converter_versions, open_manifest, record_artifact
 from toolkit.facts import InputSpec, ModelFacts
-from toolkit.fileio import atomic_path, remove_stale_temporaries, sha256_file
+from toolkit.fileio import atomic_path, folder_lock, remove_stale_temporaries, sha256_file
 from toolkit.parity import ParityOverrides, compare_outputs, thresholds_for
 from toolkit.progress import phase
 from toolkit.quiet import silenced
@@ -59,6 +59,7 @@ class ExportOptions:
     parity_images: int | None = None
     data_dir: str | None = None
     overrides: ParityOverrides = dataclasses.field(default_factory=ParityOverrides)
+    wait: bool = False  # another export holds RUN/export: wait for it instead of failing
 
 
 @dataclasses.dataclass
@@ -172,7 +173,7 @@ def _export_one(fmt: ExportFormat, ctx: ExportContext, parity: ParitySet) -> dic
         "image_size": ctx.image_size,
         "preprocessing": ctx.facts.preprocessing,
         "source_sha256": ctx.source_sha256,
-        "facts": ctx.facts.to_json(),
+        "facts": classifier.info.to_json(),  # as the file states it (with its own content digest)
         "versions": converter_versions(fmt.converter),
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "parity": dataclasses.asdict(record),
@@ -186,11 +187,20 @@ def _export_one(fmt: ExportFormat, ctx: ExportContext, parity: ParitySet) -> dic
 
 
 def export_run(run_dir: str | Path, options: ExportOptions = ExportOptions()) -> ExportReport:
-    """Convert the run's best model to every selected format and gate each on parity."""
-    from toolkit.model import load_keras_model
+    """Convert the run's best model to every selected format and gate each on parity.
 
+    RUN/export has one writer at a time (`fileio.folder_lock`), so the manifest's
+    read-modify-write never loses another export's entries; `options.wait` waits for it.
+    """
     formats = _check_options(options)
     run = load_run(run_dir)
+    with folder_lock(run.export_dir, options.wait):
+        return _export_locked(run, formats, options)
+
+
+def _export_locked(run: RunFolder, formats: list[ExportFormat], options: ExportOptions) -> ExportReport:
+    from toolkit.model import load_keras_model
+
     model = load_keras_model(run.best)
     data = run.load_data(options.data_dir)
     seed = int(run.config.get("seed", 0))

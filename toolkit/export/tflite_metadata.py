@@ -17,6 +17,7 @@ is used only when the real extension is absent.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import sys
 import tempfile
@@ -25,6 +26,7 @@ from pathlib import Path
 
 from toolkit.errors import ExportError, MissingDependencyError
 from toolkit.facts import FACTS_FILE, ModelFacts
+from toolkit.runtime.digest import tflite_digest
 
 PYWRAP = "mediapipe.tasks.cc.metadata.python._pywrap_metadata_version"
 BASE_VERSION = "1.0.0"
@@ -131,9 +133,22 @@ def _pack_facts(writer, writer_module, facts: ModelFacts, folder: str) -> None:
 
 
 def add_classifier_metadata(path: Path, facts: ModelFacts) -> None:
-    """Rewrite the TFLite file at `path` in place with image-classifier metadata, labels file and facts record."""
-    writer_module = _writer_module()
+    """Rewrite the TFLite file at `path` in place with image-classifier metadata, labels file and facts record.
+
+    Populated twice: the first pass gives the flatbuffer whose digest the record carries (the
+    packed files are outside it), the second packs that record; the flatbuffer must not change.
+    """
     model = bytearray(Path(path).read_bytes())
+    first = _populated(bytearray(model), facts)
+    digest = tflite_digest(first)
+    final = _populated(bytearray(model), dataclasses.replace(facts, content_sha256=digest))
+    if tflite_digest(final) != digest:
+        raise ExportError("TFLite metadata is not stable: the content digest changed with the packed record")
+    Path(path).write_bytes(final)
+
+
+def _populated(model: bytearray, facts: ModelFacts) -> bytes:
+    writer_module = _writer_module()
     try:
         writer = writer_module.MetadataWriter.create(model)
         writer.add_general_info("toolkit image classifier", describe_model(facts))
@@ -145,4 +160,4 @@ def add_classifier_metadata(path: Path, facts: ModelFacts) -> None:
         del writer  # its __del__ removes a temporary folder: now, not at interpreter shutdown
     except (ValueError, RuntimeError) as exc:
         raise ExportError(f"writing TFLite metadata failed: {' '.join(str(exc).split())[:200]}") from exc
-    Path(path).write_bytes(bytes(populated))
+    return bytes(populated)

@@ -29,7 +29,7 @@ from toolkit.errors import DatasetError, RuntimeModelError
 from toolkit.facts import FACTS_KEY, InputSpec, ModelFacts
 from toolkit.fileio import sha256_file
 from toolkit.operating_point import Decision, decision_from_json, parse_labels_payload
-from toolkit.run_folder import LABELS
+from toolkit.run_folder import LABELS, manifest_artifacts
 from toolkit.run_folder import MANIFEST as MANIFEST_NAME
 from toolkit.runtime.backends import open_backend
 from toolkit.runtime.base import Backend, Device, PixelScale
@@ -56,7 +56,7 @@ class LoadOptions:
     threads: int | None = None  # intra-op threads (default: all cores)
     labels: Sequence[str] | None = None  # for models made elsewhere; toolkit artifacts carry theirs
     pixel_scale: str | None = None  # "0..255" or "0..1", for models made elsewhere
-    verify: bool = True  # check the file against the sha256 in a manifest beside it
+    verify: bool = True  # check the content digest in the file's record, and the manifest beside it
     allow_external_data: bool = False  # ONNX external data, only inside the model's folder
 
 
@@ -72,15 +72,8 @@ def _manifest_entry(path: Path, verify: bool) -> dict | None:
     manifest = path.parent / MANIFEST_NAME
     if not manifest.is_file():
         return None
-    try:
-        data = json.loads(manifest.read_text())
-    except (OSError, ValueError) as exc:
-        raise RuntimeModelError(f"cannot read {manifest}: {exc}") from exc
-    artifacts = data.get("artifacts", []) if isinstance(data, dict) else None
-    if not isinstance(artifacts, list):
-        raise RuntimeModelError(f"{manifest}: 'artifacts' is not a list")
-    for entry in artifacts:
-        if isinstance(entry, dict) and Path(str(entry.get("path", ""))).name == path.name:
+    for entry in manifest_artifacts(manifest):
+        if Path(entry["path"]).name == path.name:
             if verify and entry.get("sha256") != sha256_file(path):
                 raise RuntimeModelError(
                     f"{path.name} does not match the sha256 in {manifest.name} (modified or corrupt); "
@@ -148,6 +141,7 @@ class Classifier:
         self.image_size = info.image_size
         self.path = path
         self.label_source = label_source  # model-facts, manifest, labels.json, argument or default
+        self.verified = False  # the content matched the digest in the file's own record (set by `load`)
         # Binary models: the positive class and its threshold (the operating point chosen on validation).
         self.decision: Decision | None = decision_from_json(self.labels, info.decision)
 
@@ -247,7 +241,8 @@ def load(path: str | os.PathLike[str], **options) -> Classifier:
 
     `options` are `LoadOptions` fields: `device`, `threads`, `labels` and
     `pixel_scale` (for models made elsewhere; toolkit artifacts carry both),
-    `verify` (the sha256 in a manifest beside the file) and `allow_external_data`
+    `verify` (the content digest in the file's own record, and the sha256 and record in a
+    manifest beside the file) and `allow_external_data`
     (ONNX external data, only inside the model's folder).
     """
     try:
@@ -261,7 +256,8 @@ def load(path: str | os.PathLike[str], **options) -> Classifier:
         raise RuntimeModelError(f"model file not found: {path}")
     entry = _manifest_entry(path, opts.verify)
     backend = open_backend(path, opts.device, opts.threads, opts.pixel_scale or "0..255", opts.allow_external_data)
-    facts, source = _facts_for(backend, path, entry)
+    facts, source = _facts_for(backend, path, entry, opts.verify)
+    verified = _check_content(backend, facts, path) if opts.verify and source == "model-facts" else False
     if facts is not None and opts.pixel_scale is None:
         backend.pixel_scale = facts.input.pixel_range
     if opts.labels is not None:
@@ -269,10 +265,24 @@ def load(path: str | os.PathLike[str], **options) -> Classifier:
         source = "argument"
     if facts is None:
         facts, source = _probed_facts(backend, path, opts.pixel_scale or "0..255"), "default"
-    return Classifier(backend, facts, source, path)
+    classifier = Classifier(backend, facts, source, path)
+    classifier.verified = verified
+    return classifier
 
 
-def _facts_for(backend: Backend, path: Path, entry: dict | None) -> tuple[ModelFacts | None, str]:
+def _check_content(backend: Backend, facts: ModelFacts, path: Path) -> bool:
+    """True when the file's content matches the digest its record carries; a mismatch is refused."""
+    if not facts.content_sha256:
+        return False
+    if backend.content_digest() != facts.content_sha256:
+        raise RuntimeModelError(
+            f"{path.name} does not match the content digest in its model-facts record (modified or corrupt); "
+            "pass --no-verify to load it anyway"
+        )
+    return True
+
+
+def _facts_for(backend: Backend, path: Path, entry: dict | None, verify: bool) -> tuple[ModelFacts | None, str]:
     """The file's own record (checked against the manifest entry beside it), or labels.json for .keras."""
     facts = read_facts(backend, path)
     stated = (
@@ -280,7 +290,7 @@ def _facts_for(backend: Backend, path: Path, entry: dict | None) -> tuple[ModelF
         if entry and "facts" in entry
         else None
     )
-    if facts is not None and stated is not None and facts.to_json() != stated.to_json():
+    if verify and facts is not None and stated is not None and facts.to_json() != stated.to_json():
         raise RuntimeModelError(f"{path.name}: its model-facts record disagrees with {MANIFEST_NAME} beside it")
     if facts is not None:
         return facts, "model-facts"

@@ -50,6 +50,10 @@ class Backend:
         """Key/value metadata the file carries (the model-facts record under `toolkit.facts.FACTS_KEY`)."""
         return {}
 
+    def content_digest(self) -> str | None:
+        """The digest of what was loaded, the record excluded (`toolkit.runtime.digest`); None: not computed."""
+        return getattr(self, "_digest", None)
+
 
 def scaled(batch: np.ndarray, pixel_scale: str) -> np.ndarray:
     x = batch.astype(np.float32)

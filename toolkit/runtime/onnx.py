@@ -8,6 +8,7 @@ import numpy as np
 
 from toolkit.errors import DeviceError, RuntimeModelError
 from toolkit.runtime.base import Backend, check_device, detect_layout, scaled, spatial_from_shape
+from toolkit.runtime.digest import onnx_digest
 from toolkit.runtime.onnx_external import ProtobufError, external_data_locations
 
 
@@ -33,6 +34,7 @@ class OnnxBackend(Backend):
         providers = self._providers(ort, device)
         data = path.read_bytes()
         source = check_external_data(path, data, allow_external_data)
+        self._digest = onnx_digest(data)  # of the very bytes the session is made from
         try:
             self.session = ort.InferenceSession(source, sess_options=options, providers=providers)
         except Exception as exc:

@@ -44,8 +44,21 @@ def _varint(data: memoryview, pos: int) -> tuple[int, int]:
 
 def _fields(data: memoryview) -> Iterator[tuple[int, int, object]]:
     """Yield (field number, wire type, value); length-delimited values as memoryviews."""
+    for number, wire, value, _start, _end in _fields_with_spans(data):
+        yield number, wire, value
+
+
+def top_level_fields(data: bytes) -> Iterator[tuple[int, memoryview]]:
+    """(field number, the field's whole encoding: key and value) of a message, in file order."""
+    view = memoryview(data)
+    for number, _wire, _value, start, end in _fields_with_spans(view):
+        yield number, view[start:end]
+
+
+def _fields_with_spans(data: memoryview) -> Iterator[tuple[int, int, object, int, int]]:
     pos = 0
     while pos < len(data):
+        start = pos
         key, pos = _varint(data, pos)
         number, wire = key >> 3, key & 7
         if wire == 0:
@@ -61,7 +74,7 @@ def _fields(data: memoryview) -> Iterator[tuple[int, int, object]]:
             value, pos = data[pos : pos + 4], pos + 4
         else:
             raise ProtobufError(f"unsupported wire type {wire}")
-        yield number, wire, value
+        yield number, wire, value, start, pos
 
 
 def _tensor_locations(tensor: memoryview) -> list[str]:

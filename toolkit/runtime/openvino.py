@@ -16,6 +16,7 @@ import numpy as np
 
 from toolkit.errors import DeviceError, RuntimeModelError
 from toolkit.runtime.base import Backend, check_device
+from toolkit.runtime.digest import openvino_digest
 
 METADATA_SECTION = "toolkit"
 
@@ -56,6 +57,7 @@ class OpenVinoBackend(Backend):
             text = " ".join(str(exc).split())
             raise RuntimeModelError(f"cannot load OpenVINO model {path.name}: {text[:200]}") from exc
         self._metadata = _metadata(model)
+        self._digest = openvino_digest(path)
         config = {"PERFORMANCE_HINT": "LATENCY"}
         if "inference_precision" in self._metadata:
             config["INFERENCE_PRECISION_HINT"] = self._metadata["inference_precision"]

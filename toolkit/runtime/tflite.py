@@ -13,6 +13,7 @@ import numpy as np
 from toolkit.errors import DeviceError, RuntimeModelError
 from toolkit.facts import FACTS_FILE, FACTS_KEY
 from toolkit.runtime.base import Backend, check_device, detect_layout, scaled, spatial_from_shape
+from toolkit.runtime.digest import tflite_digest
 
 
 def _litert_interpreter():
@@ -46,6 +47,7 @@ class TFLiteBackend(Backend):
         self._lock = threading.Lock()
         self._batch = None
         self._metadata = packed_facts(content)
+        self._digest = tflite_digest(content)
         inp = self.interpreter.get_input_details()[0]
         out = self.interpreter.get_output_details()[0]
         self.input_name, self.output_name = inp["name"], out["name"]

@@ -14,7 +14,9 @@ model, history and best-so-far survive a crash or Ctrl-C.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.data import LoadedDataset, load_dataset, write_data_report
-from toolkit.errors import TrainingError
-from toolkit.fileio import remove_stale_temporaries, write_json_atomic
+from toolkit.errors import Interrupted, ToolkitError, TrainingError
+from toolkit.fileio import folder_lock, remove_stale_temporaries, write_json_atomic
 from toolkit.hardware import is_chief, make_strategy, resolve_precision, tf_config, worker_tag
 from toolkit.operating_point import resolve_positive_class
 from toolkit.run_folder import (
@@ -62,7 +64,11 @@ from toolkit.train.fit import (
 def _resumed_config(config: TrainConfig, saved: Path, explicit: set[str] | None) -> TrainConfig:
     """The stored config, refusing (not ignoring) settings given now that differ from it; --epochs may grow."""
     try:
-        stored = TrainConfig(**read_json_file(saved, "run config"))
+        raw = read_json_file(saved, "run config")
+        try:
+            stored = TrainConfig(**raw)
+        except TypeError as exc:
+            raise TrainingError(f"{saved} is damaged ({exc}); start a new run with another --out") from None
     except TypeError as exc:
         raise TrainingError(f"{saved} is not a toolkit run config ({exc})") from None
     names = explicit if explicit is not None else {f.name for f in dataclasses.fields(TrainConfig)} - {"out"}
@@ -272,46 +278,81 @@ def train(
     log: Callable[[str], None] = print,
     verbose: int = 1,
     explicit: set[str] | None = None,
+    wait: bool = False,
 ) -> TrainResult:
     """Train, checkpoint and evaluate one run; write its self-contained folder.
 
     With `resume`, `explicit` names the settings the user gave (the command line's typed
     flags); any that differ from the stored config are refused. None: every field of `config`.
+    The run folder has one writer at a time (`fileio.folder_lock`; `wait` waits for the
+    holder); a start that fails before training removes the folder it created.
     """
     config.validate()
-    start = time.perf_counter()
     cluster = tf_config() if config.strategy == "multiworker" else {}  # a stray TF_CONFIG changes nothing else
     chief = is_chief(cluster)
+    run_dir = Path(config.out)
+    fresh = not resume and not run_dir.exists()
+    # Only the chief writes the run folder's files, so only it holds the lock (workers may share --out).
+    with folder_lock(run_dir, wait) if chief else contextlib.nullcontext():
+        try:
+            started = _start(config, resume, chief, explicit, cluster, log, verbose)
+        except ToolkitError as exc:
+            if fresh and chief and not isinstance(exc, Interrupted):
+                shutil.rmtree(run_dir, ignore_errors=True)  # nothing of this run is worth keeping yet
+            raise
+        return _train_started(started, cluster)
+
+
+@dataclasses.dataclass
+class _Started:
+    config: TrainConfig
+    ctx: FitContext
+    data: LoadedDataset
+    cache_dir: Path
+    weights_info: object
+    precision: str
+    warnings: list[str]
+    start: float
+
+
+def _start(config, resume, chief, explicit, cluster, log, verbose) -> _Started:
+    """Everything before the first epoch: the folder, config.json, the data, the model."""
+    start = time.perf_counter()
     run_dir, config = prepare_run_dir(config, resume, chief, explicit)
-    if chief:  # only the chief writes the run folder's files (workers may share it)
+    if chief:
         remove_stale_temporaries(run_dir)
     cache_dir = Path(config.cache_dir) if config.cache_dir else run_dir / CACHE_DIR
     data = load_training_data(config, cache_dir, log)
     if chief:
         write_data_report(data.report, run_dir / DATA_REPORT)
     ctx, weights_info, precision, warnings = _context(config, run_dir, chief, data, resume, log, verbose)
+    return _Started(config, ctx, data, cache_dir, weights_info, precision, warnings, start)
+
+
+def _train_started(s: _Started, cluster: dict) -> TrainResult:
     from toolkit.data.augment import RandomAffine
     from toolkit.model import count_params
 
+    config, ctx, data = s.config, s.ctx, s.data
     augmenter = RandomAffine(config.seed) if config.augment else None
     val_feats = None
     # Every worker computes its own features (its own augmentations): workers sharing
     # one --out must not write one another's feature files.
-    features_dir = cache_dir / "features" / worker_tag(cluster) if cluster else cache_dir
+    features_dir = s.cache_dir / "features" / worker_tag(cluster) if cluster else s.cache_dir
     if ctx.state.phase == "frozen":
-        val_feats = frozen_phase(ctx, data, precision, augmenter, features_dir)
+        val_feats = frozen_phase(ctx, data, s.precision, augmenter, features_dir)
         _next_phase(ctx, "finetune" if config.fine_tune_epochs else "done")
     if ctx.state.phase == "finetune":
-        finetune_phase(ctx, data, augmenter, precision, features_dir)
+        finetune_phase(ctx, data, augmenter, s.precision, features_dir)
         _next_phase(ctx, "done")
     replicas = ctx.strategy.num_replicas_in_sync
-    facts = RunFacts(data.report, weights_info, precision, count_params(ctx.model), replicas)
-    if not chief:
+    facts = RunFacts(data.report, s.weights_info, s.precision, count_params(ctx.model), replicas)
+    if not ctx.chief:
         # Non-chief workers trained in lockstep; the chief evaluates and writes the run folder.
-        return make_result(ctx, facts, None, time.perf_counter() - start)
+        return make_result(ctx, facts, None, time.perf_counter() - s.start)
     evaluation = final_metrics(ctx, data, None if config.fine_tune_epochs else val_feats)
-    result = make_result(ctx, facts, evaluation, time.perf_counter() - start)
-    result.warnings = warnings
+    result = make_result(ctx, facts, evaluation, time.perf_counter() - s.start)
+    result.warnings = s.warnings
     write_run_json(ctx, facts, result)
     return result
 
