@@ -112,3 +112,38 @@ def test_device_cuda_without_a_cuda_provider_is_refused_before_any_work(exported
         pytest.skip("needs a machine without a CUDA GPU (this one has the CUDA provider)")
     with pytest.raises(BenchError, match="no CUDA provider"):
         run_bench(exported_run, [], BenchOptions(device="cuda", batches=(1,), runs=1))
+
+
+def test_bench_scores_at_the_operating_point_as_evaluate_does(exported_run, tmp_path):
+    """A file whose record moves the threshold: bench's accuracy is evaluate's, not argmax's."""
+    import numpy as np
+    import onnx
+
+    from tests.conftest import validation_folder
+    from toolkit.evaluate import evaluate_model
+    from toolkit.facts import FACTS_KEY
+    from toolkit.runtime import load
+
+    folder = validation_folder(exported_run, tmp_path / "val")
+    source = exported_run / "export" / "model_float32.onnx"
+    reference = evaluate_model(load(source), folder)
+    probs = load(source).predict_files(sorted(folder.rglob("*.jpg")))
+    positive = np.array([p.probabilities["malignant"] for _, p, _ in probs])
+    model = onnx.load(str(source))
+    entry = next(e for e in model.metadata_props if e.key == FACTS_KEY)
+    facts = json.loads(entry.value)
+    argmax_accuracy = reference.metrics.accuracy
+    for threshold in np.quantile(positive, [0.2, 0.35, 0.65, 0.8]):  # the record's digest excludes the record
+        facts["decision"]["threshold"] = float(threshold)
+        entry.value = json.dumps(facts)
+        moved = tmp_path / "moved" / "model.onnx"
+        moved.parent.mkdir(exist_ok=True)
+        onnx.save(model, str(moved))
+        expected = evaluate_model(load(moved), folder).metrics
+        if expected.accuracy != argmax_accuracy:
+            break
+    assert expected.accuracy != argmax_accuracy  # so the check below could fail
+    options = BenchOptions(batches=(1,), warmup=0, runs=1, threads=1, data_dir=str(folder))
+    record = run_bench(None, [moved], options).records[0]
+    assert record.accuracy == pytest.approx(expected.accuracy)
+    assert record.balanced_accuracy == pytest.approx(expected.balanced_accuracy)

@@ -9,18 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.test_runtime import ARTIFACTS as RUNTIME_ARTIFACTS
 from toolkit.errors import RuntimeModelError
 from toolkit.facts import InputSpec, ModelFacts
 
-ARTIFACTS = [
-    "model_float32.onnx",
-    "model_int8.onnx",
-    "model_float32.tflite",
-    "model_float16.tflite",
-    "model_dynamic.tflite",
-    "model_int8.tflite",
-    "model_bf16.xml",
-]
+ARTIFACTS = [*RUNTIME_ARTIFACTS, "model_bf16.xml"]  # every model file the exported_run fixture holds
 
 
 def _copy_alone(export: Path, name: str, dest: Path) -> Path:

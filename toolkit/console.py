@@ -114,7 +114,7 @@ def print_quant_report(path: Path, worst: int = 5) -> None:
 
 
 BENCH_COLUMNS = ("backend", "provider", "p50 ms", "p90 ms", "p99 ms", "img/s", "load s", "peak MB", "size MB")
-BENCH_COLUMNS += ("accuracy", "vs keras", "GFLOP/s", "% peak")
+BENCH_COLUMNS += ("accuracy", "bal. acc", "vs keras", "GFLOP/s", "% peak")
 
 
 def _bench_table(report: BenchReport, batch: int) -> Table:
@@ -130,6 +130,7 @@ def _bench_table(report: BenchReport, batch: int) -> Table:
         provider = r.provider if asked == r.provider else f"{r.provider} (asked {asked}; fell back)"
         style = "bold green" if r is fastest else "bold cyan" if r is best_accurate else None
         accuracy = "n/a" if r.accuracy is None else f"{r.accuracy:.1%}"
+        balanced = "n/a" if r.balanced_accuracy is None else f"{r.balanced_accuracy:.1%}"
         speedup = "" if r.speedup_vs_keras is None else f"{r.speedup_vs_keras:.2f}x"
         timings = (
             f"{r.p50_ms:.1f}",
@@ -139,7 +140,7 @@ def _bench_table(report: BenchReport, batch: int) -> Table:
             f"{r.load_s:.2f}",
         )
         sizes = (f"{r.peak_rss_mb:.0f}", f"{r.size_mb:.1f}")
-        rates = (accuracy, speedup, f"{r.gflops:.0f}", f"{r.percent_of_peak:.0f}%")
+        rates = (accuracy, balanced, speedup, f"{r.gflops:.0f}", f"{r.percent_of_peak:.0f}%")
         table.add_row(r.name, provider, *timings, *sizes, *rates, style=style)
     return table
 

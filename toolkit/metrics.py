@@ -36,6 +36,7 @@ class Metrics:
     positive_class: str | None = None
     pr_auc: float | None = None  # two classes: average precision of the positive class
     threshold: float | None = None  # two classes: the positive class is predicted from this probability on
+    balanced_accuracy: float | None = None  # the mean of the per-class recalls (classes present only)
 
 
 def binary_auc(scores: np.ndarray, positives: np.ndarray) -> float | None:
@@ -126,8 +127,10 @@ def classification_metrics(
     else:
         values = [v for v in auc_per_class.values() if v is not None]
         auc = float(np.mean(values)) if values else None
+    present = [m.recall for m in per_class.values() if m.support]
     metrics = Metrics(
         accuracy=_safe_div(np.trace(confusion), confusion.sum()),
+        balanced_accuracy=float(np.mean(present)) if present else None,
         auc=auc,
         auc_per_class=auc_per_class,
         per_class=per_class,

@@ -91,7 +91,9 @@ def _bench_images(plan: BenchPlan, data_dir: str | None):
     return np.asarray(val.images), val.labels
 
 
-def _run_in_subprocess(target: BenchTarget, data_path: Path, options: BenchOptions, threads: int) -> list[BenchRecord]:
+def _run_in_subprocess(
+    target: BenchTarget, data_path: Path, options: BenchOptions, threads: int, plan: BenchPlan
+) -> list[BenchRecord]:
     spec = {
         "target": dataclasses.asdict(target),
         "threads": threads,
@@ -101,6 +103,8 @@ def _run_in_subprocess(target: BenchTarget, data_path: Path, options: BenchOptio
         "runs": options.runs,
         "seconds": options.seconds,
         "verify": options.verify,
+        "labels": plan.labels,
+        "decision": plan.run.decision.to_json() if plan.run is not None and plan.run.decision else None,
     }
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", OMP_NUM_THREADS=str(threads))
     proc = subprocess.run(
@@ -149,7 +153,7 @@ def run_bench(
         np.savez(data_path, images=images, labels=image_labels)
         for target in targets:
             with phase(f"benchmarking {target.name}"):
-                records += _run_in_subprocess(target, data_path, options, threads)
+                records += _run_in_subprocess(target, data_path, options, threads, plan)
     fill_speedups(records)
     from toolkit.run_folder import BENCH_DIR
 

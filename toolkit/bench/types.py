@@ -56,7 +56,8 @@ class BenchRecord:
     load_s: float
     peak_rss_mb: float
     size_mb: float
-    accuracy: float | None
+    accuracy: float | None  # at the model's operating point, as `toolkit evaluate` scores it
+    balanced_accuracy: float | None = None
     speedup_vs_keras: float | None = None
     gflops: float | None = None  # achieved, from the model's FLOPs and the p50 latency
     percent_of_peak: float | None = None  # of the float32 matrix peak measured in the same run

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.bench.types import BenchRecord, BenchTarget
+from toolkit.operating_point import decision_from_json
 from toolkit.runtime.base import model_bytes
 
 
@@ -41,12 +42,24 @@ def _keras_runner(path: str, threads: int, precision: str = "float32"):
     return inference_function(model), "cpu"
 
 
+def _scores(probs: np.ndarray, labels: np.ndarray, names: list[str] | None, decision):
+    """Accuracy and balanced accuracy at the operating point: the figures `toolkit evaluate` gives."""
+    from toolkit.metrics import classification_metrics
+
+    if not len(labels):
+        return None
+    names = names or [str(i) for i in range(probs.shape[1])]
+    return classification_metrics(probs, labels, names, decision)
+
+
 def run_worker(spec: dict) -> list[dict]:
     target = BenchTarget(**spec["target"])
     threads = spec["threads"]
     data = np.load(spec["images"], allow_pickle=False)
     images, labels = data["images"], data["labels"]
     t0 = time.perf_counter()
+    names = spec.get("labels") or []
+    decision = decision_from_json(names, spec.get("decision"))  # the run's, for Keras rows
     if target.backend == "keras":
         run, provider = _keras_runner(target.path, threads, target.precision)
     else:
@@ -54,10 +67,11 @@ def run_worker(spec: dict) -> list[dict]:
 
         device = target.device if target.device == "cpu" else "auto"
         clf = load(target.path, device=device, threads=threads, verify=spec.get("verify", True))
-        run, provider = clf.backend.run, clf.provider
+        run, provider, decision = clf.backend.run, clf.provider, clf.decision  # the file's own operating point
+        names = clf.labels
     load_s = time.perf_counter() - t0
     probs = np.concatenate([run(images[i : i + 16]) for i in range(0, len(images), 16)])
-    accuracy = float((probs.argmax(1) == labels).mean()) if len(labels) else None
+    scores = _scores(probs, labels, names, decision)
     records = []
     for batch in spec["batches"]:
         batches = [images[(i * batch + np.arange(batch)) % len(images)] for i in range(8)]
@@ -91,7 +105,8 @@ def run_worker(spec: dict) -> list[dict]:
                     load_s=load_s,
                     peak_rss_mb=_peak_rss_mb(),
                     size_mb=model_bytes(Path(target.path)) / 1e6,
-                    accuracy=accuracy,
+                    accuracy=scores.accuracy if scores else None,
+                    balanced_accuracy=scores.balanced_accuracy if scores else None,
                 )
             )
         )
