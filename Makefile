@@ -20,7 +20,7 @@ ORT_WEB := node_modules/onnxruntime-web/dist/ort.wasm.min.js
 $(BIN)/toolkit: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[train,dev]'
+	$(BIN)/python -m pip install -q -e '.[train,serve,ray,dev]'
 	touch $(BIN)/toolkit
 
 install: $(BIN)/toolkit

@@ -59,8 +59,11 @@ LAYERS = [
     ("data", ["toolkit.data*", "toolkit.metrics", "toolkit.operating_point", "toolkit.parity", "toolkit.hardware"]),
     ("model", ["toolkit.model", "toolkit.weights", "toolkit.run_folder"]),
     ("runtime", ["toolkit.runtime*"]),
-    ("stages", ["toolkit.train*", "toolkit.export*", "toolkit.bench*", "toolkit.evaluate"]),
-    ("cli", ["toolkit.console", "toolkit.cli"]),
+    (
+        "stages",
+        ["toolkit.train*", "toolkit.export*", "toolkit.bench*", "toolkit.evaluate", "toolkit.batch*", "toolkit.serve*"],
+    ),
+    ("cli", ["toolkit.console", "toolkit.cli_flags", "toolkit.cli_runtime", "toolkit.cli"]),
 ]
 
 
@@ -182,14 +185,14 @@ def test_every_error_class_lives_in_errors_py():
 
 
 def test_modules_and_functions_stay_readable():
-    """No module over 400 lines, no function over 60 (cli.py's Typer signatures excepted), no long argument lists."""
+    """No module over 400 lines, no function over 60 (the cli modules' Typer signatures excepted), no long argument lists."""
     problems = []
     for path in PACKAGE.rglob("*.py"):
         source = path.read_text()
         if source.count("\n") > 400:
             problems.append(f"{path.name}: {source.count(chr(10))} lines")
         for node in ast.walk(ast.parse(source)):
-            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) or path.name == "cli.py":
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) or path.name.startswith("cli"):
                 continue
             if node.end_lineno - node.lineno >= 60:
                 problems.append(f"{path.name}:{node.name} {node.end_lineno - node.lineno + 1} lines")

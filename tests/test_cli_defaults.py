@@ -10,6 +10,7 @@ import pytest
 import typer.core
 import typer.main
 
+from toolkit.batch import BatchOptions, Engine
 from toolkit.bench.types import BenchFormat, BenchOptions
 from toolkit.cli import app
 from toolkit.data.demo import DemoDataConfig
@@ -21,6 +22,7 @@ from toolkit.model import FineTuneFrom, Head
 from toolkit.parity import ParityOverrides
 from toolkit.runtime import LoadOptions, PredictOptions
 from toolkit.runtime.base import Device, PixelScale
+from toolkit.serve import ServeOptions
 from toolkit.train.config import ClassWeight, Monitor, Schedule, TrainConfig
 
 # Options that belong to the command line alone (where output goes, how it is shown), not to the library.
@@ -50,7 +52,8 @@ OWNERS = {
     "demo-data": [DemoDataConfig],
     "export": [ExportOptions],
     "bench": [BenchOptions],
-    "predict": [PredictOptions, LoadOptions],
+    "predict": [PredictOptions, LoadOptions, BatchOptions],
+    "serve": [ServeOptions],
     "evaluate": [EvaluateOptions, LoadOptions],
 }
 CHOICES = {
@@ -65,6 +68,8 @@ CHOICES = {
     ("export", "calibration"): Calibration,
     ("predict", "device"): Device,
     ("predict", "pixel_scale"): PixelScale,
+    ("predict", "engine"): Engine,
+    ("serve", "device"): Device,
     ("evaluate", "device"): Device,
     ("bench", "device"): Device,
 }

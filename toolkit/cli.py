@@ -7,15 +7,27 @@ Vocabularies and defaults come from the library's enums and dataclasses; heavy i
 
 from __future__ import annotations
 
-import dataclasses
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from toolkit import cli_runtime
 from toolkit.bench.types import BenchFormat, BenchOptions
+from toolkit.cli_flags import (
+    Arg,
+    DeviceFlag,
+    ExternalData,
+    ImageSize,
+    JsonFlag,
+    Opt,
+    QuietFlag,
+    ThreadsFlag,
+    VerifyFlag,
+    WaitFlag,
+)
+from toolkit.cli_flags import options_from as _options
 from toolkit.console import OneLineErrors, load_classifier, set_debug, use_progress, user_errors
 from toolkit.console import csv_choices as _csv
 from toolkit.console import echo_json as _echo_json
@@ -26,20 +38,17 @@ from toolkit.export.base import Calibration, ExportTarget, Precision
 from toolkit.export.pipeline import ExportOptions
 from toolkit.hardware import BasePrecision, Strategy
 from toolkit.model import FineTuneFrom, Head
-from toolkit.runtime import LoadOptions, PredictOptions
-from toolkit.runtime.base import Device, PixelScale
+from toolkit.runtime import LoadOptions
+from toolkit.runtime.base import Device
 from toolkit.train.config import ClassWeight, Monitor, Schedule, TrainConfig
 
 # Every default below is read from the library's dataclass that owns it (tests/test_cli_defaults.py checks it).
 TRAIN = TrainConfig("", "")
 EXPORT = ExportOptions()
 LOAD = LoadOptions()
-PREDICT = PredictOptions()
 EVALUATE = EvaluateOptions()
 BENCH = BenchOptions()
 DEMO = DemoDataConfig()
-
-Opt, Arg = typer.Option, typer.Argument  # short names keep each option on one line
 
 app = typer.Typer(
     cls=OneLineErrors,
@@ -56,23 +65,6 @@ def main_options(
 ) -> None:
     """Exit codes: 0 ok, 1 quality gate failed, 2 bad input or usage, 3 internal error, 130 interrupted."""
     set_debug(debug)
-
-
-JsonFlag = Annotated[bool, Opt("--json", help="Print the result as JSON (no progress output).")]
-QuietFlag = Annotated[bool, Opt(help="No progress output.")]
-DeviceFlag = Annotated[Device, Opt(help="Where inference runs (cuda: ONNX only).")]
-ThreadsFlag = Annotated[int | None, Opt(min=1, help="Intra-op threads (default: all cores).")]
-VerifyFlag = Annotated[bool, Opt("--verify/--no-verify", help="Check the sha256 in a manifest beside it.")]
-ExternalData = Annotated[bool, Opt(help="Let an ONNX model read data files beside it.")]
-ImageSize = Annotated[int, Opt(min=16, help="Square image side in pixels.")]
-WaitFlag = Annotated[bool, Opt(help="If another process writes the same folder, wait for it (default: exit 2).")]
-
-
-def _options(cls, params: dict, **overrides):
-    """A library options dataclass from the command's parameters of the same names (enums as their values)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    values = {k: (v.value if isinstance(v, Enum) else v) for k, v in params.items() if k in names}
-    return cls(**{**values, **overrides})
 
 
 @app.command("demo-data")
@@ -264,39 +256,6 @@ def export(
 
 @app.command()
 @user_errors
-def predict(
-    model: Annotated[Path, Arg(help=".onnx, .tflite, .xml (OpenVINO IR) or .keras model file.")],
-    images: Annotated[list[Path], Arg(help="Image files or folders.")],
-    top_k: Annotated[int, Opt(min=1, help="Show the k most likely classes.")] = PREDICT.top_k,
-    json_output: Annotated[bool, Opt("--json", help="One JSON object per line.")] = False,
-    device: DeviceFlag = LOAD.device,
-    threads: ThreadsFlag = LOAD.threads,
-    batch_size: Annotated[int, Opt(min=1)] = PREDICT.batch_size,
-    labels: Annotated[str | None, Opt(help="Comma-separated labels for models made elsewhere.")] = LOAD.labels,
-    pixel_scale: Annotated[PixelScale | None, Opt(help="For models made elsewhere.")] = LOAD.pixel_scale,
-    verify: VerifyFlag = LOAD.verify,
-    allow_external_data: ExternalData = LOAD.allow_external_data,
-) -> None:
-    """Classify images with an exported model (no TensorFlow needed for .onnx/.tflite); exit 2 if any failed."""
-    from toolkit.console import print_predictions
-    from toolkit.data.imaging import collect_images
-
-    classifier = load_classifier(
-        model,
-        device=device.value,
-        threads=threads,
-        labels=labels.split(",") if labels else None,
-        pixel_scale=pixel_scale.value if pixel_scale else None,
-        verify=verify,
-        allow_external_data=allow_external_data,
-    )
-    paths, problems = collect_images(images)
-    if print_predictions(classifier, paths, problems, PredictOptions(top_k, batch_size), json_output):
-        raise typer.Exit(2)
-
-
-@app.command()
-@user_errors
 def evaluate(
     model: Annotated[Path, Arg(help=".keras, .onnx, .tflite or .xml (OpenVINO IR) model file.")],
     data_dir: Annotated[Path, Arg(help="A labelled folder: DATA_DIR/<class>/images.")],
@@ -374,6 +333,10 @@ def bench(
     if json_output:
         return _echo_json({"machine": report.machine, "records": report.records})
     print_bench_report(report, batches)
+
+
+app.command()(cli_runtime.predict)
+app.command()(cli_runtime.serve)
 
 
 def main() -> None:

@@ -18,6 +18,10 @@ class DatasetError(ToolkitError):
     """The data folder or an image in it cannot be used."""
 
 
+class ImageTooLargeError(DatasetError):
+    """An image claims more pixels than the decoder accepts (a decompression bomb); a server answers 413."""
+
+
 class ModelError(ToolkitError):
     """A model file is missing, corrupt, unsafe or cannot be built."""
 
@@ -62,6 +66,26 @@ class FolderBusyError(ToolkitError):
 
 class DiskFullError(ToolkitError):
     """No space left while writing; the previous file (if any) is untouched."""
+
+
+class ServeError(ToolkitError):
+    """`toolkit serve` cannot start: the port is taken, the address is wrong, or the options disagree."""
+
+
+class ClusterError(ToolkitError):
+    """The Ray cluster cannot be reached, or a batch job on it failed for good (after Ray's own retries)."""
+
+
+class ProtocolError(ToolkitError):
+    """A request `toolkit serve` cannot accept; `status` is the 4xx (or 5xx) it is answered with, as JSON."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+class ServerClosingError(ToolkitError):
+    """The server is shutting down and takes no new work (answered with 503)."""
 
 
 class MissingDependencyError(ToolkitError):

@@ -18,7 +18,7 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from toolkit.errors import DatasetError
+from toolkit.errors import DatasetError, ImageTooLargeError
 
 # Refuse images above this many pixels before decoding them: a 40 KB PNG can
 # claim 50,000 x 50,000 pixels and would need gigabytes once decoded. Pillow's
@@ -90,7 +90,7 @@ def load_rgb(source: ImageSource) -> Image.Image:
             img = _open(source)
             width, height = img.size
             if width * height > MAX_PIXELS:
-                raise DatasetError(f"image too large ({width}x{height} pixels; limit {MAX_PIXELS})")
+                raise ImageTooLargeError(f"image too large ({width}x{height} pixels; limit {MAX_PIXELS})")
             img.load()  # decode everything now, inside this error handling
             img = ImageOps.exif_transpose(img)
             return _to_rgb(img)
@@ -101,7 +101,7 @@ def load_rgb(source: ImageSource) -> Image.Image:
     except UnidentifiedImageError as exc:
         raise DatasetError("not an image Pillow can read") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DatasetError("decompression bomb refused") from exc
+        raise ImageTooLargeError("decompression bomb refused") from exc
     except Exception as exc:  # Pillow raises many types for corrupt data
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DatasetError(f"cannot decode image: {reason}") from exc

@@ -1,0 +1,276 @@
+"""The HTTP routes: the Open Inference Protocol v2 (health, metadata, infer), `/classify` and `/metrics`.
+
+Every answer is JSON (binary infer responses excepted); every error is a 4xx or 5xx
+with `{"error": "..."}`, as the protocol specifies, and never stops the server: a
+bad request fails alone, a model failure fails its batch alone. Paths follow KServe
+v2 and Triton, with or without `/versions/1`, so `tritonclient.http` works unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import time
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from toolkit import __version__
+from toolkit.data.imaging import load_image_array
+from toolkit.errors import DatasetError, ImageTooLargeError, ProtocolError, ServerClosingError, ToolkitError
+from toolkit.runtime import Classifier
+from toolkit.serve.batcher import DynamicBatcher
+from toolkit.serve.metrics import ServerMetrics
+from toolkit.serve.options import ServeOptions
+from toolkit.serve.protocol import (
+    HEADER_LENGTH,
+    ModelSignature,
+    decode_body,
+    encode_infer_response,
+    parse_infer_request,
+)
+
+VERSION = "1"  # one model, one version: the file served
+PLATFORMS = {"onnx": "onnxruntime_onnx", "tflite": "tensorflow_lite", "openvino": "openvino", "keras": "keras"}
+EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "metrics"]
+
+
+@dataclasses.dataclass
+class ServedModel:
+    """The one model a server answers for: its name, its loaded copies (one per worker) and its signature."""
+
+    name: str
+    classifiers: list[Classifier]
+
+    @property
+    def first(self) -> Classifier:
+        return self.classifiers[0]
+
+    @property
+    def signature(self) -> ModelSignature:
+        height, width = self.first.image_size
+        return ModelSignature(height, width, tuple(self.first.labels))
+
+
+class _State:
+    def __init__(self, model: ServedModel, options: ServeOptions):
+        self.model = model
+        self.options = options
+        self.metrics = ServerMetrics(model.name, options.max_batch_size)
+        self.batcher = DynamicBatcher(
+            model.classifiers, options.max_batch_size, options.max_wait_ms, self.metrics.observe_batch
+        )
+
+
+def _error(message: str, status: int) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _measured(route: str):
+    """Times the handler, turns the errors a client can cause into JSON answers, and counts the answer."""
+
+    def wrap(handler):
+        @functools.wraps(handler)
+        async def endpoint(request: Request) -> Response:
+            state: _State = request.app.state.toolkit
+            start = time.perf_counter()
+            state.metrics.in_flight.inc()
+            try:
+                response = await handler(request, state)
+            except ProtocolError as exc:
+                response = _error(str(exc), exc.status)
+            except ImageTooLargeError as exc:
+                response = _error(f"image refused: {exc}", 413)
+            except DatasetError as exc:
+                response = _error(f"not an image this server can read: {exc}", 400)
+            except ServerClosingError as exc:
+                response = _error(str(exc), 503)
+            except ToolkitError as exc:
+                response = _error(str(exc), 500)
+            except Exception as exc:  # a model or library failure: this request fails, the server goes on
+                response = _error(f"internal error ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})", 500)
+            finally:
+                state.metrics.in_flight.dec()
+            state.metrics.observe_request(route, response.status_code, time.perf_counter() - start)
+            return response
+
+        return endpoint
+
+    return wrap
+
+
+def _check_model(request: Request, state: _State) -> None:
+    name = request.path_params["name"]
+    version = request.path_params.get("version", VERSION)
+    if name != state.model.name:
+        raise ProtocolError(f"unknown model {name!r}: this server serves {state.model.name!r}", 404)
+    if version != VERSION:
+        raise ProtocolError(f"model {name!r} has no version {version!r} (only {VERSION!r})", 404)
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes `limit` bytes (before and after decoding)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ProtocolError(f"the body ({declared} bytes) exceeds the {limit} byte limit", 413)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ProtocolError(f"the body exceeds the {limit} byte limit", 413)
+        chunks.append(chunk)
+    return decode_body(b"".join(chunks), request.headers.get("content-encoding"), limit)
+
+
+@_measured("server_metadata")
+async def server_metadata(request: Request, state: _State) -> Response:
+    return JSONResponse({"name": "toolkit", "version": __version__, "extensions": EXTENSIONS})
+
+
+@_measured("live")
+async def live(request: Request, state: _State) -> Response:
+    return JSONResponse({"live": True})
+
+
+@_measured("ready")
+async def ready(request: Request, state: _State) -> Response:
+    if state.batcher.closed:
+        return JSONResponse({"ready": False}, status_code=503)
+    return JSONResponse({"ready": True})
+
+
+@_measured("model_ready")
+async def model_ready(request: Request, state: _State) -> Response:
+    _check_model(request, state)
+    is_ready = not state.batcher.closed
+    return JSONResponse({"name": state.model.name, "ready": is_ready}, status_code=200 if is_ready else 503)
+
+
+@_measured("model_metadata")
+async def model_metadata(request: Request, state: _State) -> Response:
+    _check_model(request, state)
+    inputs, outputs = state.model.signature.metadata()
+    first = state.model.first
+    return JSONResponse(
+        {
+            "name": state.model.name,
+            "versions": [VERSION],
+            "platform": PLATFORMS.get(first.format, first.format),
+            "inputs": inputs,
+            "outputs": outputs,
+            "facts": first.info.to_json(),  # the model-facts record the file carries (labels, decision, input)
+        }
+    )
+
+
+@_measured("model_config")
+async def model_config(request: Request, state: _State) -> Response:
+    """Triton's model-configuration extension: what batching the server applies."""
+    _check_model(request, state)
+    inputs, outputs = state.model.signature.metadata()
+    strip = lambda t: {"name": t["name"], "data_type": f"TYPE_{t['datatype']}", "dims": t["shape"][1:]}  # noqa: E731
+    return JSONResponse(
+        {
+            "name": state.model.name,
+            "platform": PLATFORMS.get(state.model.first.format, state.model.first.format),
+            "max_batch_size": state.options.max_batch_size,
+            "input": [strip(t) for t in inputs],
+            "output": [strip(t) for t in outputs],
+            "dynamic_batching": {"max_queue_delay_microseconds": int(state.options.max_wait_ms * 1000)},
+            "instance_group": [{"count": len(state.model.classifiers), "kind": "KIND_CPU"}],
+        }
+    )
+
+
+@_measured("infer")
+async def infer(request: Request, state: _State) -> Response:
+    _check_model(request, state)
+    body = await _body(request, state.options.max_body_bytes)
+    parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH), state.model.signature)
+    probs = await state.batcher.submit(parsed.pixels)
+    first = state.model.first
+    labels = [first.labels[i] for i in first.decide(probs)]
+    content, headers, media = encode_infer_response(state.model.name, parsed, probs, labels)
+    return Response(content, headers=headers, media_type=media)
+
+
+@_measured("classify")
+async def classify(request: Request, state: _State) -> Response:
+    """One encoded image (JPEG, PNG, ...) as the body; the label at the model's operating point."""
+    _check_model(request, state)
+    body = await _body(request, state.options.max_body_bytes)
+    if not body:
+        raise ProtocolError("empty body: send the image file's bytes")
+    top_k = request.query_params.get("top_k", "0")
+    if not top_k.isdigit():
+        raise ProtocolError(f"top_k must be a whole number, got {top_k!r}")
+    first = state.model.first
+    pixels = await asyncio.to_thread(load_image_array, body, first.image_size)
+    probs = await state.batcher.submit(pixels[None])
+    prediction = first.to_prediction(np.asarray(probs[0]))
+    answer = {
+        "model_name": state.model.name,
+        "label": prediction.label,
+        "score": prediction.score,
+        "index": prediction.index,
+        "probabilities": prediction.probabilities,
+        "decision": first.info.decision,
+    }
+    if int(top_k):
+        answer["top_k"] = [{"label": k, "probability": p} for k, p in prediction.top_k(int(top_k))]
+    return JSONResponse(answer)
+
+
+@_measured("metrics")
+async def metrics(request: Request, state: _State) -> Response:
+    return Response(state.metrics.render(), media_type=state.metrics.content_type)
+
+
+def _model_routes(suffix: str, endpoint, methods: list[str]) -> list[Route]:
+    return [
+        Route(f"/v2/models/{{name}}{suffix}", endpoint, methods=methods),
+        Route(f"/v2/models/{{name}}/versions/{{version}}{suffix}", endpoint, methods=methods),
+    ]
+
+
+async def _http_error(request: Request, exc: HTTPException) -> Response:
+    """An unknown path or method: JSON like every other answer, and counted (route "unmatched")."""
+    request.app.state.toolkit.metrics.observe_request("unmatched", exc.status_code, 0.0)
+    return _error(str(exc.detail), exc.status_code)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    return _error(f"internal error ({type(exc).__name__}); the server goes on", 500)
+
+
+def build_app(model: ServedModel, options: ServeOptions) -> Starlette:
+    """The ASGI application for `model`; its lifespan starts the batch workers and, at shutdown, drains them."""
+    state = _State(model, options)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        state.batcher.start()
+        yield
+        await state.batcher.close()
+
+    routes = [
+        Route("/v2", server_metadata),
+        Route("/v2/health/live", live),
+        Route("/v2/health/ready", ready),
+        *_model_routes("", model_metadata, ["GET"]),
+        *_model_routes("/ready", model_ready, ["GET"]),
+        *_model_routes("/config", model_config, ["GET"]),
+        *_model_routes("/infer", infer, ["POST"]),
+        *_model_routes("/classify", classify, ["POST"]),
+        Route("/metrics", metrics),
+    ]
+    handlers = {HTTPException: _http_error, Exception: _internal_error}
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
+    app.state.toolkit = state
+    return app
