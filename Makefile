@@ -12,7 +12,7 @@ DEMO_SIZE ?= 224
 # with pip (docs/training.md "Weights"); run.json names the weights actually used.
 WEIGHTS_FLAGS := --weights $(or $(VGG16_WEIGHTS),imagenet)
 
-.PHONY: install system-deps demo test lint format bench bench-real bench-int8 clean-demo
+.PHONY: install system-deps demo test lint format bench bench-real bench-int8 bench-serve clean-demo
 
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 ORT_WEB := node_modules/onnxruntime-web/dist/ort.wasm.min.js
@@ -72,6 +72,12 @@ bench-int8: $(BIN)/toolkit
 	$(BIN)/python benchmarks/int8.py demo $(DEMO_RUN) $(DEMO_DATA)/test
 	test ! -f $(ELPV_CACHE)/run/best.keras || \
 		$(BIN)/python benchmarks/int8.py elpv $(ELPV_CACHE)/run $(ELPV_CACHE)/data/test
+
+# toolkit serve under 16 concurrent clients (batching on and off) and predict --engine ray against the local
+# engine, on the demo run (make demo first); writes benchmarks/SERVE.md (~5 min, 2 cores).
+bench-serve: $(BIN)/toolkit
+	test -f $(DEMO_RUN)/export/manifest.json || { echo "run make demo first"; exit 2; }
+	$(BIN)/python benchmarks/serve.py $(DEMO_RUN) $(DEMO_DATA)
 
 test: $(BIN)/toolkit system-deps
 	$(BIN)/python -m pytest

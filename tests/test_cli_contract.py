@@ -239,6 +239,14 @@ def test_base_install_predicts_without_tensorflow(exported_run, tmp_path):
         assert json.loads(out.stdout)["label"] in ("benign", "malignant")
     train = subprocess.run([str(venv / "bin/toolkit"), "train", str(tmp_path)], capture_output=True, text=True)
     assert train.returncode == 2 and "pip install 'toolkit[train]'" in train.stderr and "Traceback" not in train.stderr
+    onnx = str(exported_run / "export" / "model_float32.onnx")
+    for args, extra in (
+        (["serve", onnx, "--port", "0"], "toolkit[serve]"),
+        (["predict", onnx, str(image), "--engine", "ray", "--out", str(tmp_path / "p.csv")], "toolkit[ray]"),
+        (["predict", onnx, str(image), "--out", str(tmp_path / "p.parquet")], "toolkit[ray]"),
+    ):
+        out = subprocess.run([str(venv / "bin/toolkit"), *args], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2 and extra in out.stderr and len(out.stderr.strip().splitlines()) <= 2, out.stderr
 
 
 def test_malformed_tf_config_under_multiworker_is_one_line(demo_dir, tmp_path, monkeypatch):

@@ -32,6 +32,19 @@ class Strategy(StrEnum):
     multiworker = "multiworker"
 
 
+MATRIX_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8")
+
+
+def cpu_instruction_sets() -> list[str]:
+    """The matrix instruction sets /proc/cpuinfo lists (what decides which precision runs fast here)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return [f for f in MATRIX_FLAGS if f in flags]
+
+
 def cpu_supports_bf16() -> bool:
     """True on CPUs with AVX512_BF16 or AMX: bf16 runs natively there (emulated bf16 is only slower)."""
     try:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from toolkit.hardware import cpu_instruction_sets
 from toolkit.versions import package_versions
 
 VGG16_CONV_CHANNELS = (
@@ -86,6 +87,7 @@ def machine_header(threads: int) -> dict:
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
+        "instruction_sets": cpu_instruction_sets(),
         "threads": threads,
         "gpu": gpu,
         "platform": platform.platform(),
