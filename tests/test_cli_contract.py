@@ -137,7 +137,7 @@ def test_progress_is_one_line_per_phase_off_a_terminal_and_silent_with_json(expo
     shown = runner.invoke(app, args)
     assert shown.exit_code == 0, shown.output
     assert "converting onnx float32: done in" in shown.stderr
-    assert "parity of onnx float32 on 6 validation images: done in" in shown.stderr
+    assert "parity of onnx float32 on 24 images: done in" in shown.stderr
     silent = runner.invoke(app, [*args, "--json"])
     assert silent.exit_code == 0 and "done in" not in silent.stderr and json.loads(silent.stdout)["artifacts"]
     quiet = runner.invoke(app, [*args, "--quiet"])

@@ -26,7 +26,7 @@ def test_ir_runs_in_plain_openvino_in_bf16_with_the_toolkit_metadata(exported_ru
 
     entry = _entry(exported_run)
     assert entry["path"] == "model_bf16.xml" and entry["weights"]["path"] == "model_bf16.bin"
-    assert entry["parity"]["passed"] and entry["parity"]["thresholds"]["max_abs_diff"] == pytest.approx(8e-2)
+    assert entry["parity"]["passed"] and entry["parity"]["thresholds"]["max_abs_diff"] == pytest.approx(0.25)
     core = ov.Core()
     model = core.read_model(str(exported_run / "export" / "model_bf16.xml"))
     assert json.loads(model.get_rt_info(["toolkit", "labels"]).astype(str)) == ["benign", "malignant"]

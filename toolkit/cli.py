@@ -214,7 +214,7 @@ def export(
         EXPORT.int8_max_float_layers
     ),
     parity_images: Annotated[
-        int | None, Opt(min=1, help="A seeded, class-stratified sample of validation for the gate.")
+        int, Opt(min=1, help="Gate images: validation, then training images (stratified, seeded); never test.")
     ] = EXPORT.parity_images,
     data: Annotated[Path | None, Opt(help="Data folder, if the run's own has moved.")] = EXPORT.data_dir,
     max_diff: Annotated[

@@ -68,7 +68,16 @@ def print_predictions(classifier, paths: list, problems: list[str], options, jso
 
 def print_export_table(manifest: dict) -> None:
     table = Table(title="exports (parity against the Keras model)")
-    for column in ("format", "precision", "size (MB)", "max diff", "agreement", "accuracy", "keras acc", "parity"):
+    for column in (
+        "format",
+        "precision",
+        "size (MB)",
+        "max diff",
+        "agreement (flips/N)",
+        "accuracy",
+        "keras acc",
+        "parity",
+    ):
         table.add_column(column, justify="right" if column not in ("format", "precision") else "left")
     for a in manifest.get("artifacts", []):
         p = a["parity"]
@@ -77,7 +86,7 @@ def print_export_table(manifest: dict) -> None:
             a["precision"],
             f"{a['size_bytes'] / 1e6:.1f}",
             f"{p['max_abs_diff']:.1e}",
-            f"{p['top1_agreement']:.1%}",
+            f"{p['top1_agreement']:.1%} ({p.get('flips', 0)}/{p['images']})",
             f"{p['accuracy']:.1%}",
             f"{p['reference_accuracy']:.1%}",
             "[green]pass[/green]" if p["passed"] else "[red]FAIL[/red]",
@@ -108,7 +117,7 @@ def print_quant_report(path: Path, worst: int = 5) -> None:
         table.add_column("tensor", justify="left")
         table.add_column(d["meaning"].split(":")[0], justify="right")
         for row in d["layers"][:worst]:
-            table.add_row(row["tensor"][-70:], f"{row[d['metric']]:.2f}")
+            table.add_row(row["tensor"][-70:], f"{row[d['metric']]:.3g}")
         console.print(table)
     typer.echo(f"full report: {path} and {Path(path).with_suffix('.png').name}")
 

@@ -4,9 +4,11 @@ Built on ONNX Runtime's `qdq_loss_debug`: both models are augmented to output ev
 activation, run on the same validation images, and matched tensor by tensor. For
 each quantized activation the report gives two signal-to-quantization-noise ratios
 (dB; lower is worse): `own_sqnr_db`, the noise that tensor's own quantize/dequantize
-adds, and `model_sqnr_db`, how far the int8 model's tensor has drifted from the
-float model's there (everything upstream included). Rows are ranked by their own
-noise, the layer a fix would keep in float first. The TFLite int8 model is measured by
+adds (measured against the clipped value where ONNX Runtime folded a Relu or Clip into
+the quantization), and `model_sqnr_db`, how far the int8 model's tensor has drifted
+from the float model's there (everything upstream included), so own >= model in dB. Rows are
+ranked by `noise_added`, the drift a layer adds over the one before it (weights included),
+the layer a fix would try in float first. The TFLite int8 model is measured by
 TFLite's QuantizationDebugger (tflite_int8.layer_noise): each layer's RMSE against its
 float twin, in quantization steps.
 """
@@ -32,13 +34,88 @@ class LayerError:
     tensor: str
     own_sqnr_db: float
     model_sqnr_db: float | None
+    fused: str | None = None  # the activation ONNX Runtime folded into this tensor's quantization (Relu, Clip)
+    noise_added: float = 0.0  # drift (noise / signal power) the model gains here over the tensor before it
+
+
+SQNR_CAP_DB = 100.0  # an exactly reproduced channel counts as this, so one perfect channel cannot hide the others
+
+
+def sqnr_db(signal: list[np.ndarray], noisy: list[np.ndarray]) -> float:
+    """Signal-to-quantization-noise ratio in dB, per channel (axis 1) over every image, averaged over channels.
+
+    Per channel, because int8 activations share one range per tensor: one outlier channel stretches the
+    range and crushes every other channel, which a whole-tensor ratio (dominated by the outlier's energy)
+    would hide. Silent channels are left out; exact ones count as SQNR_CAP_DB.
+    """
+
+    def per_channel(values: list[np.ndarray]) -> np.ndarray:
+        return np.stack([np.moveaxis(np.asarray(v, np.float64), 1, 0).reshape(v.shape[1], -1) for v in values])
+
+    if np.ndim(signal[0]) < 2:
+        s, n = np.concatenate([np.ravel(v) for v in signal])[None], np.concatenate([np.ravel(v) for v in noisy])[None]
+        power, noise = np.sum(s**2, axis=1), np.sum((s - n) ** 2, axis=1)
+    else:
+        s, n = per_channel(signal), per_channel(noisy)
+        power, noise = np.sum(s**2, axis=(0, 2)), np.sum((s - n) ** 2, axis=(0, 2))
+    live = power > 0
+    if not live.any():
+        return SQNR_CAP_DB if not noise.any() else -SQNR_CAP_DB
+    with np.errstate(divide="ignore"):
+        db = 10 * np.log10(power[live] / noise[live])
+    return float(np.mean(np.minimum(db, SQNR_CAP_DB)))
+
+
+def fused_activations(float_model: Path, int8_model: Path) -> dict[str, tuple[str, float, float]]:
+    """Tensors whose Relu or Clip the quantizer removed: tensor -> (op, low, high).
+
+    ONNX Runtime drops a Relu/Clip after a quantized output and lets the QuantizeLinear's range do the
+    clipping; the tensor keeps the activation's name but now holds the producer's raw, unclipped
+    output. Its own quantization noise is then measured against the clipped value, as in the float model.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    float_graph = onnx.load(str(float_model), load_external_data=False).graph
+    int8_producers = {
+        out: n.op_type for n in onnx.load(str(int8_model), load_external_data=False).graph.node for out in n.output
+    }
+    constants = {
+        i.name: float(numpy_helper.to_array(i).reshape(-1)[0]) for i in float_graph.initializer if i.dims in ([], [1])
+    }
+    fused = {}
+    for node in float_graph.node:
+        if node.op_type not in ("Relu", "Clip") or int8_producers.get(node.output[0], node.op_type) == node.op_type:
+            continue
+        low, high = (0.0, float("inf")) if node.op_type == "Relu" else _clip_bounds(node, constants)
+        fused[node.output[0]] = (node.op_type, low, high)
+    return fused
+
+
+def _clip_bounds(node, constants: dict[str, float]) -> tuple[float, float]:
+    attributes = {a.name: a.f for a in node.attribute}
+    low = (
+        constants.get(node.input[1], -float("inf"))
+        if len(node.input) > 1 and node.input[1]
+        else attributes.get("min", -float("inf"))
+    )
+    high = (
+        constants.get(node.input[2], float("inf"))
+        if len(node.input) > 2 and node.input[2]
+        else attributes.get("max", float("inf"))
+    )
+    return low, high
 
 
 def layer_errors(float_model: Path, int8_model: Path, images: np.ndarray) -> list[LayerError]:
-    """Per-activation SQNRs of `int8_model` on `images`, worst (lowest own SQNR) first."""
+    """Per-activation SQNRs of `int8_model` on `images`, worst (lowest own SQNR) first.
+
+    `own_sqnr_db` compares each dequantized tensor with the value it stands for in the int8 model (the
+    pre-quantization tensor, clipped by any fused activation); `model_sqnr_db` compares it with the
+    float model's tensor of the same name, so it includes every upstream layer's drift too.
+    """
     from onnxruntime.quantization.qdq_loss_debug import (
         collect_activations,
-        compute_activation_error,
         create_activation_matching,
         modify_model_output_intermediate_tensors,
     )
@@ -49,28 +126,63 @@ def layer_errors(float_model: Path, int8_model: Path, images: np.ndarray) -> lis
         modify_model_output_intermediate_tensors(str(int8_model), str(int8_aug))
         float_acts = collect_activations(str(float_aug), calibration_reader(images))
         int8_acts = collect_activations(str(int8_aug), calibration_reader(images))
-    errors = compute_activation_error(create_activation_matching(int8_acts, float_acts))
-    rows = [
-        LayerError(name, float(e["qdq_err"]), float(e["xmodel_err"]) if "xmodel_err" in e else None)
-        for name, e in errors.items()
-        if np.isfinite(e["qdq_err"])
-    ]
-    return sorted(rows, key=lambda r: r.own_sqnr_db)
+    fused = fused_activations(float_model, int8_model)
+    matches = create_activation_matching(int8_acts, float_acts)
+    rows = []
+    for name in _graph_order(float_model, matches):
+        match = matches[name]
+        op, low, high = fused.get(name, (None, -float("inf"), float("inf")))
+        stands_for = [np.clip(t, low, high) for t in match["pre_qdq"]]
+        own = sqnr_db(stands_for, match["post_qdq"])
+        model = sqnr_db(match["float"], match["post_qdq"]) if "float" in match else None
+        rows.append(LayerError(name, own, model, op))
+    _add_noise_increments(rows)
+    return sorted(rows, key=lambda r: -r.noise_added)
+
+
+def _graph_order(float_model: Path, matches: dict) -> list[str]:
+    """The matched tensors in the order the (topologically sorted) float graph computes them."""
+    import onnx
+
+    order = [o for n in onnx.load(str(float_model), load_external_data=False).graph.node for o in n.output]
+    position = {name: i for i, name in enumerate(order)}
+    return sorted(matches, key=lambda name: position.get(name, len(order)))
+
+
+def _add_noise_increments(rows: list[LayerError]) -> None:
+    """Each tensor's drift minus the drift of the tensor computed before it (relative noise power, linear).
+
+    The drift a layer adds is what ranks it: a layer whose weights or activations int8 cannot hold shows a
+    jump here even when its own activation quantization looks clean (an outlier input channel crushed in
+    its per-channel weights, say), and everything downstream merely inherits it.
+    """
+    before = 0.0
+    for row in rows:
+        if row.model_sqnr_db is None:
+            continue
+        drift = 10 ** (-row.model_sqnr_db / 10)
+        row.noise_added = drift - before
+        before = drift
 
 
 def rank_onnx_layers(float_model: Path, int8_model: Path, prepared: Path, images: np.ndarray) -> list[list[str]]:
-    """Node groups to keep in float, worst activation first: each activation's producer and its consumers.
+    """Node groups to keep in float, the layer that adds most drift first: each tensor's producer and consumers.
 
-    Keeping the producer and consumers of a noisy activation in float removes that tensor's
-    quantize/dequantize pair; names are the pre-processed float model's, as `nodes_to_exclude` wants.
+    Keeping the producer (with the layer under a fused activation) and consumers of a tensor in float
+    removes its quantize/dequantize pair and that layer's int8 weights; names are the pre-processed
+    float model's, as `nodes_to_exclude` wants.
     """
     import onnx
 
     rows = layer_errors(float_model, int8_model, images)
     graph = onnx.load(str(prepared), load_external_data=False).graph
+    producer = {out: n for n in graph.node for out in n.output}
     groups: list[list[str]] = []
     for row in rows:
         group = [n.name for n in graph.node if row.tensor in n.output or row.tensor in n.input]
+        made_by = producer.get(row.tensor)
+        if made_by is not None and made_by.op_type in ("Relu", "Clip") and made_by.input[0] in producer:
+            group.insert(0, producer[made_by.input[0]].name)  # the Conv/MatMul whose output the activation clips
         if group and group not in groups:
             groups.append(group)
     return groups
@@ -89,7 +201,8 @@ class Diagnosis:
 
 def onnx_diagnosis(float_model: Path, int8_model: Path, images: np.ndarray) -> Diagnosis:
     rows = [dataclasses.asdict(r) for r in layer_errors(float_model, int8_model, images)]
-    return Diagnosis(int8_model.name, "own_sqnr_db", "own quantization SQNR (dB): lower is worse", True, rows)
+    meaning = "drift added at this layer (noise/signal power vs the layer before): higher is worse"
+    return Diagnosis(int8_model.name, "noise_added", meaning, False, rows)
 
 
 def tflite_diagnosis(artifact: str, noise: list[tuple[str, float]]) -> Diagnosis:

@@ -56,7 +56,7 @@ class ExportOptions:
     diagnose: bool = False  # per-activation int8 report (also written whenever the ONNX int8 gate fails)
     int8_max_drop: float | None = None  # accuracy points: turns on the automatic fix (int8_fix.py)
     int8_max_float_layers: int = 10  # the fix's budget
-    parity_images: int | None = None
+    parity_images: int = 1000  # validation first, then training images (stratified, seeded); test never
     data_dir: str | None = None
     overrides: ParityOverrides = dataclasses.field(default_factory=ParityOverrides)
     wait: bool = False  # another export holds RUN/export: wait for it instead of failing
@@ -87,11 +87,15 @@ def select_formats(format: str, precisions: list[str] | None) -> list[ExportForm
     return chosen
 
 
-def _calibration_subset(train, count: int, seed: int) -> np.ndarray:
-    """A seeded sample of training images, every class in proportion (never validation or test)."""
+def _calibration_index(train, count: int, seed: int) -> np.ndarray:
+    """Which training images calibrate int8: a seeded sample, every class in proportion (never validation or test)."""
     from toolkit.data import stratified_sample
 
-    return np.asarray(train.images[stratified_sample(train.labels, count, seed)], dtype=np.uint8)
+    return stratified_sample(train.labels, count, seed)
+
+
+def _calibration_subset(train, count: int, seed: int) -> np.ndarray:
+    return np.asarray(train.images[_calibration_index(train, count, seed)], dtype=np.uint8)
 
 
 def _calibration_record(fmt: ExportFormat, ctx: ExportContext) -> dict | None:
@@ -103,13 +107,22 @@ def _calibration_record(fmt: ExportFormat, ctx: ExportContext) -> dict | None:
 
 @dataclasses.dataclass
 class ParitySet:
-    """The validation images every artifact is compared on, with the Keras model's own outputs."""
+    """The non-test images every artifact is compared on, with the Keras model's own outputs."""
 
     images: np.ndarray
     labels: np.ndarray
     reference: np.ndarray
     overrides: ParityOverrides
     decide: Callable[[np.ndarray], np.ndarray] | None = None  # the operating point, where the run has one
+    parts: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # part name -> mask over images
+    outputs: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # format key -> last artifact's outputs
+
+    def diagnosis_images(self) -> np.ndarray:
+        """A few stratified parity images for the per-layer diagnosis (it holds every activation in memory)."""
+        from toolkit.data import stratified_sample
+        from toolkit.export.diagnose import DIAGNOSIS_IMAGES
+
+        return self.images[stratified_sample(self.labels, DIAGNOSIS_IMAGES, seed=0)]
 
 
 def _check_options(options: ExportOptions) -> list[ExportFormat]:
@@ -126,23 +139,38 @@ def _check_options(options: ExportOptions) -> list[ExportFormat]:
         raise ExportError("--int8-max-drop is in accuracy points, 0 to 100")
     if options.int8_max_float_layers < 1:
         raise ExportError("--int8-max-float-layers must be at least 1")
-    if options.parity_images is not None and options.parity_images < 1:
+    if options.parity_images < 1:
         raise ExportError("--parity-images must be at least 1")
     return formats
 
 
-def _parity_set(model, val, options: ExportOptions, seed: int, decision=None) -> ParitySet:
-    """All validation images, or a seeded sample stratified by class (validation is stored sorted by class)."""
+def _parity_set(model, data, options: ExportOptions, seed: int, decision=None) -> ParitySet:
+    """Validation images, then training images, up to `options.parity_images`, each stratified by class and seeded.
+
+    Agreement needs no labels, so every non-test image may count; the held-out validation part judges
+    accuracy. Training images that calibrate int8 are a part of their own, so their agreement is seen apart.
+    """
     from toolkit.data import stratified_sample
     from toolkit.model import predict_in_batches
 
-    index = stratified_sample(val.labels, options.parity_images, seed)
-    images = np.asarray(val.images[index], dtype=np.uint8)
+    val_index = stratified_sample(data.val.labels, options.parity_images, seed)
+    room = max(0, options.parity_images - len(val_index))
+    train_index = stratified_sample(data.train.labels, room, seed + 1) if room else np.zeros(0, np.int64)
+    calibration = np.isin(train_index, _calibration_index(data.train, options.calib_images, seed))
+    images = np.concatenate([np.asarray(data.val.images[val_index]), np.asarray(data.train.images[train_index])])
+    images = np.asarray(images, dtype=np.uint8)
+    labels = np.concatenate([data.val.labels[val_index], data.train.labels[train_index]])
+    in_val = np.arange(len(images)) < len(val_index)
+    parts = {"validation": in_val}
+    if len(train_index):
+        parts["train_calibration"] = np.concatenate([np.zeros(len(val_index), bool), calibration])
+        parts["train_other"] = ~in_val & ~parts["train_calibration"]
     decide = decision.predict if decision is not None else None
     overrides = options.overrides
     if options.int8_max_drop is not None and overrides.max_accuracy_drop is None:  # the fix's budget is the gate's
         overrides = dataclasses.replace(overrides, max_accuracy_drop=options.int8_max_drop / 100)
-    return ParitySet(images, val.labels[index], predict_in_batches(model, images), overrides, decide)
+    reference = predict_in_batches(model, images)
+    return ParitySet(images, labels, reference, overrides, decide, parts)
 
 
 def _export_one(fmt: ExportFormat, ctx: ExportContext, parity: ParitySet) -> dict:
@@ -155,12 +183,13 @@ def _export_one(fmt: ExportFormat, ctx: ExportContext, parity: ParitySet) -> dic
     with phase(f"converting {fmt.format} {fmt.precision}"), atomic_path(dest) as tmp, silenced((1, 2)):
         fmt.convert(ctx, tmp)
     ctx.scratch[fmt.key] = dest  # what int8 quantises, web bundles copy and the diagnosis reads
-    with phase(f"parity of {fmt.format} {fmt.precision} on {len(parity.images)} validation images"):
+    with phase(f"parity of {fmt.format} {fmt.precision} on {len(parity.images)} images"):
         with silenced((2,)):  # LiteRT announces its XNNPACK delegate
             classifier = load_artifact(dest, device="cpu", labels=ctx.labels, verify=False)
         candidate = classifier.predict_arrays(parity.images)
+    parity.outputs[fmt.key] = candidate
     thresholds = thresholds_for(fmt.precision, parity.overrides)
-    record = compare_outputs(parity.reference, candidate, parity.labels, thresholds, parity.decide)
+    record = compare_outputs(parity.reference, candidate, parity.labels, thresholds, parity.decide, parity.parts)
     entry = {
         "format": fmt.format,
         "precision": fmt.precision,
@@ -204,7 +233,7 @@ def _export_locked(run: RunFolder, formats: list[ExportFormat], options: ExportO
     model = load_keras_model(run.best)
     data = run.load_data(options.data_dir)
     seed = int(run.config.get("seed", 0))
-    parity = _parity_set(model, data.val, options, seed, run.decision)
+    parity = _parity_set(model, data, options, seed, run.decision)
     export_dir = run.export_dir
     export_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(export_dir)
@@ -265,16 +294,9 @@ def _export_or_fix(fmt: ExportFormat, ctx: ExportContext, parity: ParitySet, opt
     fix = FixOptions(calibration_order(ctx.calibration, options.calibration_percentile), options.int8_max_float_layers)
     chosen = dict(ctx.calibration)
     try:
-        return fix_int8(fmt, ctx, lambda: _export_one(fmt, ctx, parity), _diagnosis_images(parity), fix)
+        return fix_int8(fmt, ctx, lambda: _export_one(fmt, ctx, parity), parity, fix)
     finally:
         ctx.calibration, ctx.float_layers = chosen, []  # the next format starts from the user's choices
-
-
-def _diagnosis_images(parity: ParitySet) -> np.ndarray:
-    from toolkit.data import stratified_sample
-    from toolkit.export.diagnose import DIAGNOSIS_IMAGES
-
-    return parity.images[stratified_sample(parity.labels, DIAGNOSIS_IMAGES, seed=0)]
 
 
 def _diagnose_if_asked(
@@ -287,10 +309,10 @@ def _diagnose_if_asked(
     wanted = [k for k in ("onnx-int8", "tflite-int8") if k in ctx.scratch and (options.diagnose or k in failing)]
     if not wanted:
         return None
-    images = _diagnosis_images(parity)
+    images = parity.diagnosis_images()
     diagnoses = []
     for key in wanted:
-        with phase(f"diagnosing {key.replace('-', ' ')} on {len(images)} validation images"), silenced((1, 2)):
+        with phase(f"diagnosing {key.replace('-', ' ')} on {len(images)} parity images"), silenced((1, 2)):
             if key == "onnx-int8":
                 diagnoses.append(diagnose.onnx_diagnosis(onnx_int8.float_onnx(ctx), ctx.scratch[key], images))
             else:
