@@ -25,34 +25,21 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.serve.conftest import running_server  # noqa: E402  (the tests' server starter: one copy)
+from tests.serve.conftest import running_server, single_image_requests  # noqa: E402  (the tests' own: one copy)
 from toolkit.bench.machine import machine_header  # noqa: E402
 from toolkit.runtime import load  # noqa: E402
 
 
-def _client(address: str, name: str, pixels: np.ndarray, requests: int, offset: int) -> list[float]:
-    import tritonclient.http as triton
-
-    client = triton.InferenceServerClient(address, network_timeout=600)
-    times = []
-    for i in range(requests):
-        k = (offset + i) % len(pixels)
-        tensor = triton.InferInput("image", [1, *pixels.shape[1:]], "UINT8")
-        tensor.set_data_from_numpy(pixels[k : k + 1], binary_data=True)
-        start = time.perf_counter()
-        client.infer(name, [tensor])
-        times.append(time.perf_counter() - start)
-    client.close()
-    return times
-
-
 def load_test(model: Path, pixels: np.ndarray, max_batch: int, clients: int, requests: int) -> dict:
     with running_server(model, "--max-batch-size", str(max_batch), "--max-wait-ms", "5") as server:
-        _client(server.address, server.name, pixels, 4, 0)  # warm-up
+        single_image_requests(server.address, server.name, pixels, 4, 0)  # warm-up
         with ThreadPoolExecutor(clients) as pool:
             start = time.perf_counter()
-            runs = [pool.submit(_client, server.address, server.name, pixels, requests, c) for c in range(clients)]
-            latencies = [t for run in runs for t in run.result()]
+            runs = [
+                pool.submit(single_image_requests, server.address, server.name, pixels, requests, c)
+                for c in range(clients)
+            ]
+            latencies = [seconds for run in runs for _, _, seconds in run.result()]
             wall = time.perf_counter() - start
         errors = server.metric("toolkit_request_errors_total")
         batches, images = server.metric("toolkit_batch_size_count"), server.metric("toolkit_batch_size_sum")

@@ -63,7 +63,8 @@ def predict(
     classifier = load_classifier(model, **load_options)
     paths, problems = collect_images(images)
     if engine == Engine.ray or out is not None:
-        failed = _predict_to_table(classifier, paths, problems, out or RAY_TABLE, batch_size, load_options, locals())
+        options = BatchOptions(engine=engine.value, address=address, workers=workers)
+        failed = _predict_to_table(classifier, paths, problems, out or RAY_TABLE, batch_size, load_options, options)
     else:
         from toolkit.console import print_predictions
 
@@ -72,13 +73,14 @@ def predict(
         raise typer.Exit(2)
 
 
-def _predict_to_table(classifier, paths, problems, out: Path, batch_size: int, load_options: dict, params) -> int:
+def _predict_to_table(
+    classifier, paths, problems, out: Path, batch_size: int, load_options: dict, options: BatchOptions
+) -> int:
     """The table form of predict (either engine); returns how many inputs failed."""
     from toolkit.batch.run import predict_to_table
 
     for problem in problems:
         typer.echo(f"error: {problem}", err=True)
-    options = options_from(BatchOptions, params)
     if options.engine == Engine.ray and load_options["threads"] is None:
         load_options = {**load_options, "threads": 1}  # each actor holds one CPU
     summary = predict_to_table(classifier, [str(p) for p in paths], out, options, batch_size, load_options)
@@ -112,14 +114,11 @@ def serve(
 
     options = options_from(ServeOptions, locals())
 
-    def loader(path, **kwargs):
-        return load_classifier(path, **kwargs)
-
     def announce(listening) -> None:
         typer.echo(f"serving {listening.model_name} ({listening.description}) at {listening.url}", err=True)
         typer.echo(f"  {listening.url}/v2/models/{listening.model_name}/infer  (Open Inference Protocol v2)", err=True)
         typer.echo(f"  {listening.url}/v2/models/{listening.model_name}/classify  (image bytes)", err=True)
         typer.echo(f"  {listening.url}/metrics  (Prometheus); Ctrl-C or SIGTERM stops it gracefully", err=True)
 
-    run_server(model, options, announce, loader)
+    run_server(model, options, announce, load_classifier)
     typer.echo("stopped", err=True)

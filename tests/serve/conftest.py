@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 
 START_TIMEOUT_S = 120
 
@@ -66,3 +67,23 @@ def running_server(model: Path, *flags: str):
                 process.wait(60)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+def single_image_requests(
+    address: str, name: str, pixels: np.ndarray, requests: int, offset: int
+) -> list[tuple[int, np.ndarray, float]]:
+    """One tritonclient client sending `requests` one-image binary requests, cycling through `pixels` from
+    `offset`: (image index, probabilities, seconds the request took) per request."""
+    import tritonclient.http as triton
+
+    client = triton.InferenceServerClient(address, network_timeout=600)
+    answers = []
+    for i in range(requests):
+        k = (offset + i) % len(pixels)
+        tensor = triton.InferInput("image", [1, *pixels.shape[1:]], "UINT8")
+        tensor.set_data_from_numpy(pixels[k : k + 1], binary_data=True)
+        start = time.perf_counter()
+        probs = client.infer(name, [tensor]).as_numpy("probabilities")[0]
+        answers.append((k, probs, time.perf_counter() - start))
+    client.close()
+    return answers

@@ -10,25 +10,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-import tritonclient.http as triton
 
 from tests.conftest import validation_files
-from tests.serve.conftest import running_server
+from tests.serve.conftest import running_server, single_image_requests
 from toolkit.runtime import load
 
 CLIENTS, REQUESTS = 16, 50
-
-
-def _client_run(address: str, name: str, pixels: np.ndarray, offset: int) -> list[tuple[int, np.ndarray]]:
-    client = triton.InferenceServerClient(address, network_timeout=120)
-    answers = []
-    for i in range(REQUESTS):
-        k = (offset + i) % len(pixels)
-        tensor = triton.InferInput("image", [1, *pixels.shape[1:]], "UINT8")
-        tensor.set_data_from_numpy(pixels[k : k + 1], binary_data=True)
-        answers.append((k, client.infer(name, [tensor]).as_numpy("probabilities")[0]))
-    client.close()
-    return answers
 
 
 @pytest.mark.parametrize("max_batch_size", [8, 1])
@@ -39,8 +26,10 @@ def test_sixteen_clients_get_zero_errors_and_their_own_answers(exported_run, max
     expected = np.concatenate([local.predict_arrays(pixels[k : k + 1]) for k in range(len(pixels))])
     flags = ["--max-batch-size", str(max_batch_size), "--max-wait-ms", "5"]
     with running_server(model, *flags) as server, ThreadPoolExecutor(CLIENTS) as pool:
-        runs = [pool.submit(_client_run, server.address, server.name, pixels, c) for c in range(CLIENTS)]
-        answers = [a for run in runs for a in run.result()]  # any client error is raised here
+        runs = [
+            pool.submit(single_image_requests, server.address, server.name, pixels, REQUESTS, c) for c in range(CLIENTS)
+        ]
+        answers = [(k, probs) for run in runs for k, probs, _ in run.result()]  # any client error is raised here
         assert len(answers) == CLIENTS * REQUESTS
         worst = max(float(np.abs(probs - expected[k]).max()) for k, probs in answers)
         assert worst <= 1e-6, worst  # a batched int8 run may round once differently, never more

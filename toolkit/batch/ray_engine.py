@@ -1,8 +1,8 @@
 """The Ray engine: Ray Data hands file paths to an actor pool, one loaded model per actor.
 
-Each actor (`RayPredictor`) loads the model once, reads and decodes its batch's files
-with the runtime's own decoder and classifies them, so a row is what local predict
-gives for that file. Ray Data's actor pool restarts a dead actor and retries its
+Each actor (`RayPredictor`) loads the model once and runs the local engine's own
+`local_rows` (the runtime's `predict_files`: its decoder, its operating point) on its
+batch's files, so a row is what local predict gives for that file. Ray Data's actor pool restarts a dead actor and retries its
 task (`max_restarts`, `max_task_retries`: set here, not left to defaults); order is
 preserved, and the table writer refuses duplicates and counts what is missing, so a
 killed worker neither loses a file nor writes one twice. Multi-node: `ray start
@@ -19,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from toolkit.batch.local import local_rows
 from toolkit.batch.options import BatchOptions
 from toolkit.batch.output import Row
-from toolkit.errors import ClusterError, DatasetError, MissingDependencyError
+from toolkit.errors import ClusterError, MissingDependencyError
 
 BLOCK_BATCHES = 4  # batches per Ray Data block once there are enough blocks to keep every actor busy
 MAX_BLOCKS = 10_000
@@ -38,29 +39,21 @@ class RayPredictor:
             self.classifier = load(model, **load_options)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The batch's rows as local predict makes them (`local_rows`), laid out as numpy columns."""
         paths = [str(p) for p in batch["path"]]
-        pixels: list[np.ndarray] = []
-        errors = [""] * len(paths)
-        for i, path in enumerate(paths):
-            try:
-                pixels.append(self.classifier.preprocess(path))
-            except DatasetError as exc:
-                errors[i] = str(exc)
-        ok = [i for i, e in enumerate(errors) if not e]
-        probs = np.full((len(paths), len(self.classifier.labels)), np.nan, np.float32)
-        labels = np.array([""] * len(paths), dtype=object)
-        scores = np.full(len(paths), np.nan)
-        if ok:
-            probs[ok] = self.classifier.predict_arrays(np.stack(pixels), batch_size=len(ok))
-            decided = self.classifier.decide(probs[ok])
-            labels[ok] = [self.classifier.labels[k] for k in decided]
-            scores[ok] = probs[ok, decided]
+        rows = list(local_rows(self.classifier, paths, batch_size=len(paths)))
+        labels = self.classifier.labels
         return {
-            "path": np.array(paths, dtype=object),
-            "label": labels,
-            "score": scores,
-            "probabilities": probs,
-            "error": np.array(errors, dtype=object),
+            "path": np.array([r.path for r in rows], dtype=object),
+            "label": np.array([r.label or "" for r in rows], dtype=object),
+            "score": np.array([np.nan if r.score is None else r.score for r in rows]),
+            "probabilities": np.array(
+                [
+                    [np.nan] * len(labels) if r.probabilities is None else [r.probabilities[k] for k in labels]
+                    for r in rows
+                ]
+            ),
+            "error": np.array([r.error or "" for r in rows], dtype=object),
         }
 
 

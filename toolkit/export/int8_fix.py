@@ -94,32 +94,31 @@ def _open(path: Path, labels: list[str] | None):
         return load(path, device="cpu", labels=labels, verify=False)
 
 
+def _median_ms(paths: list[Path], labels: list[str] | None, image: np.ndarray, runs: int) -> list[float]:
+    """Median batch-1 latency of each artifact, their runs alternating (after one warm-up run each)."""
+    models = [_open(path, labels) for path in paths]
+    for model in models:
+        model.predict_arrays(image[None])
+    times: list[list[float]] = [[] for _ in models]
+    for _ in range(runs):
+        for model, spent in zip(models, times):
+            start = time.perf_counter()
+            model.predict_arrays(image[None])
+            spent.append(time.perf_counter() - start)
+    return [float(np.median(t) * 1000) for t in times]
+
+
 def batch1_ms(path: Path, labels: list[str] | None, image: np.ndarray, runs: int = LATENCY_RUNS) -> float:
     """Median batch-1 latency of one artifact through the runtime (after one warm-up run)."""
-    model = _open(path, labels)
-    model.predict_arrays(image[None])
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        model.predict_arrays(image[None])
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1000)
+    return _median_ms([path], labels, image, runs)[0]
 
 
 def interleaved_ms(
     first: Path, second: Path, labels, image: np.ndarray, runs: int = LATENCY_RUNS
 ) -> tuple[float, float]:
-    """Median batch-1 latencies of two artifacts, their runs alternating (after one warm-up run each)."""
-    models = [_open(first, labels), _open(second, labels)]
-    times: list[list[float]] = [[], []]
-    for model in models:
-        model.predict_arrays(image[None])
-    for _ in range(runs):
-        for k, model in enumerate(models):
-            start = time.perf_counter()
-            model.predict_arrays(image[None])
-            times[k].append(time.perf_counter() - start)
-    return float(np.median(times[0]) * 1000), float(np.median(times[1]) * 1000)
+    """Median batch-1 latencies of two artifacts, timed alternately so both see the same machine load."""
+    a, b = _median_ms([first, second], labels, image, runs)
+    return a, b
 
 
 def _effect(fmt: ExportFormat, ctx: ExportContext, path: Path, at_stake: Stakes) -> tuple[int, float]:

@@ -157,8 +157,7 @@ def _parity_set(model, data, options: ExportOptions, seed: int, decision=None) -
     room = max(0, options.parity_images - len(val_index))
     train_index = stratified_sample(data.train.labels, room, seed + 1) if room else np.zeros(0, np.int64)
     calibration = np.isin(train_index, _calibration_index(data.train, options.calib_images, seed))
-    images = np.concatenate([np.asarray(data.val.images[val_index]), np.asarray(data.train.images[train_index])])
-    images = np.asarray(images, dtype=np.uint8)
+    images = np.concatenate([data.val.images[val_index], data.train.images[train_index]]).astype(np.uint8, copy=False)
     labels = np.concatenate([data.val.labels[val_index], data.train.labels[train_index]])
     in_val = np.arange(len(images)) < len(val_index)
     parts = {"validation": in_val}

@@ -47,15 +47,17 @@ class ServedModel:
 
     name: str
     classifiers: list[Classifier]
+    signature: ModelSignature = dataclasses.field(init=False)  # what the input must be: fixed once loaded
+    platform: str = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        height, width = self.first.image_size
+        self.signature = ModelSignature(height, width, tuple(self.first.labels))
+        self.platform = PLATFORMS.get(self.first.format, self.first.format)
 
     @property
     def first(self) -> Classifier:
         return self.classifiers[0]
-
-    @property
-    def signature(self) -> ModelSignature:
-        height, width = self.first.image_size
-        return ModelSignature(height, width, tuple(self.first.labels))
 
 
 class _State:
@@ -156,15 +158,14 @@ async def model_ready(request: Request, state: _State) -> Response:
 async def model_metadata(request: Request, state: _State) -> Response:
     _check_model(request, state)
     inputs, outputs = state.model.signature.metadata()
-    first = state.model.first
     return JSONResponse(
         {
             "name": state.model.name,
             "versions": [VERSION],
-            "platform": PLATFORMS.get(first.format, first.format),
+            "platform": state.model.platform,
             "inputs": inputs,
             "outputs": outputs,
-            "facts": first.info.to_json(),  # the model-facts record the file carries (labels, decision, input)
+            "facts": state.model.first.info.to_json(),  # the model-facts record the file carries (labels, decision, input)
         }
     )
 
@@ -178,7 +179,7 @@ async def model_config(request: Request, state: _State) -> Response:
     return JSONResponse(
         {
             "name": state.model.name,
-            "platform": PLATFORMS.get(state.model.first.format, state.model.first.format),
+            "platform": state.model.platform,
             "max_batch_size": state.options.max_batch_size,
             "input": [strip(t) for t in inputs],
             "output": [strip(t) for t in outputs],
