@@ -259,6 +259,12 @@ def unfreeze_for_fine_tuning(model, block: str = FINE_TUNE_BLOCK) -> int:
     return count
 
 
+def fine_tuned_base_layers(model, block: str) -> list:
+    """The base's layers from `block` onwards: what cached fine-tuning trains (the head excluded)."""
+    first = _block_number(_check_block(block))
+    return [layer for layer in vgg_base(model).layers if _block_number(layer.name) >= first]
+
+
 def _base_in(model, precision: str):
     """The model's VGG16 base, or a copy of it computing in bf16/fp16 (same weights)."""
     keras = _keras()

@@ -358,5 +358,45 @@ def test_base_precision_is_honoured_or_refused_never_ignored(demo_dir, tmp_path)
 
     with pytest.raises(DatasetError, match="--base-precision bf16"):
         train_config(demo_dir, tmp_path / "x", precision="bf16", cache_features=False).validate()
-    # cached fine-tuning runs the frozen blocks in bf16 too, and trains the unfrozen ones in float32
+    # cached fine-tuning runs the frozen blocks in bf16 too, and trains the unfrozen ones in mixed bf16
     train_config(demo_dir, tmp_path / "x", precision="bf16", fine_tune_epochs=1).validate()
+
+
+def test_bf16_fine_tuning_trains_float32_weights_in_bf16_and_saves_a_float32_model(demo_dir, tmp_path, monkeypatch):
+    """Mixed bf16 fine-tuning: block5 computes in bf16 and moves, is saved as float32, and run.json says bf16.
+
+    (Its accuracy against float32 fine-tuning is measured on real weights in the benchmarks, not here.)
+    """
+    import json
+
+    import keras
+
+    import toolkit.train.fit as fit_module
+    import toolkit.train.loop as loop
+    from toolkit.model import load_keras_model, vgg_base
+    from toolkit.train import train
+
+    seen, original = {}, loop.fit_phase
+
+    def spy(ctx, phase, num_examples):
+        layer = vgg_base(ctx.model).get_layer("block5_conv3")
+        if phase.name == "finetune":
+            seen[ctx.config.precision] = (layer.compute_dtype, layer.get_weights()[0])
+        return original(ctx, phase, num_examples)
+
+    monkeypatch.setattr(loop, "fit_phase", spy)
+    monkeypatch.setattr(fit_module, "improved", lambda value, best, mode: True)  # best.keras = last epoch
+    kernels = {}
+    for precision in ("bf16", "fp32"):
+        out = tmp_path / precision
+        config = train_config(demo_dir, out, epochs=1, fine_tune_epochs=2, lr=1e-2, precision=precision, monitor="loss")
+        train(config, log=lambda _m: None, verbose=0)
+        assert json.loads((out / "run.json").read_text())["fine_tune_precision"] == precision
+        base = vgg_base(load_keras_model(out / "best.keras"))
+        assert all(layer.dtype_policy.name == "float32" for layer in base.layers)  # saved as float32 layers
+        kernels[precision] = base.get_layer("block5_conv3").get_weights()[0]
+    assert seen["bf16"][0] == "bfloat16" and seen["fp32"][0] == "float32"
+    assert keras.config.dtype_policy().name == "float32"  # nothing leaks into the process's policy
+    before = seen["bf16"][1]
+    moved = np.abs(kernels["fp32"] - before).max()
+    assert np.abs(kernels["bf16"] - before).max() > 0.5 * moved > 0  # bf16 trained block5 as far as fp32 did

@@ -141,6 +141,7 @@ def write_run_json(ctx: FitContext, facts: RunFacts, result: TrainResult) -> Non
         "config": dataclasses.asdict(config),
         "mode": config.mode,
         "precision": facts.precision,
+        "fine_tune_precision": ctx.fine_tune_precision,  # None: no fine-tuning (or on images, in float32)
         "weights": dataclasses.asdict(facts.weights),
         "dataset": {
             "root": report.root,

@@ -24,6 +24,21 @@ from toolkit.tf_setup import import_tensorflow
 from toolkit.train.config import TrainConfig
 from toolkit.train.features import distribute_options
 
+MIXED_POLICIES = {"bf16": "mixed_bfloat16"}  # fine-tuning precisions: float32 weights, bf16 compute
+
+
+def set_compute_precision(layers, precision: str) -> None:
+    """Make `layers` compute in `precision` ("fp32", or "bf16": mixed_bfloat16), their float32 weights kept.
+
+    Keras 3 casts a layer's float32 variables and floating inputs to its compute dtype
+    on every call, so the same variables train in bf16 on AMX/AVX512_BF16 and the
+    optimizer updates them in float32; bf16 keeps float32's exponent range, so no loss
+    scaling is needed. Saving must see "fp32" again (`FitContext.save_best`).
+    """
+    policy = MIXED_POLICIES.get(precision, "float32")
+    for layer in layers:
+        layer.dtype_policy = policy
+
 
 @dataclasses.dataclass
 class FitContext:
@@ -41,6 +56,16 @@ class FitContext:
     log: Callable[[str], None] = print
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
     stores: dict[str, Any] = dataclasses.field(default_factory=dict)  # feature stores shared across phases
+    mixed_layers: list = dataclasses.field(default_factory=list)  # computing in bf16 now; saved as float32
+    fine_tune_precision: str | None = None  # what fine-tuning computed in (run.json)
+
+    def save_best(self) -> None:
+        """Checkpoint the classifier; layers fine-tuning in bf16 are saved as the float32 layers they are."""
+        set_compute_precision(self.mixed_layers, "fp32")
+        try:
+            save_model_atomic(self.model, self.run_dir / BEST)
+        finally:
+            set_compute_precision(self.mixed_layers, "bf16")
 
     @property
     def backup_root(self) -> Path:
@@ -163,7 +188,7 @@ def make_run_callback(ctx: FitContext):
             state.completed_epochs = epoch + 1
             if ctx.chief:
                 if improved(value, state.best_value, mode):
-                    save_model_atomic(ctx.model, ctx.run_dir / BEST)
+                    ctx.save_best()
                     state.best_value, state.best_epoch = float(value), epoch + 1
                 write_history_csv(history, ctx.run_dir / HISTORY)
                 state.save(ctx.run_dir / STATE)

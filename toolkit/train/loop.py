@@ -228,6 +228,7 @@ def finetune_phase(ctx: FitContext, data: LoadedDataset, augmenter, precision: s
     network on images every step, as the tutorial does.
     """
     from toolkit.model import load_keras_model, unfreeze_for_fine_tuning
+    from toolkit.train.fit import set_compute_precision
 
     config = ctx.config
     t0 = time.perf_counter()
@@ -240,6 +241,7 @@ def finetune_phase(ctx: FitContext, data: LoadedDataset, augmenter, precision: s
     ctx.log(f"fine-tuning {how}: {unfrozen} layers from {config.fine_tune_from} unfrozen, learning rate {lr:g}")
     if config.cache_features:
         model, train_ds, val_ds, callbacks = cached_finetune_data(ctx, data, augmenter, precision, features_dir)
+        _fine_tune_in(ctx, precision)
     else:
         model, callbacks = ctx.model, []
         train_ds = image_dataset(data.train, len(data.classes), config.batch_size, True, config.seed, augmenter)
@@ -251,9 +253,30 @@ def finetune_phase(ctx: FitContext, data: LoadedDataset, augmenter, precision: s
     start = max(ctx.state.completed_epochs, config.epochs)
     t1 = time.perf_counter()
     end = config.epochs + config.fine_tune_epochs
-    fit_phase(ctx, Phase("finetune", model, train_ds, val_ds, start, end, callbacks), len(data.train))
+    try:
+        fit_phase(ctx, Phase("finetune", model, train_ds, val_ds, start, end, callbacks), len(data.train))
+    finally:
+        set_compute_precision(ctx.mixed_layers, "fp32")  # the classifier evaluates and exports in float32
+        ctx.mixed_layers = []
     ctx.timings["fine_tune_phase_s"] = time.perf_counter() - t0
     ctx.timings["fine_tune_epoch_s"] = (time.perf_counter() - t1) / max(1, end - start)
+
+
+def _fine_tune_in(ctx: FitContext, precision: str) -> None:
+    """bf16 (mixed: float32 weights) for the unfrozen blocks where the frozen passes run bf16; else float32.
+
+    The head stays float32, as mixed-precision guides keep the final layers, so the
+    loss and the probabilities are computed in float32. fp16 fine-tunes in float32:
+    it would need loss scaling, and the CPUs that run fp16 natively run bf16 too.
+    """
+    from toolkit.model import fine_tuned_base_layers
+    from toolkit.train.fit import set_compute_precision
+
+    ctx.fine_tune_precision = "bf16" if precision == "bf16" else "fp32"
+    if ctx.fine_tune_precision == "bf16":
+        ctx.mixed_layers = fine_tuned_base_layers(ctx.model, ctx.config.fine_tune_from)
+        set_compute_precision(ctx.mixed_layers, "bf16")
+    ctx.log(f"fine-tuning precision: {ctx.fine_tune_precision}" + (" (mixed: float32 weights)" * (precision == "bf16")))
 
 
 def _context(config: TrainConfig, run_dir: Path, chief: bool, data: LoadedDataset, resume: bool, log, verbose):
