@@ -47,21 +47,43 @@ def main(run_dir: Path, command: str) -> None:
         "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".",
         f"Date: {m['date']}. Command: `{command}`.",
         "",
-        f"Float32 matrix peak measured in the same run (numpy {m['fp32_matmul_size']}x{m['fp32_matmul_size']} sgemm): "
-        f"{m['fp32_matmul_peak_gflops']:.0f} GFLOP/s. The model costs {m['model_gflop_per_image']:.2f} GFLOP per "
-        f"image, so the float32 floor is {m['fp32_floor_ms']:.0f} ms per image.",
+        f"Matrix instruction sets: {', '.join(m.get('instruction_sets') or ['none found'])}. Matrix peaks measured "
+        f"in the same run ({m['peak_matmul_size']}x{m['peak_matmul_size']} matmul, best of a few; the model costs "
+        f"{m['model_gflop_per_image']:.2f} GFLOP per image):",
+        "",
+        "| precision | peak GFLOP/s | by runtime | floor ms per image |",
+        "| --- | --- | --- | --- |",
+        *[
+            f"| {p} | {peak['gflops']:.0f} | {', '.join(f'{k} {v:.0f}' for k, v in peak['by_runtime'].items())} "
+            f"| {m['floor_ms'][p]:.1f} |"
+            for p, peak in m["peaks"].items()
+        ],
+        "",
+        "Each row's floor is its own precision's (float16 and float32 files: fp32; dynamic and int8: int8; bf16: bf16).",
         "",
         "| backend | provider | batch | p50 ms | p90 ms | p99 ms | img/s | load s | peak MB | size MB | accuracy | vs keras "
-        "| GFLOP/s | % of peak |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| GFLOP/s | floor | % of floor |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in bench["records"]:
         speed = "" if r["speedup_vs_keras"] is None else f"{r['speedup_vs_keras']:.2f}x"
         lines.append(
             f"| {r['name']} | {r['provider']} | {r['batch']} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} "
             f"| {r['throughput_ips']:.1f} | {r['load_s']:.2f} | {r['peak_rss_mb']:.0f} | {r['size_mb']:.1f} "
-            f"| {100 * r['accuracy']:.1f}% | {speed} | {r['gflops']:.0f} | {r['percent_of_peak']:.0f}% |"
+            f"| {100 * r['accuracy']:.1f}% | {speed} | {r['gflops']:.0f} | {r['floor_precision']} "
+            f"| {r['percent_of_peak']:.0f}% |"
         )
+    rec = bench.get("recommendation")
+    lines += [
+        "",
+        "Recommended on this machine (the fastest artifact that passed its gate, batch 1): "
+        + (
+            f"**{rec['name']}**, {rec['p50_ms']:.1f} ms p50, {rec['percent_of_floor']:.0f}% of the "
+            f"{rec['floor_precision']} floor ({rec['floor_ms']:.1f} ms)."
+            if rec
+            else "none (no artifact passed its gate)."
+        ),
+    ]
     lines += demo_run_lines(run_dir)
     lines += [
         "",

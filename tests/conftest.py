@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TOOLKIT_BENCH_PEAK_SIZE", "256")  # bench's matrix peaks: a quick multiply, not the 2048 one
 
 IMAGE_SIZE = 32
 
@@ -79,7 +80,7 @@ def exported_run(trained_run, tmp_path_factory) -> Path:
     report = export_run(run, options)
     assert report.manifest_path.is_file()
     records = {(a["format"], a["precision"]): a["parity"] for a in report.manifest["artifacts"]}
-    assert len(records) == 7
+    assert len(records) == 8  # onnx, tflite and openvino files (web bundles: by name only)
     for key, parity in records.items():
         if key[1] in ("float32", "float16", "bf16"):
             assert parity["passed"] and parity["thresholds"]["min_agreement"] >= 0.99, (key, parity)

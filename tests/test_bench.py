@@ -20,9 +20,9 @@ def test_quick_bench_writes_records_files_and_machine_header(exported_run):
         assert r.runs == 3 and 0 < r.p50_ms <= r.p99_ms and r.throughput_ips > 0
         assert r.peak_rss_mb > 0 and r.size_mb > 0 and 0 <= r.accuracy <= 1
         assert r.provider == "cpu" and r.speedup_vs_keras is not None
-        assert r.gflops > 0 and r.percent_of_peak == pytest.approx(
-            100 * r.gflops / report.machine["fp32_matmul_peak_gflops"]
-        )
+        peak = report.machine["peaks"][r.floor_precision]["gflops"]  # the row's own precision's peak
+        assert r.gflops > 0 and r.percent_of_peak == pytest.approx(100 * r.gflops / peak)
+        assert r.floor_precision == ("int8" if r.precision == "int8" else "fp32")
     keras = [r for r in report.records if r.backend == "keras"]
     assert all(r.speedup_vs_keras == pytest.approx(1.0) for r in keras)
     manifest = json.loads((exported_run / "export" / "manifest.json").read_text())
@@ -33,7 +33,12 @@ def test_quick_bench_writes_records_files_and_machine_header(exported_run):
     out = exported_run / "bench"
     saved = json.loads((out / "bench.json").read_text())
     assert saved["machine"]["cores"] and saved["machine"]["versions"]["onnxruntime"]
-    assert saved["machine"]["fp32_matmul_peak_gflops"] > 1 and saved["machine"]["model_gflop_per_image"] > 0
+    assert saved["machine"]["model_gflop_per_image"] > 0
+    assert {"fp32", "int8"} <= set(saved["machine"]["peaks"])  # bf16 too where the CPU has it natively
+    assert all(peak["gflops"] > 1 for peak in saved["machine"]["peaks"].values())
+    recommended = saved["recommendation"]  # tflite rows only here: the fastest of those that passed their gate
+    gated = [r for r in report.records if r.batch == 1 and r.backend != "keras" and r.gate_passed]
+    assert recommended["name"] == min(gated, key=lambda r: r.p50_ms).name and recommended["passed_gate"]
     assert len(saved["records"]) == 6
     with open(out / "bench.csv") as fh:
         assert len(list(csv.DictReader(fh))) == 6

@@ -18,6 +18,7 @@ EXPECTED = {
     ("tflite", "dynamic"),
     ("tflite", "int8"),
     ("openvino", "bf16"),
+    ("openvino", "int8"),
 }
 
 

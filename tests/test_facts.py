@@ -13,7 +13,7 @@ from tests.test_runtime import ARTIFACTS as RUNTIME_ARTIFACTS
 from toolkit.errors import RuntimeModelError
 from toolkit.facts import InputSpec, ModelFacts
 
-ARTIFACTS = [*RUNTIME_ARTIFACTS, "model_bf16.xml"]  # every model file the exported_run fixture holds
+ARTIFACTS = [*RUNTIME_ARTIFACTS, "model_bf16.xml", "model_int8.xml"]  # every model file the exported_run fixture holds
 
 
 def _copy_alone(export: Path, name: str, dest: Path) -> Path:

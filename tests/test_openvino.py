@@ -76,9 +76,18 @@ def test_cli_predict_and_bench_take_the_ir(exported_run):
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout.splitlines()[0])["label"] in ("benign", "malignant")
     report = run_bench(exported_run, [], BenchOptions(formats=["openvino"], batches=(1,), warmup=1, runs=2, threads=1))
-    (row,) = report.records
-    assert row.name == "openvino bf16" and row.backend == "openvino"
-    assert row.size_mb * 1e6 == pytest.approx(_entry(exported_run)["size_bytes"], rel=1e-6)  # .xml and .bin
+    rows = {row.name: row for row in report.records}
+    assert sorted(rows) == ["openvino bf16", "openvino int8"] and {r.backend for r in rows.values()} == {"openvino"}
+    for precision in ("bf16", "int8"):  # the size counts the .xml and its .bin
+        size = _entry(exported_run, precision)["size_bytes"]
+        assert rows[f"openvino {precision}"].size_mb * 1e6 == pytest.approx(size, rel=1e-6)
+    assert rows["openvino int8"].floor_precision == "int8" and rows["openvino bf16"].floor_precision in ("bf16", "fp32")
+    # what OpenVINO says it ran: the int8 IR's convolutions in int8 kernels; the bf16 IR's in bf16 only where native
+    int8_convs = {k: n for k, n in rows["openvino int8"].kernels.items() if k.split()[-1] in ("u8", "i8")}
+    assert sum(n for k, n in int8_convs.items() if k.startswith("Convolution")) >= 10
+    # (the primitive's name says what it computes in; runtimePrecision, its last word, is the weights' f16 there)
+    bf16_convs = {k.split()[1] for k in rows["openvino bf16"].kernels if k.startswith("Convolution")}
+    assert bf16_convs and all(k.lower().endswith("bf16" if cpu_supports_bf16() else "f32") for k in bf16_convs)
 
 
 def test_a_killed_conversion_leaves_a_staging_folder_the_next_export_removes(trained_run, tmp_path):
@@ -92,4 +101,50 @@ def test_a_killed_conversion_leaves_a_staging_folder_the_next_export_removes(tra
     report = export_run(run, ExportOptions(format="openvino"))
     assert not report.failed and not leftover.exists()
     names = sorted(p.name for p in (run / "export").iterdir())
-    assert names == [LOCK_NAME, "manifest.json", "model_bf16.bin", "model_bf16.xml"]
+    assert names == [LOCK_NAME, "manifest.json", "model_bf16.bin", "model_bf16.xml", "model_int8.bin", "model_int8.xml"]
+
+
+def test_int8_ir_is_nncf_quantized_gated_and_runs_in_int8(exported_run):
+    """OpenVINO's own int8: FakeQuantize before the convolutions, calibrated on training images, the record in rt_info."""
+    import openvino as ov
+
+    from toolkit.export.openvino_int8 import quantized_layers
+    from toolkit.runtime import load
+
+    entry = _entry(exported_run, "int8")
+    ir = exported_run / "export" / "model_int8.xml"
+    assert entry["path"] == "model_int8.xml" and entry["weights"]["path"] == "model_int8.bin"
+    assert entry["calibration"] == {"method": "minmax", "images": 16} and entry["inference_precision"] == "int8"
+    assert "nncf" in entry["versions"]
+    assert len(quantized_layers(ir)) == 15  # the preprocessing conv, the 13 VGG16 convolutions and the head
+    model = ov.Core().read_model(str(ir))
+    assert json.loads(model.get_rt_info(["toolkit", "labels"]).astype(str)) == ["benign", "malignant"]
+    classifier = load(ir, device="cpu")
+    assert classifier.backend.precision == "int8"
+    images = np.random.default_rng(1).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    reference = load(exported_run / "export" / "model_float32.onnx", device="cpu").predict_arrays(images)
+    assert np.abs(classifier.predict_arrays(images) - reference).max() < 0.05
+
+
+def test_int8_ir_fix_is_nncf_accuracy_control_within_the_budget(trained_run, tmp_path):
+    """A failing OpenVINO int8 gate under --int8-max-drop: NNCF reverts layers until validation accuracy holds."""
+    from tests.test_int8_fix import _razor_thin_operating_point
+    from toolkit.export import ExportOptions, export_run
+    from toolkit.export.openvino_int8 import quantized_layers
+    from toolkit.parity import ParityOverrides
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    _razor_thin_operating_point(run)
+    strict = ParityOverrides(min_agreement=1.0)
+    base = dict(format="openvino", precisions=["int8"], calib_images=1, overrides=strict)
+    assert export_run(run, ExportOptions(**base)).failed, "the strict gate must fail without the fix"
+    report = export_run(run, ExportOptions(**base, int8_max_drop=0))
+    (entry,) = report.manifest["artifacts"]
+    fix = entry["int8_fix"]
+    assert [a.get("method") for a in fix["attempts"]] == [None, "nncf.quantize_with_accuracy_control"]
+    parity = entry["parity"]
+    assert parity["accuracy"] >= parity["reference_accuracy"] - 1e-9  # the budget of 0 points held
+    reverted = set(fix["float_layers"])
+    assert reverted and reverted.isdisjoint(quantized_layers(run / "export" / "model_int8.xml"))
+    assert fix["latency_ms"]["timing"] == "interleaved"

@@ -331,7 +331,7 @@ def bench(
     )
     report = run_bench(run_dir, files, options)
     if json_output:
-        return _echo_json({"machine": report.machine, "records": report.records})
+        return _echo_json(report.to_json())
     print_bench_report(report, batches)
 
 

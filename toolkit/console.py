@@ -123,7 +123,7 @@ def print_quant_report(path: Path, worst: int = 5) -> None:
 
 
 BENCH_COLUMNS = ("backend", "provider", "p50 ms", "p90 ms", "p99 ms", "img/s", "load s", "peak MB", "size MB")
-BENCH_COLUMNS += ("accuracy", "bal. acc", "vs keras", "GFLOP/s", "% peak")
+BENCH_COLUMNS += ("accuracy", "bal. acc", "vs keras", "GFLOP/s", "floor", "% floor")
 
 
 def _bench_table(report: BenchReport, batch: int) -> Table:
@@ -149,9 +149,20 @@ def _bench_table(report: BenchReport, batch: int) -> Table:
             f"{r.load_s:.2f}",
         )
         sizes = (f"{r.peak_rss_mb:.0f}", f"{r.size_mb:.1f}")
-        rates = (accuracy, balanced, speedup, f"{r.gflops:.0f}", f"{r.percent_of_peak:.0f}%")
+        rates = (accuracy, balanced, speedup, f"{r.gflops:.0f}", r.floor_precision, f"{r.percent_of_peak:.0f}%")
         table.add_row(r.name, provider, *timings, *sizes, *rates, style=style)
     return table
+
+
+def _recommendation_line(rec: dict | None) -> str:
+    if rec is None:
+        return "recommended: none (no exported artifact with a passed gate was benchmarked)"
+    accuracy = "" if rec["accuracy"] is None else f", accuracy {rec['accuracy']:.1%}"
+    return (
+        f"[bold]recommended on this machine[/]: {rec['name']} ({rec['p50_ms']:.1f} ms p50 at batch {rec['batch']}, "
+        f"{rec['percent_of_floor']:.0f}% of the {rec['floor_precision']} floor of {rec['floor_ms']:.1f} ms"
+        f"{accuracy}; the fastest artifact that passed its gate)"
+    )
 
 
 def print_bench_report(report: BenchReport, batches: tuple[int, ...]) -> None:
@@ -162,14 +173,27 @@ def print_bench_report(report: BenchReport, batches: tuple[int, ...]) -> None:
         f"{m['cpu']}, {m['cores']} cores, {m['threads']} threads, GPU: {m['gpu'] or 'none'}; "
         + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
     )
-    console.print(
-        f"float32 matrix peak (numpy {m['fp32_matmul_size']}x{m['fp32_matmul_size']} sgemm, this run): "
-        f"{m['fp32_matmul_peak_gflops']:.0f} GFLOP/s; model: {m['model_gflop_per_image']:.2f} GFLOP per image, "
-        f"so the float32 floor is {m['fp32_floor_ms']:.0f} ms per image"
-    )
+    console.print(f"matrix instruction sets: {', '.join(m.get('instruction_sets') or ['none found'])}")
+    size = m["peak_matmul_size"]
+    for precision, peak in m["peaks"].items():
+        runtimes = ", ".join(f"{k} {v:.0f}" for k, v in peak["by_runtime"].items())
+        kernels = "; ".join(f"{k}: {', '.join(used)}" for k, used in peak.get("kernels", {}).items())
+        console.print(
+            f"{precision} matrix peak ({size}x{size} matmul, best of {runtimes}): {peak['gflops']:.0f} GFLOP/s, "
+            f"so the {precision} floor is {m['floor_ms'][precision]:.1f} ms per image "
+            f"({m['model_gflop_per_image']:.2f} GFLOP)" + (f"; kernels: {kernels}" if kernels else "")
+        )
     for b in batches:
         console.print(_bench_table(report, b))
-    console.print("[bold green]green[/]: fastest; [bold cyan]cyan[/]: fastest within 1 point of the best accuracy")
+    console.print(
+        "[bold green]green[/]: fastest; [bold cyan]cyan[/]: fastest within 1 point of the best accuracy; "
+        "% floor: achieved rate over the peak of the row's own precision"
+    )
+    for r in report.records:
+        if r.kernels and r.batch == batches[0]:
+            used = ", ".join(f"{n} x {kernel}" for kernel, n in r.kernels.items())
+            console.print(f"{r.name} kernels (OpenVINO's runtime model): {used}")
+    console.print(_recommendation_line(report.recommendation))
     if report.out_dir:
         console.print(f"wrote {report.out_dir}/bench.json, bench.csv, bench.png")
 

@@ -3,8 +3,9 @@
     types.py    BenchTarget, BenchRecord, BenchOptions
     targets.py  what to benchmark (a run folder, or model files)
     worker.py   one backend timed in a fresh subprocess
-    machine.py  the machine header, float32 matrix peak, model FLOPs
-    report.py   speed-ups, best rows, bench.json/csv/png
+    machine.py  the machine header, model FLOPs
+    peaks.py    the matrix peak per precision (fp32, bf16, int8), each row's floor
+    report.py   speed-ups, best rows, the recommendation, bench.json/csv/png
 
 Inputs are the run's real validation images, never zeros.
 """
@@ -22,8 +23,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from toolkit.bench.machine import MATMUL_SIZE, machine_header, measure_matmul_peak_gflops, vgg16_classifier_flops
-from toolkit.bench.report import BenchReport, best_rows, fill_speedups, write_outputs
+from toolkit.bench.machine import machine_header, vgg16_classifier_flops
+from toolkit.bench.peaks import floor_precision, measure_peaks, peak_size
+from toolkit.bench.report import BenchReport, best_rows, fill_speedups, recommend, write_outputs
 from toolkit.bench.targets import cuda_available, discover_targets, selected, targets_from_files
 from toolkit.bench.types import DEFAULT_BATCHES, BenchOptions, BenchRecord, BenchTarget
 from toolkit.bench.worker import run_worker
@@ -118,15 +120,22 @@ def _run_in_subprocess(
 
 
 def _machine(threads: int, plan: BenchPlan, records: list[BenchRecord]) -> dict:
-    """The machine header, its float32 peak, and each record's achieved GFLOP/s against it."""
+    """The machine header, its matrix peak per precision, and each record's share of its own precision's peak."""
     machine = machine_header(threads)
-    machine["fp32_matmul_peak_gflops"] = measure_matmul_peak_gflops()
-    machine["model_gflop_per_image"] = vgg16_classifier_flops(plan.image_size, len(plan.labels), plan.head) / 1e9
-    machine["fp32_matmul_size"] = MATMUL_SIZE
-    machine["fp32_floor_ms"] = 1000 * machine["model_gflop_per_image"] / machine["fp32_matmul_peak_gflops"]
+    with phase("measuring the matrix peaks (fp32, bf16, int8)"):
+        machine["peaks"] = measure_peaks(threads, peak_size())
+    gflop = vgg16_classifier_flops(plan.image_size, len(plan.labels), plan.head) / 1e9
+    machine["model_gflop_per_image"] = gflop
+    machine["peak_matmul_size"] = peak_size()
+    machine["floor_ms"] = {p: 1000 * gflop / peak["gflops"] for p, peak in machine["peaks"].items()}
+    machine["fp32_matmul_peak_gflops"] = machine["peaks"]["fp32"]["gflops"]
+    machine["fp32_floor_ms"] = machine["floor_ms"]["fp32"]
     for r in records:
-        r.gflops = machine["model_gflop_per_image"] * r.batch / (r.p50_ms / 1000.0)
-        r.percent_of_peak = 100.0 * r.gflops / machine["fp32_matmul_peak_gflops"]
+        r.gflops = gflop * r.batch / (r.p50_ms / 1000.0)
+        wanted = floor_precision(r.precision)
+        r.floor_precision = wanted if wanted in machine["peaks"] else "fp32"  # no native bf16: its fp32 peak
+        r.floor_ms = machine["floor_ms"][r.floor_precision]
+        r.percent_of_peak = 100.0 * r.gflops / machine["peaks"][r.floor_precision]["gflops"]
     return machine
 
 
@@ -159,6 +168,7 @@ def run_bench(
 
     out_dir = run_dir / BENCH_DIR if run_dir is not None else None
     report = BenchReport(_machine(threads, plan, records), records, out_dir)
+    report.recommendation = recommend(records)
     if out_dir is not None:
         with folder_lock(out_dir, options.wait):
             write_outputs(report, out_dir)

@@ -1,4 +1,4 @@
-"""The machine a benchmark ran on, its float32 matrix peak, and the model's FLOPs."""
+"""The machine a benchmark ran on and the model's FLOPs (its matrix peaks: peaks.py)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,7 @@ import datetime
 import os
 import platform
 import subprocess
-import time
 from pathlib import Path
-
-import numpy as np
 
 from toolkit.hardware import cpu_instruction_sets
 from toolkit.versions import package_versions
@@ -47,23 +44,6 @@ def vgg16_classifier_flops(image_size: int, num_classes: int, head: str = "flatt
         flops += 2.0 * side * side * 9 * c_in * c_out
     features = {"flatten": side * side * 512, "gap+gmp": 2 * 512}.get(head, 512)
     return flops + 2.0 * features * num_classes
-
-
-MATMUL_SIZE = 4096
-
-
-def measure_matmul_peak_gflops(size: int = MATMUL_SIZE, repeats: int = 3) -> float:
-    """Float32 matrix-multiply rate of this machine (numpy sgemm), the ceiling for a dense CNN."""
-    rng = np.random.default_rng(0)
-    a = rng.random((size, size), dtype=np.float32)
-    b = rng.random((size, size), dtype=np.float32)
-    a @ b  # warm up the BLAS threads
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2.0 * size**3 / best / 1e9
 
 
 def machine_header(threads: int) -> dict:

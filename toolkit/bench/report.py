@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,38 @@ class BenchReport:
     machine: dict
     records: list[BenchRecord]
     out_dir: Path | None
+    recommendation: dict | None = None  # the fastest artifact that passed its gate (`recommend`)
+
+    def to_json(self) -> dict:
+        return {"machine": self.machine, "records": self.records, "recommendation": self.recommendation}
+
+
+RECOMMENDATION_BATCH = 1  # what an app embedding one model answers per request
+
+
+def recommend(records: list[BenchRecord], batch: int = RECOMMENDATION_BATCH) -> dict | None:
+    """The fastest exported artifact on this machine whose parity gate passed, at `batch` (None: none passed).
+
+    Keras rows are references, not artifacts; files benchmarked without their run's
+    manifest have no gate result and are never recommended.
+    """
+    passed = [r for r in records if r.batch == batch and r.backend != "keras" and r.gate_passed]
+    if not passed:
+        return None
+    best = min(passed, key=lambda r: r.p50_ms)
+    return {
+        "name": best.name,
+        "format": best.backend,
+        "precision": best.precision,
+        "provider": best.provider,
+        "batch": batch,
+        "p50_ms": best.p50_ms,
+        "floor_precision": best.floor_precision,
+        "floor_ms": best.floor_ms,
+        "percent_of_floor": best.percent_of_peak,
+        "accuracy": best.accuracy,
+        "passed_gate": True,
+    }
 
 
 def fill_speedups(records: list[BenchRecord]) -> None:
@@ -43,12 +76,15 @@ def write_outputs(report: BenchReport, out_dir: Path) -> None:
 
     from toolkit.run_folder import BENCH_JSON  # here, not at import: the worker subprocess starts light
 
-    write_json_atomic(out_dir / BENCH_JSON, {"machine": report.machine, "records": report.records})
+    write_json_atomic(out_dir / BENCH_JSON, report.to_json())
     buf = io.StringIO()
     fields = [f.name for f in dataclasses.fields(BenchRecord)]
     writer = csv.DictWriter(buf, fieldnames=fields)
     writer.writeheader()
-    writer.writerows(dataclasses.asdict(r) for r in report.records)
+    for r in report.records:
+        row = dataclasses.asdict(r)
+        row["kernels"] = json.dumps(r.kernels) if r.kernels else ""  # a JSON object in one cell
+        writer.writerow(row)
     write_text_atomic(out_dir / "bench.csv", buf.getvalue())
     plot_bench(report, out_dir / "bench.png")
 

@@ -23,11 +23,11 @@ def discover_targets(run_dir: Path, cuda: bool) -> list[BenchTarget]:
             if a["format"] == "web":
                 continue  # the same ONNX file as the onnx row, run by a browser rather than here
             path = str(_inside_export(run_dir, a["path"]))
-            targets.append(BenchTarget(f"{a['format']} {a['precision']}", a["format"], path, a["precision"]))
+            passed = bool(a.get("parity", {}).get("passed"))
+            name = f"{a['format']} {a['precision']}"
+            targets.append(BenchTarget(name, a["format"], path, a["precision"], gate_passed=passed))
             if cuda and a["format"] == "onnx":
-                targets.append(
-                    BenchTarget(f"{a['format']} {a['precision']} (cuda)", "onnx", path, a["precision"], "cuda")
-                )
+                targets.append(BenchTarget(f"{name} (cuda)", "onnx", path, a["precision"], "cuda", passed))
     return targets
 
 

@@ -37,6 +37,7 @@ class BenchTarget:
     path: str
     precision: str
     device: str = "cpu"
+    gate_passed: bool | None = None  # the artifact's parity gate in the run's manifest (None: no manifest, Keras)
 
 
 @dataclasses.dataclass
@@ -60,7 +61,11 @@ class BenchRecord:
     balanced_accuracy: float | None = None
     speedup_vs_keras: float | None = None
     gflops: float | None = None  # achieved, from the model's FLOPs and the p50 latency
-    percent_of_peak: float | None = None  # of the float32 matrix peak measured in the same run
+    percent_of_peak: float | None = None  # of its own precision's matrix peak (peaks.py), measured in the same run
+    floor_precision: str | None = None  # fp32 | bf16 | int8: whose peak bounds this row
+    floor_ms: float | None = None  # per image, the model's FLOPs at that peak
+    gate_passed: bool | None = None
+    kernels: dict[str, int] | None = None  # OpenVINO rows: the compute kernels it chose, counted (runtime model)
 
 
 @dataclasses.dataclass

@@ -52,23 +52,26 @@ def _scores(probs: np.ndarray, labels: np.ndarray, names: list[str] | None, deci
     return classification_metrics(probs, labels, names, decision)
 
 
+def _load(target: BenchTarget, spec: dict, threads: int):
+    """(run, provider, decision, label names, kernels) for the target: Keras, or a file through the runtime."""
+    names = spec.get("labels") or []
+    if target.backend == "keras":
+        run, provider = _keras_runner(target.path, threads, target.precision)
+        return run, provider, decision_from_json(names, spec.get("decision")), names, None  # the run's decision
+    from toolkit.runtime import load
+
+    device = target.device if target.device == "cpu" else "auto"
+    clf = load(target.path, device=device, threads=threads, verify=spec.get("verify", True))
+    return clf.backend.run, clf.provider, clf.decision, clf.labels, clf.backend.kernels()  # the file's own point
+
+
 def run_worker(spec: dict) -> list[dict]:
     target = BenchTarget(**spec["target"])
     threads = spec["threads"]
     data = np.load(spec["images"], allow_pickle=False)
     images, labels = data["images"], data["labels"]
     t0 = time.perf_counter()
-    names = spec.get("labels") or []
-    decision = decision_from_json(names, spec.get("decision"))  # the run's, for Keras rows
-    if target.backend == "keras":
-        run, provider = _keras_runner(target.path, threads, target.precision)
-    else:
-        from toolkit.runtime import load
-
-        device = target.device if target.device == "cpu" else "auto"
-        clf = load(target.path, device=device, threads=threads, verify=spec.get("verify", True))
-        run, provider, decision = clf.backend.run, clf.provider, clf.decision  # the file's own operating point
-        names = clf.labels
+    run, provider, decision, names, kernels = _load(target, spec, threads)
     load_s = time.perf_counter() - t0
     probs = np.concatenate([run(images[i : i + 16]) for i in range(0, len(images), 16)])
     scores = _scores(probs, labels, names, decision)
@@ -107,6 +110,8 @@ def run_worker(spec: dict) -> list[dict]:
                     size_mb=model_bytes(Path(target.path)) / 1e6,
                     accuracy=scores.accuracy if scores else None,
                     balanced_accuracy=scores.balanced_accuracy if scores else None,
+                    gate_passed=target.gate_passed,
+                    kernels=kernels,
                 )
             )
         )

@@ -43,6 +43,16 @@ class Calibration(StrEnum):
 
 
 @dataclasses.dataclass
+class AccuracyControl:
+    """What an accuracy-aware quantizer (NNCF's) validates on: labelled images, the decision rule, the budget."""
+
+    images: np.ndarray  # uint8 NxHxWx3: the parity set's validation images
+    labels: np.ndarray
+    decide: Callable[[np.ndarray], np.ndarray]  # probabilities -> class index (the operating point)
+    max_drop: float  # accuracy, as a fraction (0.01 = one point)
+
+
+@dataclasses.dataclass
 class ExportContext:
     """Everything a converter needs, computed once per `toolkit export`."""
 
@@ -57,6 +67,7 @@ class ExportContext:
     decision: dict | None = None  # binary models: {"positive_class", "threshold", "criterion"}
     calibration: dict = dataclasses.field(default_factory=lambda: {"method": "minmax", "images": 0})
     float_layers: list[str] = dataclasses.field(default_factory=list)  # int8: nodes kept in float (the fix)
+    accuracy_control: AccuracyControl | None = None  # OpenVINO int8 under the fix: NNCF restores accuracy itself
     scratch: dict[str, Path] = dataclasses.field(default_factory=dict)  # shared intermediates
 
 
@@ -85,6 +96,8 @@ class ExportFormat:
     converter: str  # the converting library, for the manifest's versions
     # int8 formats: groups of layer names, worst quantised first (what the automatic fix keeps in float)
     rank_layers: Callable[[ExportContext, np.ndarray], list[list[str]]] | None = None
+    # an int8 format with its own fix (NNCF's accuracy control): (format, ctx, export_one, parity, max_drop) -> entry
+    fix: Callable[..., dict] | None = None
 
     @property
     def key(self) -> str:

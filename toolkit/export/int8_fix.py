@@ -71,7 +71,7 @@ def stakes(images: np.ndarray, reference: np.ndarray, candidate: np.ndarray, dec
     return Stakes(images[index], ref_top[index], reference[index], decide, flips, error)
 
 
-def _summary(entry: dict, ctx: ExportContext) -> dict:
+def fix_summary(entry: dict, ctx: ExportContext) -> dict:
     parity = entry["parity"]
     return {
         "calibration": dict(ctx.calibration),
@@ -158,9 +158,9 @@ def fix_int8(fmt: ExportFormat, ctx: ExportContext, export_one: Callable[[], dic
     for record in fix.methods:
         ctx.calibration, ctx.float_layers = record, []
         entry = export_one()
-        attempts.append(_summary(entry, ctx))
+        attempts.append(fix_summary(entry, ctx))
         if entry["parity"]["passed"]:
-            return _finish(entry, ctx, attempts, None, parity.images[0], [])
+            return finish_fix(entry, ctx, attempts, None, parity.images[0], [])
         if best is None or _score(entry) > _score(best[1]):
             best = (record, entry)
     record, entry = best
@@ -176,7 +176,7 @@ def fix_int8(fmt: ExportFormat, ctx: ExportContext, export_one: Callable[[], dic
             groups = fmt.rank_layers(ctx, parity.diagnosis_images()) if fmt.rank_layers else []
         ranked = rank_by_decisions(fmt, ctx, groups, at_stake, max(RANK_CANDIDATES, fix.max_float_layers))
     entry = _add_float_layers(ranked, ctx, export_one, entry, attempts, fix.max_float_layers)
-    return _finish(entry, ctx, attempts, all_int8, parity.images[0], ranked)
+    return finish_fix(entry, ctx, attempts, all_int8, parity.images[0], ranked)
 
 
 def _better(trial: dict, best: dict) -> bool:
@@ -196,7 +196,7 @@ def _add_float_layers(ranked, ctx: ExportContext, export_one, entry: dict, attem
         ctx.float_layers = wanted
         trial = export_one()
         helped = _better(trial, best)
-        attempts.append({**_summary(trial, ctx), "kept": helped})
+        attempts.append({**fix_summary(trial, ctx), "kept": helped})
         if not helped:
             ctx.float_layers = kept
             continue
@@ -208,7 +208,7 @@ def _add_float_layers(ranked, ctx: ExportContext, export_one, entry: dict, attem
     return best
 
 
-def _finish(entry: dict, ctx: ExportContext, attempts: list[dict], all_int8: Path | None, image, ranked) -> dict:
+def finish_fix(entry: dict, ctx: ExportContext, attempts: list[dict], all_int8: Path | None, image, ranked) -> dict:
     record = {"attempts": attempts, "calibration": dict(ctx.calibration), "float_layers": list(ctx.float_layers)}
     if ranked:
         record["ranking"] = ranked

@@ -22,11 +22,13 @@ CONVERTER_PACKAGES = {
     "onnxruntime.quantization": "onnxruntime",
     "tensorflow.lite": "tensorflow",
     "openvino": "openvino",
+    "nncf": "nncf",
 }
+EXTRA_PACKAGES = {"tensorflow.lite": {"mediapipe"}, "nncf": {"openvino"}}  # metadata writer; the IR's converter
 
 
 def converter_versions(converter: str) -> dict[str, str]:
-    extra = {"mediapipe"} if converter == "tensorflow.lite" else set()  # its metadata writer
+    extra = EXTRA_PACKAGES.get(converter, set())
     return package_versions(sorted({CONVERTER_PACKAGES[converter], "tensorflow", "keras", "onnx", *extra}))
 
 

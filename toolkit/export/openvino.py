@@ -35,41 +35,63 @@ def weights_path(xml: Path) -> Path:
     return xml.with_suffix(".bin")
 
 
-def convert_bf16(ctx: ExportContext, dest: Path) -> None:
-    """Write the IR: the weights to their final name first, the .xml (the commit point) to `dest`."""
+def import_openvino():
     try:
         import openvino as ov
     except ImportError as exc:
         raise ExportError("--format openvino needs the openvino package (pip install 'toolkit[train]')") from exc
-    source = float_onnx(ctx)
+    return ov
+
+
+def float_ir(ctx: ExportContext):
+    """The float32 ONNX model (the graph every ONNX artifact comes from) as an in-memory OpenVINO model."""
+    return import_openvino().convert_model(str(float_onnx(ctx)))
+
+
+def convert_bf16(ctx: ExportContext, dest: Path) -> None:
+    """Write the bf16 IR: the float model with the bf16 precision hint in its runtime options."""
     try:
-        model = ov.convert_model(str(source))
+        model = float_ir(ctx)
         model.set_rt_info(INFERENCE_PRECISION, ["runtime_options", "INFERENCE_PRECISION_HINT"])
-        # Staged beside the export (os.replace stays on one file system); a killed export's
-        # leftover folder carries the temporary mark, which the next export removes.
-        with tempfile.TemporaryDirectory(prefix=f".{FILENAME}{TEMP_MARK}", dir=ctx.export_dir) as tmp:
-            staged = Path(tmp) / FILENAME
-            _save_with_facts(ov, model, ctx.facts, staged)
-            os.replace(weights_path(staged), weights_path(ctx.export_dir / FILENAME))
+    except Exception as exc:
+        raise ExportError(f"OpenVINO conversion failed: {' '.join(str(exc).split())[:200]}") from exc
+    save_ir(ctx, model, dest, FILENAME, {"inference_precision": INFERENCE_PRECISION}, fp16_weights=True)
+
+
+def save_ir(ctx: ExportContext, model, dest: Path, filename: str, extra: dict[str, str], fp16_weights: bool) -> None:
+    """Write an IR to `dest` (atomic_path's temporary name for `filename`): the weights first, then the .xml.
+
+    In the export folder the weights go straight to their final name (`filename`'s .bin),
+    since OpenVINO finds them by the .xml's name once `dest` is renamed; the .xml is the
+    commit point. Staged beside the export (os.replace stays on one file system); a killed
+    export's leftover folder carries the temporary mark, which the next export removes.
+    """
+    ov = import_openvino()
+    final = ctx.export_dir / filename if dest.parent.resolve() == ctx.export_dir.resolve() else dest
+    try:
+        with tempfile.TemporaryDirectory(prefix=f".{filename}{TEMP_MARK}", dir=dest.parent) as tmp:
+            staged = Path(tmp) / filename
+            _save_with_facts(ov, model, ctx.facts, staged, extra, fp16_weights)
+            os.replace(weights_path(staged), weights_path(final))
             os.replace(staged, dest)
     except ExportError:
         raise
     except Exception as exc:
-        raise ExportError(f"OpenVINO conversion failed: {' '.join(str(exc).split())[:200]}") from exc
+        raise ExportError(f"OpenVINO serialisation failed: {' '.join(str(exc).split())[:200]}") from exc
 
 
-def _set_facts(model, facts) -> None:
-    for key, value in {**onnx_metadata(facts), "inference_precision": INFERENCE_PRECISION}.items():
+def _set_facts(model, facts, extra: dict[str, str]) -> None:
+    for key, value in {**onnx_metadata(facts), **extra}.items():
         model.set_rt_info(value, [METADATA_SECTION, key])
 
 
-def _save_with_facts(ov, model, facts, staged: Path) -> None:
+def _save_with_facts(ov, model, facts, staged: Path, extra: dict[str, str], fp16_weights: bool) -> None:
     """Save the IR twice: once to digest it (the toolkit section excluded), once with the digest in its record."""
-    _set_facts(model, facts)
-    ov.save_model(model, str(staged), compress_to_fp16=True)
+    _set_facts(model, facts, extra)
+    ov.save_model(model, str(staged), compress_to_fp16=fp16_weights)
     digest = openvino_digest(staged)
-    _set_facts(model, dataclasses.replace(facts, content_sha256=digest))
-    ov.save_model(model, str(staged), compress_to_fp16=True)
+    _set_facts(model, dataclasses.replace(facts, content_sha256=digest), extra)
+    ov.save_model(model, str(staged), compress_to_fp16=fp16_weights)
     if openvino_digest(staged) != digest:
         raise ExportError("OpenVINO serialisation is not stable: the content digest changed with the metadata")
 
@@ -82,11 +104,16 @@ def describe_ir(path: Path) -> dict:
     inp, out = model.inputs[0], model.outputs[0]
     shape = [d.get_length() if d.is_static else "batch" for d in inp.get_partial_shape()]
     weights = weights_path(path)
+    section = {
+        key: model.get_rt_info([METADATA_SECTION, key]).astype(str)
+        for key in ("inference_precision", "quantization")
+        if model.has_rt_info([METADATA_SECTION, key])
+    }
     return {
         "input": {"name": inp.get_any_name(), "shape": shape, "dtype": inp.get_element_type().to_dtype().name},
         "output": {"name": out.get_any_name()},
         "weights": {"path": weights.name, "sha256": sha256_file(weights), "size_bytes": weights.stat().st_size},
-        "inference_precision": INFERENCE_PRECISION,
+        "inference_precision": section.get("quantization") or section.get("inference_precision") or "f32",
     }
 
 

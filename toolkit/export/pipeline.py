@@ -18,7 +18,7 @@ import numpy as np
 
 from toolkit import __version__
 from toolkit.errors import ExportError
-from toolkit.export import onnx_float, onnx_int8, openvino, tflite, tflite_int8, web
+from toolkit.export import onnx_float, onnx_int8, openvino, openvino_int8, tflite, tflite_int8, web
 from toolkit.export.base import Calibration, ExportContext, ExportFormat, ExportTarget, Precision
 from toolkit.export.manifest import MANIFEST, converter_versions, open_manifest, record_artifact
 from toolkit.facts import InputSpec, ModelFacts
@@ -36,6 +36,7 @@ REGISTRY: dict[str, ExportFormat] = {
         *tflite.FORMATS,
         tflite_int8.FORMAT,
         openvino.FORMAT,
+        openvino_int8.FORMAT,
         *web.FORMATS,
     )
 }
@@ -288,8 +289,10 @@ def _export_or_fix(fmt: ExportFormat, ctx: ExportContext, parity: ParitySet, opt
     """One artifact; an int8 model file under `--int8-max-drop` goes through the automatic fix."""
     from toolkit.export.int8_fix import FixOptions, calibration_order, fix_int8
 
-    if options.int8_max_drop is None or fmt.rank_layers is None:
+    if options.int8_max_drop is None or (fmt.rank_layers is None and fmt.fix is None):
         return _export_one(fmt, ctx, parity)
+    if fmt.fix is not None:  # the format's quantizer restores accuracy itself (NNCF's accuracy control)
+        return fmt.fix(fmt, ctx, lambda: _export_one(fmt, ctx, parity), parity, options.int8_max_drop)
     fix = FixOptions(calibration_order(ctx.calibration, options.calibration_percentile), options.int8_max_float_layers)
     chosen = dict(ctx.calibration)
     try:

@@ -50,6 +50,10 @@ class Backend:
         """Key/value metadata the file carries (the model-facts record under `toolkit.facts.FACTS_KEY`)."""
         return {}
 
+    def kernels(self) -> dict[str, int] | None:
+        """The compute kernels the runtime chose, counted by name and precision (None: the runtime does not say)."""
+        return None
+
     def content_digest(self) -> str | None:
         """The digest of what was loaded, the record excluded (`toolkit.runtime.digest`); None: not computed."""
         return getattr(self, "_digest", None)

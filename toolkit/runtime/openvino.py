@@ -10,6 +10,7 @@ ship an IR install it (`pip install 'toolkit[openvino]'`).
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from toolkit.runtime.base import Backend, check_device
 from toolkit.runtime.digest import openvino_digest
 
 METADATA_SECTION = "toolkit"
+COMPUTE_LAYERS = ("Convolution", "GroupConvolution", "Deconvolution", "FullyConnected", "MatMul")
 
 
 def _openvino():
@@ -34,6 +36,37 @@ def _metadata(model) -> dict[str, str]:
         return {}
     keys = model.get_rt_info([METADATA_SECTION]).astype(dict)
     return {key: model.get_rt_info([METADATA_SECTION, key]).astype(str) for key in keys}
+
+
+def kernel_summary(compiled) -> dict[str, int]:
+    """The compute primitives the CPU plugin chose, counted: {"Convolution brgconv_avx512_amx_I8 u8": 13, ...}.
+
+    Read from the compiled model's runtime graph (layer type, primitive type and
+    runtime precision of each executable node): the kernel name says which instruction
+    set ran (`_amx_`, `avx512`, `jit_gemm_bf16` for emulated bf16) and the precision
+    whether a layer really ran in int8 or bf16, which a latency alone cannot tell.
+    """
+    counts: Counter[str] = Counter()
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        layer = info["layerType"].astype(str)
+        if layer in COMPUTE_LAYERS:
+            counts[f"{layer} {info['primitiveType'].astype(str)} {info['runtimePrecision'].astype(str)}"] += 1
+    return dict(counts)
+
+
+def _supported_precision(core, wanted: str) -> str:
+    """`wanted`, or f32 where the CPU has no native bf16/f16 (OpenVINO's OPTIMIZATION_CAPABILITIES lacks it).
+
+    Asked explicitly for bf16, the CPU plugin emulates it on AVX-512 CPUs without
+    AVX512_BF16 or AMX: slower than f32 and with bf16's rounding, for nothing. The IR's
+    own runtime option is only a default, which the plugin drops there itself.
+    """
+    if wanted in ("bf16", "f16"):
+        capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        if wanted.upper() not in capabilities:
+            return "f32"
+    return wanted
 
 
 class OpenVinoBackend(Backend):
@@ -60,11 +93,13 @@ class OpenVinoBackend(Backend):
         self._digest = openvino_digest(path)
         config = {"PERFORMANCE_HINT": "LATENCY"}
         if "inference_precision" in self._metadata:
-            config["INFERENCE_PRECISION_HINT"] = self._metadata["inference_precision"]
+            config["INFERENCE_PRECISION_HINT"] = _supported_precision(core, self._metadata["inference_precision"])
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         self.compiled = core.compile_model(model, "CPU", config)
-        self.precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        # An NNCF int8 IR runs its quantized layers in int8 (VNNI/AMX) whatever the hint says for the rest.
+        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        self.precision = "int8" if self._metadata.get("quantization") == "int8" else hint
         self._request = self.compiled.create_infer_request()
         self._lock = threading.Lock()
         inp = model.inputs[0]
@@ -86,3 +121,6 @@ class OpenVinoBackend(Backend):
 
     def metadata(self) -> dict[str, str]:
         return dict(self._metadata)
+
+    def kernels(self) -> dict[str, int]:
+        return kernel_summary(self.compiled)
