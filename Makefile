@@ -12,7 +12,7 @@ DEMO_SIZE ?= 224
 # with pip (docs/training.md "Weights"); run.json names the weights actually used.
 WEIGHTS_FLAGS := --weights $(or $(VGG16_WEIGHTS),imagenet)
 
-.PHONY: install system-deps demo test lint format bench bench-real bench-int8 bench-serve clean-demo
+.PHONY: install system-deps demo test check lint format bench bench-real bench-int8 bench-serve clean-demo
 
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 ORT_WEB := node_modules/onnxruntime-web/dist/ort.wasm.min.js
@@ -79,8 +79,18 @@ bench-serve: $(BIN)/toolkit
 	test -f $(DEMO_RUN)/export/manifest.json || { echo "run make demo first"; exit 2; }
 	$(BIN)/python benchmarks/serve.py $(DEMO_RUN) $(DEMO_DATA)
 
+# Both cores: pytest-xdist workers, each with its own session fixtures (the tiny base makes them seconds);
+# tests that must not overlap (Ray, the serving load test, the lock races) share one worker (loadgroup).
+PYTEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
+
 test: $(BIN)/toolkit system-deps
-	$(BIN)/python -m pytest
+	$(PYTEST) --durations=15
+
+# The inner loop: lint, then every test not marked slow (the end-to-end ones: trainings, subprocess
+# TensorFlow, servers, Ray, the browser, the base install).
+check: lint
+	$(PYTEST) -m "not slow"
 
 lint: $(BIN)/toolkit
 	$(BIN)/ruff check .

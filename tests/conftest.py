@@ -1,7 +1,8 @@
 """Shared, session-scoped fixtures: one tiny data set, one trained run, one export.
 
-Everything is small (32 px images, VGG16 with random weights, a few epochs) so
-the whole suite stays within minutes on two CPU cores.
+Everything is small (32 px images, the test-only `tiny` base with random weights, a
+few epochs) so the whole suite stays within minutes on two CPU cores. Tests about
+VGG16 itself (its cuts, its GFLOP, its caffe preprocessing) use `vgg16_run`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TOOLKIT_BENCH_PEAK_SIZE", "256")  # bench's matrix peaks: a quick multiply, not the 2048 one
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one core per xdist worker (make test runs one worker per core)
+    for _var in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
 
 IMAGE_SIZE = 32
 
@@ -33,6 +37,7 @@ def train_config(data_dir: Path, out: Path, **overrides):
     settings = dict(
         data_dir=str(data_dir),
         out=str(out),
+        base="tiny",  # a few thousand parameters: the plumbing is the subject, not VGG16
         image_size=IMAGE_SIZE,
         epochs=3,
         batch_size=8,
@@ -55,6 +60,16 @@ def trained_run(demo_dir, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("runs") / "run"
     train(train_config(demo_dir, out), log=lambda _m: None, verbose=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def vgg16_run(demo_dir, tmp_path_factory) -> Path:
+    """One small VGG16 run (random weights, 32 px, 1 epoch) for the tests about VGG16 itself."""
+    from toolkit.train import train
+
+    out = tmp_path_factory.mktemp("runs") / "vgg16"
+    train(train_config(demo_dir, out, base="vgg16", epochs=1), log=lambda _m: None, verbose=0)
     return out
 
 

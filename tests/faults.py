@@ -64,6 +64,8 @@ def _train_args(data: str, out: str) -> list[str]:
         data,
         "--out",
         out,
+        "--base",
+        "tiny",
         "--image-size",
         "32",
         "--epochs",

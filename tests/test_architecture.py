@@ -56,7 +56,17 @@ LAYERS = [
             "toolkit.facts",
         ],
     ),
-    ("data", ["toolkit.data*", "toolkit.metrics", "toolkit.operating_point", "toolkit.parity", "toolkit.hardware"]),
+    (
+        "data",
+        [
+            "toolkit.data*",
+            "toolkit.metrics",
+            "toolkit.operating_point",
+            "toolkit.parity",
+            "toolkit.hardware",
+            "toolkit.bases*",
+        ],
+    ),
     ("model", ["toolkit.model", "toolkit.weights", "toolkit.run_folder"]),
     ("runtime", ["toolkit.runtime*"]),
     (

@@ -78,12 +78,6 @@ def test_cuda_row_that_falls_back_is_labelled_cpu(exported_run, tmp_path):
     assert records[0]["requested_device"] == "cuda" and records[0]["provider"] == expected
 
 
-def test_vgg16_flops_match_the_published_figure():
-    from toolkit.bench import vgg16_classifier_flops
-
-    assert vgg16_classifier_flops(224, 2) / 1e9 == pytest.approx(30.7, abs=0.05)
-
-
 def test_keras_bf16_row_where_the_cpu_supports_it(exported_run):
     from toolkit.hardware import cpu_supports_bf16
 

@@ -251,7 +251,7 @@ def test_each_calibration_method_is_used_and_recorded(trained_run, tmp_path, fmt
         assert entry["calibration"] == expected
         scales[method] = _activation_scales(run / "export" / entry["path"])
     shared = set(scales["minmax"]) & set(scales["entropy"]) & set(scales["percentile"])
-    assert len(shared) > 10
+    assert len(shared) >= 7  # the tiny base: preprocessing, 5 convolutions, the head's input (at least)
     for other in ("entropy", "percentile"):  # clipped ranges: smaller activation scales somewhere
         assert any(scales[other][n] < scales["minmax"][n] * 0.99 for n in shared), other
 

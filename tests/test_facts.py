@@ -45,7 +45,7 @@ def test_every_artifact_carries_the_same_record_as_its_manifest(exported_run):
     assert first["decision"]["threshold"] == labels["threshold"]
     assert first["decision"]["positive_class"] == labels["positive_class"]
     assert first["input"] == {"height": 32, "width": 32, "channels": 3, "pixel_range": "0..255", "layout": "NHWC"}
-    assert first["base"] == "vgg16" and first["source_sha256"] == manifest["source"]["sha256"]
+    assert first["base"] == "tiny" and first["source_sha256"] == manifest["source"]["sha256"]
     assert manifest["facts"] == first
 
 

@@ -90,11 +90,10 @@ def _plant_outlier_channel(run, layer: str, following: str, factor: float = 1000
     import keras
     import numpy as np
 
-    from toolkit.model import load_keras_model
+    from toolkit.model import base_model, load_keras_model
 
     model = load_keras_model(run / "best.keras")
-    features = model.get_layer("features")
-    vgg = features.get_layer("vgg16")
+    vgg = base_model(model)
     probe = keras.Model(vgg.input, vgg.get_layer(layer).output)
     pixels = np.random.default_rng(0).uniform(-120, 120, (16, *vgg.input.shape[1:])).astype("float32")
     k = int(np.argmax(np.asarray(probe(pixels)).mean(axis=(0, 1, 2))))
@@ -113,11 +112,11 @@ def _plant_outlier_channel(run, layer: str, following: str, factor: float = 1000
 def test_a_layer_made_hard_to_quantize_is_ranked_first_and_its_figures_are_consistent(trained_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
-    _plant_outlier_channel(run, "block3_conv2", "block3_conv3")
+    _plant_outlier_channel(run, "block3_conv1", "block4_conv1")
     plain = export_run(run, ExportOptions(format="onnx", precisions=["int8"], calib_images=8, diagnose=True))
     assert plain.failed, [a["parity"] for a in plain.manifest["artifacts"]]
     report = json.loads((run / "export" / "quant_report.json").read_text())["artifacts"][0]
-    planted = ("block3_conv2", "block3_conv3")  # the scaled layer and the one it feeds
+    planted = ("block3_conv1", "block4_conv1")  # the scaled layer and the one it feeds
     assert report["metric"] == "noise_added"
     assert any(b in report["layers"][0]["tensor"] for b in planted), report["layers"][:3]
     finite = [r for r in report["layers"] if r["model_sqnr_db"] is not None and r["model_sqnr_db"] < 100]

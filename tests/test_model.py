@@ -9,15 +9,16 @@ import pytest
 from tests.conftest import IMAGE_SIZE
 
 
-def test_saved_model_takes_raw_pixels_and_keeps_preprocessing_inside(trained_run):
-    from toolkit.model import IMAGENET_BGR_MEAN, features_part, load_keras_model, vgg_base
+def test_saved_model_takes_raw_pixels_and_keeps_preprocessing_inside(vgg16_run):
+    from toolkit.model import IMAGENET_BGR_MEAN, base_model, features_part, load_keras_model
 
-    model = load_keras_model(trained_run / "best.keras")
+    model = load_keras_model(vgg16_run / "best.keras")
+    assert base_model(model).name == "vgg16"
     assert model.input_shape == (None, IMAGE_SIZE, IMAGE_SIZE, 3)
     assert not any("augment" in layer.name for layer in model.layers)
     rgb = np.random.default_rng(0).integers(0, 256, (2, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32)
     # VGG16's own recipe by hand: RGB -> BGR, minus the ImageNet mean, then the base.
-    by_hand = vgg_base(model)(rgb[..., ::-1] - np.array(IMAGENET_BGR_MEAN, np.float32), training=False).numpy()
+    by_hand = base_model(model)(rgb[..., ::-1] - np.array(IMAGENET_BGR_MEAN, np.float32), training=False).numpy()
     inside = features_part(model)(rgb, training=False).numpy()
     np.testing.assert_allclose(inside, by_hand, rtol=1e-4, atol=1e-3)
     assert not np.allclose(features_part(model)(rgb[..., ::-1], training=False).numpy(), inside, atol=1e-3)
@@ -82,17 +83,17 @@ def test_run_folders_from_before_the_standard_preprocessing_layer_still_load(tmp
 def test_the_cut_and_the_layers_above_it_compose_to_the_whole_model(block):
     """Cached fine-tuning's pieces: frozen part up to the cut, then the base above it (+ head) = the classifier."""
     from toolkit.model import (
-        FINE_TUNE_CUTS,
         build_classifier,
         build_feature_extractor,
         build_middle_model,
         build_upper_model,
         features_part,
+        fine_tune_cut,
     )
 
     model, _ = build_classifier(2, 32, weights="none", head="gap+gmp")
     x = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype(np.float32)
-    cut = build_feature_extractor(model, "fp32", until=FINE_TUNE_CUTS[block])(x, training=False)
+    cut = build_feature_extractor(model, "fp32", until=fine_tune_cut(model, block))(x, training=False)
     np.testing.assert_allclose(
         build_middle_model(model, block)(cut, training=False),
         features_part(model)(x, training=False),

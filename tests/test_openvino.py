@@ -84,7 +84,7 @@ def test_cli_predict_and_bench_take_the_ir(exported_run):
     assert rows["openvino int8"].floor_precision == "int8" and rows["openvino bf16"].floor_precision in ("bf16", "fp32")
     # what OpenVINO says it ran: the int8 IR's convolutions in int8 kernels; the bf16 IR's in bf16 only where native
     int8_convs = {k: n for k, n in rows["openvino int8"].kernels.items() if k.split()[-1] in ("u8", "i8")}
-    assert sum(n for k, n in int8_convs.items() if k.startswith("Convolution")) >= 10
+    assert sum(n for k, n in int8_convs.items() if k.startswith("Convolution")) == 6  # preprocessing + tiny's 5
     # (the primitive's name says what it computes in; runtimePrecision, its last word, is the weights' f16 there)
     bf16_convs = {k.split()[1] for k in rows["openvino bf16"].kernels if k.startswith("Convolution")}
     assert bf16_convs and all(k.lower().endswith("bf16" if cpu_supports_bf16() else "f32") for k in bf16_convs)
@@ -116,7 +116,7 @@ def test_int8_ir_is_nncf_quantized_gated_and_runs_in_int8(exported_run):
     assert entry["path"] == "model_int8.xml" and entry["weights"]["path"] == "model_int8.bin"
     assert entry["calibration"] == {"method": "minmax", "images": 16} and entry["inference_precision"] == "int8"
     assert "nncf" in entry["versions"]
-    assert len(quantized_layers(ir)) == 15  # the preprocessing conv, the 13 VGG16 convolutions and the head
+    assert len(quantized_layers(ir)) == 7  # the preprocessing conv, the tiny base's 5 convolutions and the head
     model = ov.Core().read_model(str(ir))
     assert json.loads(model.get_rt_info(["toolkit", "labels"]).astype(str)) == ["benign", "malignant"]
     classifier = load(ir, device="cpu")
@@ -126,15 +126,20 @@ def test_int8_ir_is_nncf_quantized_gated_and_runs_in_int8(exported_run):
     assert np.abs(classifier.predict_arrays(images) - reference).max() < 0.05
 
 
-def test_int8_ir_fix_is_nncf_accuracy_control_within_the_budget(trained_run, tmp_path):
-    """A failing OpenVINO int8 gate under --int8-max-drop: NNCF reverts layers until validation accuracy holds."""
+def test_int8_ir_fix_is_nncf_accuracy_control_within_the_budget(vgg16_run, tmp_path):
+    """A failing OpenVINO int8 gate under --int8-max-drop: NNCF reverts layers until validation accuracy holds.
+
+    On the VGG16 run: with a razor-thin operating point, int8 noise costs it validation accuracy, which
+    NNCF's accuracy control (ranking by accuracy on labelled images) can see; the tiny base's accuracy
+    sits at chance, so no reverted layer could show there.
+    """
     from tests.test_int8_fix import _razor_thin_operating_point
     from toolkit.export import ExportOptions, export_run
     from toolkit.export.openvino_int8 import quantized_layers
     from toolkit.parity import ParityOverrides
 
     run = tmp_path / "run"
-    shutil.copytree(trained_run, run)
+    shutil.copytree(vgg16_run, run)
     _razor_thin_operating_point(run)
     strict = ParityOverrides(min_agreement=1.0)
     base = dict(format="openvino", precisions=["int8"], calib_images=1, overrides=strict)

@@ -59,6 +59,8 @@ def _flip(path: Path, at: float = 0.5) -> None:
 # 1. two trainings into one --out
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("locks")  # racing processes: timing-sensitive, kept off the other worker
 def test_second_writer_of_a_run_folder_exits_2_naming_the_holder(demo_dir, tmp_path):
     out = tmp_path / "run"
     holder = _holder(out, 60)
@@ -72,6 +74,8 @@ def test_second_writer_of_a_run_folder_exits_2_naming_the_holder(demo_dir, tmp_p
         holder.wait(10)
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("locks")  # racing processes: timing-sensitive, kept off the other worker
 def test_lock_is_released_when_its_holder_is_killed_and_wait_waits(tmp_path):
     from toolkit.fileio import folder_lock
 
@@ -93,6 +97,8 @@ def test_lock_is_released_when_its_holder_is_killed_and_wait_waits(tmp_path):
 # 2. two exports into one folder
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("locks")  # racing processes: timing-sensitive, kept off the other worker
 def test_concurrent_exports_with_wait_keep_every_manifest_entry(trained_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
@@ -111,6 +117,8 @@ def test_concurrent_exports_with_wait_keep_every_manifest_entry(trained_run, tmp
     }
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("locks")  # racing processes: timing-sensitive, kept off the other worker
 def test_an_export_while_another_holds_the_folder_exits_2(trained_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("export"))

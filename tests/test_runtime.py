@@ -237,8 +237,23 @@ def test_modified_artifact_is_refused_unless_verification_is_off(exported_run, t
 
     export = tmp_path / "export"
     shutil.copytree(exported_run / "export", export)
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
     data = bytearray((export / "model_int8.tflite").read_bytes())
-    data[len(data) // 2] ^= 0xFF  # inside the weights: still a valid flatbuffer
+    interpreter = Interpreter(  # no XNNPACK: it takes the constant tensors over, leaving them unreadable
+        model_path=str(export / "model_int8.tflite"),
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+    )
+    interpreter.allocate_tensors()
+    tensors = [  # convolution kernels (OHWI, O > 1), not the batch-of-1 activations
+        d
+        for d in interpreter.get_tensor_details()
+        if d["dtype"] == np.int8 and len(d["shape"]) == 4 and d["shape"][0] > 1
+    ]
+    kernel = interpreter.get_tensor(max(tensors, key=lambda d: np.prod(d["shape"]))["index"]).tobytes()
+    at = data.find(kernel)
+    assert at > 0
+    data[at + len(kernel) // 2] ^= 0xFF  # inside the largest kernel: still a valid flatbuffer
     (export / "model_int8.tflite").write_bytes(bytes(data))
     with pytest.raises(RuntimeModelError, match="sha256"):
         load(export / "model_int8.tflite")

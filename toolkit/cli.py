@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from toolkit import cli_runtime
+from toolkit.bases import base_names
 from toolkit.bench.types import BenchFormat, BenchOptions
 from toolkit.cli_flags import (
     Arg,
@@ -99,6 +100,7 @@ def train(
     ctx: typer.Context,
     data_dir: Annotated[Path, Arg(help="DATA_DIR/train/<class>/ [+ val/] [+ test/], or DATA_DIR/<class>/.")],
     out: Annotated[Path | None, Opt(help="Run folder (default models/<timestamp>).")] = None,
+    base: Annotated[str, Opt(help=f"Base network: {', '.join(base_names())}.")] = TRAIN.base,
     image_size: ImageSize = TRAIN.image_size,
     epochs: Annotated[int, Opt(min=1, help="Epochs of the frozen-base phase.")] = TRAIN.epochs,
     batch_size: Annotated[int, Opt(min=1)] = TRAIN.batch_size,

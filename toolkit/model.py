@@ -1,24 +1,25 @@
-"""The classifier: VGG16's caffe preprocessing in-graph, a frozen VGG16 base, a small head.
+"""The classifier: the base's preprocessing in-graph, a frozen base (VGG16 by default), a small head.
 
 Preprocessing lives inside the model, as a standard Keras layer, so that every
 exported format takes raw RGB pixels (0..255) and nobody downstream has to
 remember ImageNet's channel order or mean. The model is assembled from two
 named sub-models, `features` (preprocessing + base) and `head`, so training can
-run the frozen part once and fit only the head on its cached output.
+run the frozen part once and fit only the head on its cached output. What a base
+is (its builder, cuts, blocks) is its record in `toolkit.bases`, never parsed here.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import zipfile
 from enum import StrEnum
 from pathlib import Path
 
+from toolkit.bases import DEFAULT_BASE, BaseSpec, get_base, spec_for_layer
 from toolkit.errors import ModelError, WeightsError
+from toolkit.weights import WeightsInfo, WeightsRequest, imagenet_vgg16_base
 
 IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
-PREPROCESSING = "raw RGB pixels 0..255, NHWC; caffe preprocessing (RGB->BGR, minus ImageNet mean) is in the graph"
 
 
 class Head(StrEnum):
@@ -38,9 +39,6 @@ class FineTuneFrom(StrEnum):
 
 
 FINE_TUNE_BLOCK = FineTuneFrom.block5
-# The unfrozen part of fine-tuning starts at one of these blocks; the cached features for it
-# are the output of the layer before (the last frozen one).
-FINE_TUNE_CUTS = {FineTuneFrom.block5: "block4_pool", FineTuneFrom.block4: "block3_pool"}
 
 
 def _keras():
@@ -98,73 +96,34 @@ def custom_objects() -> dict:
     return {"toolkit>CaffePreprocess": _LEGACY_CLASS[0], "CaffePreprocess": _LEGACY_CLASS[0]}
 
 
-@dataclasses.dataclass
-class WeightsInfo:
-    requested: str
-    source: str  # "imagenet", "imagenet-derived (...)", "file", "none", "random (imagenet download failed)"
-    path: str | None = None
-    warning: str | None = None
-    provenance: dict = dataclasses.field(default_factory=dict)  # derived weights: package, hashes, note
-    tried: list[str] = dataclasses.field(default_factory=list)  # what the imagenet resolver tried, in order
+def build_base(spec: BaseSpec, image_size: int, request: WeightsRequest):
+    """The base without its top, frozen; returns (base, WeightsInfo).
 
-
-def _imagenet_base(shape: tuple[int, int, int], requested: str, allow_random_fallback: bool, log):
-    """`--weights imagenet` through the resolver: Keras's cache, Keras's download, the derived file."""
-    from toolkit import weights as resolver
-
-    keras = _keras()
-    vgg = keras.applications.VGG16
-    steps = [
-        ("Keras cache", resolver.keras_cache_step),
-        ("Keras download", resolver.keras_download_step(lambda: vgg(include_top=False, weights="imagenet"))),
-        (
-            f"offline source (pip {resolver.DERIVED_PACKAGE})",
-            resolver.derived_step(lambda: vgg(include_top=False, weights=None, input_shape=(224, 224, 3))),
-        ),
-    ]
-    found, tried = resolver.resolve(steps, log)
-    if found is not None:
-        base = vgg(include_top=False, weights=found.weights, input_shape=shape)
-        return base, WeightsInfo(requested, found.source, found.path, provenance=found.provenance, tried=tried)
-    message = (
-        "no ImageNet VGG16 weights could be had (" + "; ".join(tried) + "); use --weights PATH for a local "
-        "weights file, or --weights none to train from random weights"
-    )
-    if not allow_random_fallback:
-        raise WeightsError(message)
-    base = vgg(include_top=False, weights=None, input_shape=shape)
-    return base, WeightsInfo(requested, "random (imagenet download failed)", warning=message, tried=tried)
-
-
-def build_vgg16_base(image_size: int, weights: str, allow_random_fallback: bool = False, log=None):
-    """VGG16 without its top, frozen; returns (base, WeightsInfo).
-
-    `weights` is "imagenet", "none" or a path to a local weights file. "imagenet"
-    goes through `toolkit.weights` (Keras's cache, its download, then the derived
-    offline file); when none of them works that is a one-line error naming the
-    alternatives, or, with `allow_random_fallback`, random weights recorded as such.
+    `request.weights` is "imagenet", "none" or a path to a local weights file.
+    "imagenet" goes through `toolkit.weights` (Keras's cache, its download, then the
+    derived offline file); when none of them works that is a one-line error naming
+    the alternatives, or, with `allow_random_fallback`, random weights recorded as such.
     """
-    keras = _keras()
     shape = (image_size, image_size, 3)
-    if image_size < 32:
-        raise ModelError(f"--image-size must be at least 32 for VGG16, got {image_size}")
+    if image_size < spec.min_size:
+        raise ModelError(f"--image-size must be at least {spec.min_size} for {spec.name}, got {image_size}")
+    weights = request.weights
     lowered = weights.lower()
     if lowered == "none":
-        base, info = (
-            keras.applications.VGG16(include_top=False, weights=None, input_shape=shape),
-            WeightsInfo(weights, "none"),
-        )
+        base, info = spec.build(shape), WeightsInfo(weights, "none")
     elif lowered == "imagenet":
-        base, info = _imagenet_base(shape, weights, allow_random_fallback, log or (lambda _m: None))
+        if not spec.imagenet:
+            raise WeightsError(f"{spec.name} has no ImageNet weights; use --weights none or a weights file")
+        base, info = imagenet_vgg16_base(shape, request)
     else:
         path = Path(weights)
         if not path.is_file():
             raise WeightsError(f"weights file not found: {path} (use imagenet, none, or a path)")
-        base = keras.applications.VGG16(include_top=False, weights=None, input_shape=shape)
+        base = spec.build(shape)
         try:
             base.load_weights(str(path))
         except Exception as exc:
-            raise WeightsError(f"cannot load VGG16 weights from {path}: {str(exc).splitlines()[0]}") from exc
+            raise WeightsError(f"cannot load {spec.name} weights from {path}: {str(exc).splitlines()[0]}") from exc
         info = WeightsInfo(weights, "file", path=str(path.resolve()))
     base.trainable = False
     return base, info
@@ -200,17 +159,17 @@ def build_head(feature_shape: tuple[int, ...], num_classes: int, head: str, drop
 def build_classifier(
     num_classes: int,
     image_size: int,
-    weights: str = "imagenet",
+    weights: str | WeightsRequest = "imagenet",
     head: str = "flatten",
     dropout: float = 0.3,
-    allow_random_fallback: bool = False,
-    log=None,
+    base: str = DEFAULT_BASE,
 ):
     """Return (model, WeightsInfo): image -> `features` sub-model -> `head` sub-model."""
     keras = _keras()
     if num_classes < 2:
         raise ModelError("a classifier needs at least two classes")
-    base, info = build_vgg16_base(image_size, weights, allow_random_fallback, log)
+    request = weights if isinstance(weights, WeightsRequest) else WeightsRequest(weights)
+    base, info = build_base(get_base(base), image_size, request)
     image = keras.Input((image_size, image_size, 3), name="image")
     x = caffe_preprocess(image)
     x = base(x, training=False)
@@ -230,30 +189,37 @@ def head_part(model):
     return model.get_layer("head")
 
 
-def vgg_base(model):
-    return features_part(model).get_layer("vgg16")
+def base_model(model):
+    """The classifier's nested base network (a VGG16 run's is the layer "vgg16")."""
+    return features_part(model).get_layer(base_spec(model).layer_name)
 
 
-def _check_block(block: str) -> str:
-    if block not in FINE_TUNE_CUTS:
-        raise ModelError(f"--fine-tune-from must be one of {', '.join(FINE_TUNE_CUTS)}, got {block}")
-    return block
+def base_spec(model) -> BaseSpec:
+    """The registry record of the classifier's base, found by its nested model's layer name."""
+    nested = [layer.name for layer in features_part(model).layers if hasattr(layer, "layers")]
+    if len(nested) != 1:
+        raise ModelError(f"expected one base network inside the model's features, found {nested or 'none'}")
+    return spec_for_layer(nested[0])
 
 
-def _block_number(layer_name: str) -> int:
-    return int(layer_name[5]) if layer_name.startswith("block") else 0
+def fine_tune_cut(model, block: str) -> str:
+    """The last frozen layer when fine-tuning starts at `block`: cached fine-tuning trains on its output."""
+    spec = base_spec(model)
+    spec.cut_block(block)
+    return spec.cuts[block]
 
 
 def unfreeze_for_fine_tuning(model, block: str = FINE_TUNE_BLOCK) -> int:
     """Make `block` and the blocks after it trainable (the rest stays frozen); return the layer count."""
-    first = _block_number(_check_block(block))
+    spec = base_spec(model)
+    first = spec.cut_block(block)
     features = features_part(model)
     features.trainable = True
-    base = vgg_base(model)
+    base = base_model(model)
     base.trainable = True
     count = 0
     for layer in base.layers:
-        layer.trainable = _block_number(layer.name) >= first
+        layer.trainable = spec.block_index(layer.name) >= first
         count += int(layer.trainable)
     features.get_layer("caffe_preprocess").trainable = False
     return count
@@ -261,21 +227,22 @@ def unfreeze_for_fine_tuning(model, block: str = FINE_TUNE_BLOCK) -> int:
 
 def fine_tuned_base_layers(model, block: str) -> list:
     """The base's layers from `block` onwards: what cached fine-tuning trains (the head excluded)."""
-    first = _block_number(_check_block(block))
-    return [layer for layer in vgg_base(model).layers if _block_number(layer.name) >= first]
+    spec = base_spec(model)
+    first = spec.cut_block(block)
+    return [layer for layer in base_model(model).layers if spec.block_index(layer.name) >= first]
 
 
 def _base_in(model, precision: str):
-    """The model's VGG16 base, or a copy of it computing in bf16/fp16 (same weights)."""
+    """The model's base, or a copy of it computing in bf16/fp16 (same weights)."""
     keras = _keras()
-    base = vgg_base(model)
+    base = base_model(model)
     if precision == "fp32":
         return base
     policy = {"bf16": "mixed_bfloat16", "fp16": "mixed_float16"}[precision]
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(policy)
     try:
-        low = keras.applications.VGG16(include_top=False, weights=None, input_shape=tuple(base.input.shape[1:]))
+        low = base_spec(model).build(tuple(base.input.shape[1:]))
     finally:
         keras.config.set_dtype_policy(previous)
     low.set_weights(base.get_weights())
@@ -295,7 +262,7 @@ def build_feature_extractor(model, precision: str, until: str | None = None):
         return features
     base = _base_in(model, precision)
     if until is not None:
-        base = keras.Model(base.input, base.get_layer(until).output, name=f"vgg16_to_{until}")
+        base = keras.Model(base.input, base.get_layer(until).output, name=f"{base.name}_to_{until}")
     image = keras.Input(tuple(features.input.shape[1:]), name="image")
     x = caffe_preprocess(image, name="caffe_preprocess_float32", dtype="float32")
     x = keras.ops.cast(base(x, training=False), "float32")
@@ -305,13 +272,14 @@ def build_feature_extractor(model, precision: str, until: str | None = None):
 def _from_cut(model, block: str):
     """(input tensor at the cut before `block`, output of the base's last layer) through the model's own layers."""
     keras = _keras()
-    base = vgg_base(model)
-    first = _block_number(_check_block(block))
-    cut = base.get_layer(FINE_TUNE_CUTS[block])
+    spec = base_spec(model)
+    base = base_model(model)
+    first = spec.cut_block(block)
+    cut = base.get_layer(spec.cuts[block])
     inputs = keras.Input(tuple(cut.output.shape[1:]), name="cut_features")
     x = inputs
     for layer in base.layers:
-        if _block_number(layer.name) >= first:
+        if spec.block_index(layer.name) >= first:
             x = layer(x)
     return inputs, x
 

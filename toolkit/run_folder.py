@@ -158,6 +158,13 @@ class RunFolder:
     def image_size(self) -> int:
         return int(self.config["image_size"])
 
+    @property
+    def base(self) -> str:
+        """The base network's registry name (runs made before the registry: vgg16)."""
+        from toolkit.bases import DEFAULT_BASE
+
+        return str(self.config.get("base", DEFAULT_BASE))
+
     def load_data(self, data_dir: str | None = None) -> RunData:
         """The run's training and validation images (decoded once, cached inside the run folder).
 

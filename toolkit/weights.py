@@ -186,3 +186,52 @@ def resolve(steps: list[Step], log: Callable[[str], None]) -> tuple[Resolved | N
         tried.append(f"{name}: found")
         return found, tried
     return None, tried
+
+
+@dataclasses.dataclass
+class WeightsInfo:
+    """The weights a run actually got (run.json `weights`)."""
+
+    requested: str
+    source: str  # "imagenet", "imagenet-derived (...)", "file", "none", "random (imagenet download failed)"
+    path: str | None = None
+    warning: str | None = None
+    provenance: dict = dataclasses.field(default_factory=dict)  # derived weights: package, hashes, note
+    tried: list[str] = dataclasses.field(default_factory=list)  # what the imagenet resolver tried, in order
+
+
+@dataclasses.dataclass
+class WeightsRequest:
+    """What weights a base is asked for ("imagenet", "none" or a file) and what to do when ImageNet's fail."""
+
+    weights: str = "imagenet"
+    allow_random_fallback: bool = False  # --allow-random-weights: random weights, recorded as such
+    log: Callable[[str], None] | None = None  # one line per resolver step
+
+
+def imagenet_vgg16_base(shape: tuple[int, int, int], request: WeightsRequest):
+    """`--weights imagenet` for VGG16 through the resolver: Keras's cache, Keras's download, the derived file."""
+    import keras
+
+    vgg = keras.applications.VGG16
+    steps = [
+        ("Keras cache", keras_cache_step),
+        ("Keras download", keras_download_step(lambda: vgg(include_top=False, weights="imagenet"))),
+        (
+            f"offline source (pip {DERIVED_PACKAGE})",
+            derived_step(lambda: vgg(include_top=False, weights=None, input_shape=(224, 224, 3))),
+        ),
+    ]
+    found, tried = resolve(steps, request.log or (lambda _m: None))
+    if found is not None:
+        base = vgg(include_top=False, weights=found.weights, input_shape=shape)
+        info = WeightsInfo(request.weights, found.source, found.path, provenance=found.provenance, tried=tried)
+        return base, info
+    message = (
+        "no ImageNet VGG16 weights could be had (" + "; ".join(tried) + "); use --weights PATH for a local "
+        "weights file, or --weights none to train from random weights"
+    )
+    if not request.allow_random_fallback:
+        raise WeightsError(message)
+    base = vgg(include_top=False, weights=None, input_shape=shape)
+    return base, WeightsInfo(request.weights, "random (imagenet download failed)", warning=message, tried=tried)

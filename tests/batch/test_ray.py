@@ -19,6 +19,8 @@ from toolkit.batch.ray_engine import RayPredictor
 from toolkit.batch.run import predict_to_table
 from toolkit.runtime import load
 
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # one Ray cluster at a time, on one worker
+
 IMAGES = 300
 
 

@@ -16,6 +16,7 @@ from tests.serve.conftest import running_server, single_image_requests
 from toolkit.runtime import load
 
 CLIENTS, REQUESTS = 16, 50
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serve-load")]
 
 
 @pytest.mark.parametrize("max_batch_size", [8, 1])

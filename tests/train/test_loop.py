@@ -102,16 +102,16 @@ def test_interrupted_run_resumes_and_keeps_best_and_history(demo_dir, tmp_path, 
 @pytest.mark.parametrize(
     ("block", "cached", "frozen_layer", "moved_layer"),
     [
-        ("block5", True, "block4_conv3", "block5_conv1"),
-        ("block4", True, "block3_conv3", "block4_conv1"),
-        ("block5", False, "block4_conv3", "block5_conv3"),
+        ("block5", True, "block4_conv1", "block5_conv1"),  # the tiny base: one conv per block, VGG's names
+        ("block4", True, "block3_conv1", "block4_conv1"),
+        ("block5", False, "block4_conv1", "block5_conv1"),
     ],
 )
 def test_fine_tuning_moves_the_unfrozen_blocks_only(
     demo_dir, tmp_path, monkeypatch, block, cached, frozen_layer, moved_layer
 ):
     import toolkit.train.fit as fit_module
-    from toolkit.model import load_keras_model, vgg_base
+    from toolkit.model import base_model, load_keras_model
     from toolkit.train import train
 
     monkeypatch.setattr(fit_module, "improved", lambda value, best, mode: True)  # best.keras = last epoch
@@ -130,7 +130,7 @@ def test_fine_tuning_moves_the_unfrozen_blocks_only(
             aug_views=1 if cached else 0,
         )
         train(config, log=lambda _m: None, verbose=0)
-        runs[name] = vgg_base(load_keras_model(out / "best.keras"))
+        runs[name] = base_model(load_keras_model(out / "best.keras"))
     with open(tmp_path / "ft" / "history.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert [(r["epoch"], r["phase"]) for r in rows] == [("1", "frozen"), ("2", "finetune")]
@@ -145,7 +145,7 @@ def test_fine_tuning_moves_the_unfrozen_blocks_only(
     ]
     assert max(moved) > 0
     if cached:  # the unfrozen part trained on stored features of the last frozen block, one view per image
-        cut = {"block5": (2, 2, 512), "block4": (4, 4, 256)}[block]
+        cut = {"block5": (2, 2, 16), "block4": (4, 4, 8)}[block]  # block4_pool, block3_pool of tiny at 32 px
         views = np.load(tmp_path / "ft" / "cache" / f"finetune-{block}" / "features-train-views.npy", mmap_mode="r")
         assert views.shape[0] == 1 and views.shape[2:] == cut
 
@@ -215,9 +215,9 @@ def test_missing_weights_file_and_offline_imagenet_are_one_line_errors(demo_dir,
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras-home"))
     monkeypatch.setenv("TOOLKIT_CACHE", str(tmp_path / "toolkit-cache"))
     with pytest.raises(WeightsError, match="--weights PATH"):
-        train(train_config(demo_dir, tmp_path / "w2", weights="imagenet"), log=lambda _m: None, verbose=0)
+        train(train_config(demo_dir, tmp_path / "w2", base="vgg16", weights="imagenet"), log=lambda _m: None, verbose=0)
     result = train(
-        train_config(demo_dir, tmp_path / "w3", weights="imagenet", allow_random_weights=True, epochs=1),
+        train_config(demo_dir, tmp_path / "w3", base="vgg16", weights="imagenet", allow_random_weights=True, epochs=1),
         log=lambda _m: None,
         verbose=0,
     )
@@ -373,13 +373,13 @@ def test_bf16_fine_tuning_trains_float32_weights_in_bf16_and_saves_a_float32_mod
 
     import toolkit.train.fit as fit_module
     import toolkit.train.loop as loop
-    from toolkit.model import load_keras_model, vgg_base
+    from toolkit.model import base_model, load_keras_model
     from toolkit.train import train
 
     seen, original = {}, loop.fit_phase
 
     def spy(ctx, phase, num_examples):
-        layer = vgg_base(ctx.model).get_layer("block5_conv3")
+        layer = base_model(ctx.model).get_layer("block5_conv1")
         if phase.name == "finetune":
             seen[ctx.config.precision] = (layer.compute_dtype, layer.get_weights()[0])
         return original(ctx, phase, num_examples)
@@ -392,9 +392,9 @@ def test_bf16_fine_tuning_trains_float32_weights_in_bf16_and_saves_a_float32_mod
         config = train_config(demo_dir, out, epochs=1, fine_tune_epochs=2, lr=1e-2, precision=precision, monitor="loss")
         train(config, log=lambda _m: None, verbose=0)
         assert json.loads((out / "run.json").read_text())["fine_tune_precision"] == precision
-        base = vgg_base(load_keras_model(out / "best.keras"))
+        base = base_model(load_keras_model(out / "best.keras"))
         assert all(layer.dtype_policy.name == "float32" for layer in base.layers)  # saved as float32 layers
-        kernels[precision] = base.get_layer("block5_conv3").get_weights()[0]
+        kernels[precision] = base.get_layer("block5_conv1").get_weights()[0]
     assert seen["bf16"][0] == "bfloat16" and seen["fp32"][0] == "float32"
     assert keras.config.dtype_policy().name == "float32"  # nothing leaks into the process's policy
     before = seen["bf16"][1]

@@ -3,7 +3,7 @@
     types.py    BenchTarget, BenchRecord, BenchOptions
     targets.py  what to benchmark (a run folder, or model files)
     worker.py   one backend timed in a fresh subprocess
-    machine.py  the machine header, model FLOPs
+    machine.py  the machine header (the model FLOPs: its base record, toolkit.bases)
     peaks.py    the matrix peak per precision (fp32, bf16, int8), each row's floor
     report.py   speed-ups, best rows, the recommendation, bench.json/csv/png
 
@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from toolkit.bench.machine import machine_header, vgg16_classifier_flops
+from toolkit.bases import DEFAULT_BASE, get_base
+from toolkit.bench.machine import machine_header
 from toolkit.bench.peaks import floor_precision, measure_peaks, peak_size
 from toolkit.bench.report import BenchReport, best_rows, fill_speedups, recommend, write_outputs
 from toolkit.bench.targets import cuda_available, discover_targets, selected, targets_from_files
@@ -46,7 +47,6 @@ __all__ = [
     "best_rows",
     "run_bench",
     "run_worker",
-    "vgg16_classifier_flops",
 ]
 
 
@@ -59,6 +59,7 @@ class BenchPlan:
     image_size: int
     head: str
     run: RunFolder | None = None  # the run folder, when benchmarking one
+    base: str = DEFAULT_BASE  # its registry record counts the model's FLOPs
 
 
 def _plan_for_run(run_dir: Path, cuda: bool) -> BenchPlan:
@@ -66,7 +67,7 @@ def _plan_for_run(run_dir: Path, cuda: bool) -> BenchPlan:
 
     run = load_run(run_dir, need_model=False)
     targets = discover_targets(run.path, cuda)
-    return BenchPlan(targets, run.labels, run.image_size, run.config.get("head", "flatten"), run)
+    return BenchPlan(targets, run.labels, run.image_size, run.config.get("head", "flatten"), run, run.base)
 
 
 def _plan_for_files(files: list[Path], cuda: bool, verify: bool) -> BenchPlan:
@@ -77,7 +78,7 @@ def _plan_for_files(files: list[Path], cuda: bool, verify: bool) -> BenchPlan:
     if probe is None:
         raise BenchError("benchmarking a lone .keras file needs its run folder")
     clf = load(probe.path, device="cpu", verify=verify)
-    return BenchPlan(targets, clf.labels, clf.image_size[0], "flatten")
+    return BenchPlan(targets, clf.labels, clf.image_size[0], "flatten", base=clf.info.base)
 
 
 def _bench_images(plan: BenchPlan, data_dir: str | None):
@@ -124,7 +125,7 @@ def _machine(threads: int, plan: BenchPlan, records: list[BenchRecord]) -> dict:
     machine = machine_header(threads)
     with phase("measuring the matrix peaks (fp32, bf16, int8)"):
         machine["peaks"] = measure_peaks(threads, peak_size())
-    gflop = vgg16_classifier_flops(plan.image_size, len(plan.labels), plan.head) / 1e9
+    gflop = get_base(plan.base).flops(plan.image_size, len(plan.labels), plan.head) / 1e9
     machine["model_gflop_per_image"] = gflop
     machine["peak_matmul_size"] = peak_size()
     machine["floor_ms"] = {p: 1000 * gflop / peak["gflops"] for p, peak in machine["peaks"].items()}

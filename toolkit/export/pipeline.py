@@ -272,15 +272,15 @@ def _export_locked(run: RunFolder, formats: list[ExportFormat], options: ExportO
 
 def model_facts(run: RunFolder, source_sha: str) -> ModelFacts:
     """The one record every artifact of this export carries (and its manifest entry repeats)."""
-    from toolkit.model import PREPROCESSING
+    from toolkit.bases import get_base
 
     return ModelFacts(
         labels=tuple(run.labels),
         input=InputSpec.square(run.image_size),
         decision=run.decision.to_json() if run.decision else None,
-        preprocessing=PREPROCESSING,
+        preprocessing=get_base(run.base).preprocessing_text,
         toolkit_version=__version__,
-        base="vgg16",
+        base=run.base,
         source_sha256=source_sha,
     )
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 from enum import StrEnum
 
+from toolkit.bases import DEFAULT_BASE, get_base
 from toolkit.data import SplitOptions
-from toolkit.errors import DatasetError
+from toolkit.errors import DatasetError, ModelError
 from toolkit.hardware import BasePrecision, Strategy
 from toolkit.model import FineTuneFrom, Head
 from toolkit.operating_point import Decision, parse_operating_point
@@ -50,6 +51,7 @@ class TrainConfig:
 
     data_dir: str
     out: str
+    base: str = DEFAULT_BASE  # a name in toolkit.bases (test-only bases too, through the library)
     image_size: int = 224
     epochs: int = 10
     batch_size: int = 32
@@ -87,6 +89,14 @@ class TrainConfig:
         """Refuse impossible combinations before any image is decoded."""
         if self.operating_point is not None:
             parse_operating_point(self.operating_point)
+        try:
+            spec = get_base(self.base)
+        except ModelError as exc:
+            raise DatasetError(str(exc)) from exc
+        if self.image_size < spec.min_size:
+            raise DatasetError(f"--image-size must be at least {spec.min_size} for {spec.name}")
+        if self.fine_tune_from not in spec.cuts:
+            raise DatasetError(f"--fine-tune-from must be one of {', '.join(spec.cuts)} for {spec.name}")
         if self.epochs < 1:
             raise DatasetError("--epochs must be at least 1")
         if self.batch_size < 1:

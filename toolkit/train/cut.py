@@ -53,9 +53,9 @@ def cut_folder(ctx: FitContext, features_dir: Path) -> Path:
 
 def _cut_validation(ctx: FitContext, data: LoadedDataset, folder: Path):
     """(the float32 extractor up to the cut, its validation features): epochs are judged on exact features."""
-    from toolkit.model import FINE_TUNE_CUTS, build_feature_extractor
+    from toolkit.model import build_feature_extractor, fine_tune_cut
 
-    cut = FINE_TUNE_CUTS[ctx.config.fine_tune_from]
+    cut = fine_tune_cut(ctx.model, ctx.config.fine_tune_from)
     exact = build_feature_extractor(ctx.model, "fp32", until=cut)
     path = folder / "features-val.npy"
     return exact, extract_features(exact, data.val.images, path, ctx.config.batch_size, np.float32, f"validation {cut}")
@@ -63,12 +63,12 @@ def _cut_validation(ctx: FitContext, data: LoadedDataset, folder: Path):
 
 def cut_stores(ctx: FitContext, data: LoadedDataset, augmenter, precision: str, folder: Path) -> CutStores:
     """Compute the cut's features once per process (validation in float32, training views in `precision`)."""
-    from toolkit.model import FINE_TUNE_CUTS, build_feature_extractor
+    from toolkit.model import build_feature_extractor, fine_tune_cut
 
     if "cut" in ctx.stores:
         return ctx.stores["cut"]
     c = ctx.config
-    cut = FINE_TUNE_CUTS[c.fine_tune_from]
+    cut = fine_tune_cut(ctx.model, c.fine_tune_from)
     exact, val = _cut_validation(ctx, data, folder)
     extractor = build_feature_extractor(ctx.model, precision, until=cut)
     views_count = c.aug_views if augmenter is not None else 1
@@ -103,7 +103,7 @@ def frozen_features_from_cut(ctx: FitContext, data: LoadedDataset, stores: CutSt
 
 def cached_finetune_data(ctx: FitContext, data: LoadedDataset, augmenter, precision: str, features_dir: Path):
     """(the trainable upper model, training and validation datasets, callbacks) on the cut's features."""
-    from toolkit.model import FINE_TUNE_CUTS, build_feature_extractor, build_upper_model
+    from toolkit.model import build_feature_extractor, build_upper_model, fine_tune_cut
 
     c, num_classes = ctx.config, len(data.classes)
     folder = cut_folder(ctx, features_dir)
@@ -115,7 +115,7 @@ def cached_finetune_data(ctx: FitContext, data: LoadedDataset, augmenter, precis
         exact, val_feats = _cut_validation(ctx, data, folder)
         shape = tuple(exact.output.shape[1:])
         source = FeatureSource(data.train, num_classes, c.batch_size, c.seed + 1, shape, folder)
-        extractor = build_feature_extractor(ctx.model, precision, until=FINE_TUNE_CUTS[c.fine_tune_from])
+        extractor = build_feature_extractor(ctx.model, precision, until=fine_tune_cut(ctx.model, c.fine_tune_from))
         train_ds, callbacks = training_features(extractor, source, augmenter, c.aug_views, c.strategy != "multiworker")
     val_ds = plain_feature_dataset(val_feats, data.val.labels, num_classes, c.batch_size)
     with ctx.strategy.scope():

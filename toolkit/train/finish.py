@@ -12,7 +12,7 @@ from toolkit.data import DataReport, LoadedDataset
 from toolkit.errors import TrainingError
 from toolkit.fileio import write_json_atomic
 from toolkit.metrics import Metrics, classification_metrics, plot_confusion, plot_roc
-from toolkit.model import WeightsInfo, head_part, load_keras_model, predict_in_batches
+from toolkit.model import head_part, load_keras_model, predict_in_batches
 from toolkit.operating_point import Decision, choose_threshold, parse_operating_point, resolve_positive_class
 from toolkit.run_folder import (
     BEST,
@@ -29,6 +29,7 @@ from toolkit.run_folder import (
 from toolkit.train.config import TrainConfig, TrainResult
 from toolkit.train.fit import FitContext
 from toolkit.versions import TRAINING_PACKAGES, package_versions
+from toolkit.weights import WeightsInfo
 
 
 @dataclasses.dataclass

@@ -129,17 +129,13 @@ def build_model(config: TrainConfig, strategy, num_classes: int, log: Callable[[
     import keras
 
     from toolkit.model import build_classifier, count_params
+    from toolkit.weights import WeightsRequest
 
     keras.utils.set_random_seed(config.seed)
+    request = WeightsRequest(config.weights, config.allow_random_weights, log)
     with strategy.scope():
         model, weights_info = build_classifier(
-            num_classes,
-            config.image_size,
-            config.weights,
-            config.head,
-            config.dropout,
-            config.allow_random_weights,
-            log,
+            num_classes, config.image_size, request, config.head, config.dropout, config.base
         )
     warnings = []
     if weights_info.warning:
@@ -147,7 +143,7 @@ def build_model(config: TrainConfig, strategy, num_classes: int, log: Callable[[
         log(warnings[-1])
     total, trainable = count_params(model)
     log(
-        f"model: VGG16 base ({_weights_line(weights_info)}) + {config.head} head; "
+        f"model: {config.base} base ({_weights_line(weights_info)}) + {config.head} head; "
         f"{total:,} parameters, {trainable:,} trainable"
     )
     return model, weights_info, warnings

@@ -1,0 +1,85 @@
+"""VGG16 (the default base) and `tiny`, a test-only base of the same shape.
+
+Both take caffe preprocessing (in the classifier's graph) and name their layers
+`blockN_...`, five blocks each ending in a max-pool, so fine-tuning cuts are the same
+layer names. `tiny` (one 3x3 conv per block, 4 to 16 channels: about 5,000 parameters)
+lets the plumbing tests (export, parity, runtime, serve, bench) run in seconds; the
+tests about VGG16 itself keep a VGG16 run.
+"""
+
+from __future__ import annotations
+
+from toolkit.bases.spec import BaseSpec, register
+
+CAFFE_TEXT = "raw RGB pixels 0..255, NHWC; caffe preprocessing (RGB->BGR, minus ImageNet mean) is in the graph"
+BLOCKS = ("block1", "block2", "block3", "block4", "block5")
+CUTS = {"block5": "block4_pool", "block4": "block3_pool"}  # first unfrozen block -> last frozen layer
+
+VGG16_CHAIN = (
+    (3, 64), (64, 64), "pool",
+    (64, 128), (128, 128), "pool",
+    (128, 256), (256, 256), (256, 256), "pool",
+    (256, 512), (512, 512), (512, 512), "pool",
+    (512, 512), (512, 512), (512, 512), "pool",
+)  # fmt: skip
+TINY_CHANNELS = (4, 8, 8, 16, 16)
+TINY_CHAIN = tuple(
+    item
+    for c_in, c_out in zip((3, *TINY_CHANNELS[:-1]), TINY_CHANNELS, strict=True)
+    for item in ((c_in, c_out), "pool")
+)
+
+
+def build_vgg16(input_shape: tuple[int, int, int]):
+    import keras
+
+    return keras.applications.VGG16(include_top=False, weights=None, input_shape=input_shape)
+
+
+def build_tiny(input_shape: tuple[int, int, int]):
+    """Five blocks of one 3x3 conv + ReLU and a 2x2 max-pool, named as VGG's layers are."""
+    import keras
+
+    inputs = keras.Input(input_shape, name="input_layer")
+    x = inputs
+    for i, channels in enumerate(TINY_CHANNELS, start=1):
+        x = keras.layers.Conv2D(channels, 3, padding="same", activation="relu", name=f"block{i}_conv1")(x)
+        x = keras.layers.MaxPooling2D(2, name=f"block{i}_pool")(x)
+    return keras.Model(inputs, x, name="tiny")
+
+
+VGG16 = register(
+    BaseSpec(
+        name="vgg16",
+        layer_name="vgg16",
+        build=build_vgg16,
+        preprocessing="caffe",
+        preprocessing_text=CAFFE_TEXT,
+        default_size=224,
+        min_size=32,
+        cuts=CUTS,
+        blocks=BLOCKS,
+        conv_chain=VGG16_CHAIN,
+        features_channels=512,
+        imagenet=True,
+        description="VGG16 (Simonyan & Zisserman 2014), 14.7 M parameters without its top",
+    )
+)
+TINY = register(
+    BaseSpec(
+        name="tiny",
+        layer_name="tiny",
+        build=build_tiny,
+        preprocessing="caffe",
+        preprocessing_text=CAFFE_TEXT,
+        default_size=32,
+        min_size=32,
+        cuts=CUTS,
+        blocks=BLOCKS,
+        conv_chain=TINY_CHAIN,
+        features_channels=TINY_CHANNELS[-1],
+        imagenet=False,
+        test_only=True,
+        description="test-only: VGG-shaped, one conv per block, about 5,000 parameters",
+    )
+)
