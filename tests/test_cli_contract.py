@@ -191,6 +191,7 @@ def test_artifacts_are_readable_by_others_and_stale_temporaries_are_cleaned(expo
     assert remove_stale_temporaries(tmp_path) == 1 and not stale.exists() and keep.exists()
 
 
+@pytest.mark.slow  # a wheel, a venv, pip
 def test_base_install_predicts_without_tensorflow(exported_run, tmp_path):
     """Build the wheel, install only the base into a fresh venv, and run predict on ONNX and TFLite."""
     root = Path(__file__).resolve().parents[1]

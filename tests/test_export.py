@@ -154,6 +154,7 @@ def test_bad_options_are_export_errors(trained_run):
         export_run(trained_run, ExportOptions(opset=19))
 
 
+@pytest.mark.slow  # a killed export subprocess
 def test_export_killed_halfway_leaves_nothing_that_looks_valid(trained_run, tmp_path):
     import signal
     import subprocess
@@ -227,6 +228,7 @@ def _activation_scales(path) -> dict[str, float]:
     }
 
 
+@pytest.mark.slow  # three int8 exports per format
 @pytest.mark.parametrize("fmt", ["onnx", "tflite"])
 def test_each_calibration_method_is_used_and_recorded(trained_run, tmp_path, fmt):
     """minmax, entropy and percentile give different activation ranges, on stratified training images."""
@@ -268,6 +270,7 @@ def test_calibration_images_come_from_every_class_of_train(trained_run, monkeypa
     assert sorted(index[bytes(img.tobytes())] for img in images) == [0, 0, 1, 1]
 
 
+@pytest.mark.slow  # int8 exports and diagnosis
 def test_diagnose_ranks_every_quantized_layer_of_both_int8_paths_and_runs_when_a_gate_fails(trained_run, tmp_path):
     from typer.testing import CliRunner
 

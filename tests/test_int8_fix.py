@@ -12,6 +12,8 @@ from toolkit.cli import app
 from toolkit.export import ExportOptions, export_run
 from toolkit.parity import ParityOverrides
 
+pytestmark = pytest.mark.slow  # repeated int8 exports
+
 STRICT = ParityOverrides(min_agreement=1.0, max_accuracy_drop=0.0)  # every validation decision must agree
 
 

@@ -39,6 +39,7 @@ def test_bf16_features_stay_close_to_float32(trained_run):
     assert relative < 2e-2
 
 
+@pytest.mark.slow  # TensorFlow in a subprocess
 def test_best_keras_opens_in_plain_keras_without_the_toolkit(trained_run):
     """A colleague with only Keras installed can open the model and gets the same probabilities."""
     import subprocess

@@ -94,6 +94,30 @@ def test_lock_is_released_when_its_holder_is_killed_and_wait_waits(tmp_path):
     short.wait(10)
 
 
+def test_a_child_forked_while_the_lock_is_held_does_not_keep_the_folder_busy(tmp_path):
+    """A helper a library forks mid-export (and leaves running) must not hold the folder after the export."""
+    import os
+    import signal
+
+    from toolkit.fileio import folder_lock
+
+    folder = tmp_path / "f"
+    ready, started = os.pipe()
+    with folder_lock(folder):
+        child = os.fork()
+        if child == 0:  # the helper: lives on after its parent lets go of the folder
+            os.write(started, b"1")  # (its fork hooks have run by now)
+            time.sleep(30)
+            os._exit(0)
+        os.read(ready, 1)
+    try:
+        with folder_lock(folder):  # the next export
+            pass
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+
+
 # 2. two exports into one folder
 
 

@@ -15,6 +15,8 @@ import pytest
 
 from tests.conftest import validation_files
 
+pytestmark = pytest.mark.slow  # the browser
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 

@@ -63,6 +63,22 @@ def atomic_path(dest: str | os.PathLike[str], suffix: str | None = None) -> Iter
 TEMP_MARK = ".toolkit-tmp-"
 
 
+_HELD_LOCKS: set[int] = set()  # descriptors of the folder locks this process holds
+
+
+def _drop_held_locks_in_child() -> None:
+    """A forked child shares the parent's lock (flock follows the open file description) and could keep it
+    after the parent is done: a library forking a helper mid-export left the next export "in use". The
+    child never writes the folder, so it lets go of its copies at once; the parent's lock is unaffected."""
+    for fd in list(_HELD_LOCKS):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_drop_held_locks_in_child)
+
+
 @contextlib.contextmanager
 def folder_lock(folder: str | os.PathLike[str], wait: bool = False):
     """Hold the one-writer lock of `folder` (an OS file lock, so a crash or SIGKILL releases it).
@@ -89,8 +105,10 @@ def folder_lock(folder: str | os.PathLike[str], wait: bool = False):
                 fcntl.flock(fd, fcntl.LOCK_EX)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"PID {os.getpid()} ({' '.join(Path(a).name for a in sys.argv[:2])})\n".encode(), 0)
+        _HELD_LOCKS.add(fd)
         yield folder
     finally:
+        _HELD_LOCKS.discard(fd)
         os.close(fd)  # closing the descriptor releases the lock
 
 

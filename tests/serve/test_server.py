@@ -21,6 +21,8 @@ from tests.conftest import validation_files
 from tests.serve.conftest import running_server
 from toolkit.runtime import load
 
+pytestmark = pytest.mark.slow  # live servers
+
 ARTIFACTS = ["model_float32.onnx", "model_int8.tflite", "model_bf16.xml"]  # ONNX Runtime, LiteRT, OpenVINO
 
 

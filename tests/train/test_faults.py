@@ -7,6 +7,8 @@ import pytest
 from tests.conftest import train_config
 from toolkit.errors import DiskFullError
 
+pytestmark = pytest.mark.slow  # killed and resumed training subprocesses
+
 
 def _start_fault(mode: str, marker, *args):
     import subprocess

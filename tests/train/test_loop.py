@@ -9,6 +9,8 @@ import pytest
 from tests.conftest import train_config
 from toolkit.errors import Interrupted, TrainingError, WeightsError
 
+pytestmark = pytest.mark.slow  # real trainings
+
 RUN_FILES = (
     "best.keras",
     "labels.json",
