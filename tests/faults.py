@@ -10,14 +10,22 @@ sleeps, so the test can deliver SIGKILL or SIGINT exactly there.
 
 from __future__ import annotations
 
+import signal
 import sys
-import time
+import threading
 from pathlib import Path
+
+_INTERRUPTED = threading.Event()
+
+
+def _on_sigint(signum, frame) -> None:
+    _INTERRUPTED.set()  # wakes a pause that Keras runs on a callback thread, whose sleep SIGINT cannot interrupt
+    signal.default_int_handler(signum, frame)
 
 
 def _pause(marker: Path) -> None:
     marker.write_text("paused")
-    time.sleep(120)
+    _INTERRUPTED.wait(120)
 
 
 def _patch_epoch_pause(marker: Path) -> None:
@@ -91,6 +99,7 @@ def _train_args(data: str, out: str) -> list[str]:
 
 def main() -> None:
     mode, marker = sys.argv[1], Path(sys.argv[2])
+    signal.signal(signal.SIGINT, _on_sigint)
     import toolkit.run_folder as run_folder
     import toolkit.train.fit as t
 
