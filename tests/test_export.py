@@ -358,3 +358,18 @@ def test_two_step_tflite_int8_with_minmax_matches_the_converters_one_step_model(
 
     two_step = outputs(model_path=str(exported_run / "export" / "model_int8.tflite"))
     np.testing.assert_array_equal(two_step, outputs(model_content=one_step))
+
+
+def test_each_tflite_file_holds_the_weights_its_precision_names(exported_run):
+    """float16 stores float16 weights, dynamic and int8 int8 ones, float32 neither (a converter flag gone wrong)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    dtypes = {}
+    for precision in ("float32", "float16", "dynamic", "int8"):
+        details = Interpreter(
+            model_path=str(exported_run / "export" / f"model_{precision}.tflite")
+        ).get_tensor_details()
+        dtypes[precision] = {np.dtype(d["dtype"]).name for d in details}
+    assert "float16" in dtypes["float16"] and "int8" not in dtypes["float16"]
+    assert not {"float16", "int8"} & dtypes["float32"]
+    assert "int8" in dtypes["dynamic"] and "int8" in dtypes["int8"]
