@@ -89,6 +89,19 @@ def demo_data(
     typer.echo(f"wrote {out_dir}")
 
 
+@app.command("bases")
+@user_errors
+def bases(json_output: JsonFlag = False) -> None:
+    """List the base networks: GFLOP, parameters, sizes, fine-tuning cuts, ImageNet top-1, weights here."""
+    from toolkit.bases.catalog import base_rows
+    from toolkit.console import print_bases
+
+    rows = base_rows()
+    if json_output:
+        return _echo_json(rows)
+    print_bases(rows)
+
+
 def _explicit_options(ctx: typer.Context) -> set[str]:
     """The options the user typed (not defaults): `--resume` compares them with the stored config."""
     return {name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"}

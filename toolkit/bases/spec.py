@@ -17,9 +17,10 @@ ConvChain = tuple[tuple[int, int] | str, ...]
 class BaseSpec:
     """What the toolkit needs to know about a base network, in one place.
 
-    `build(input_shape)` returns the headless Keras model with random weights (the
-    weights resolver loads real ones); it is called under the dtype policy the caller
-    sets, which is how the bf16/fp16 copies of a base are made. `cuts` maps a
+    `build(input_shape, weights=None)` returns the headless Keras model (weights: None
+    for random, "imagenet" or a file, as keras.applications takes them); it is called
+    under the dtype policy the caller sets, which is how the bf16/fp16 copies of a base
+    are made. `cuts` maps a
     fine-tuning start (`--fine-tune-from`) to the last frozen layer, a block boundary
     that a single tensor crosses: cached fine-tuning trains on that layer's output.
     `blocks` lists the block prefix of every layer name from which a block is
@@ -28,7 +29,7 @@ class BaseSpec:
 
     name: str
     layer_name: str  # the nested Keras model's name inside a classifier's `features`
-    build: Callable[[tuple[int, int, int]], object]
+    build: Callable[..., object]
     preprocessing: str  # "caffe": RGB->BGR minus the ImageNet mean, in the graph
     preprocessing_text: str
     default_size: int
@@ -37,7 +38,9 @@ class BaseSpec:
     blocks: tuple[str, ...]  # block prefixes in order: "block1", ..., "block5"
     conv_chain: ConvChain  # for the FLOP count of a plain chain of 3x3 convolutions
     features_channels: int
-    imagenet: bool  # pretrained ImageNet weights exist (through the resolver)
+    keras_weights_file: str | None  # Keras's ImageNet no-top file (None: no pretrained weights)
+    offline_weights: bool = False  # the resolver has an offline source (VGG16's derived file)
+    imagenet_top1: float | None = None  # published ImageNet top-1 (keras.applications' table), for `toolkit bases`
     test_only: bool = False
     description: str = ""
 

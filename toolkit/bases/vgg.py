@@ -1,6 +1,6 @@
-"""VGG16 (the default base) and `tiny`, a test-only base of the same shape.
+"""VGG16 (the default base), VGG19, and `tiny`, a test-only base of the same shape.
 
-Both take caffe preprocessing (in the classifier's graph) and name their layers
+All take caffe preprocessing (in the classifier's graph) and name their layers
 `blockN_...`, five blocks each ending in a max-pool, so fine-tuning cuts are the same
 layer names. `tiny` (one 3x3 conv per block, 4 to 16 channels: about 5,000 parameters)
 lets the plumbing tests (export, parity, runtime, serve, bench) run in seconds; the
@@ -22,6 +22,13 @@ VGG16_CHAIN = (
     (256, 512), (512, 512), (512, 512), "pool",
     (512, 512), (512, 512), (512, 512), "pool",
 )  # fmt: skip
+VGG19_CHAIN = (
+    (3, 64), (64, 64), "pool",
+    (64, 128), (128, 128), "pool",
+    (128, 256), (256, 256), (256, 256), (256, 256), "pool",
+    (256, 512), (512, 512), (512, 512), (512, 512), "pool",
+    (512, 512), (512, 512), (512, 512), (512, 512), "pool",
+)  # fmt: skip
 TINY_CHANNELS = (4, 8, 8, 16, 16)
 TINY_CHAIN = tuple(
     item
@@ -30,16 +37,24 @@ TINY_CHAIN = tuple(
 )
 
 
-def build_vgg16(input_shape: tuple[int, int, int]):
+def build_vgg16(input_shape: tuple[int, int, int], weights: str | None = None):
     import keras
 
-    return keras.applications.VGG16(include_top=False, weights=None, input_shape=input_shape)
+    return keras.applications.VGG16(include_top=False, weights=weights, input_shape=input_shape)
 
 
-def build_tiny(input_shape: tuple[int, int, int]):
+def build_vgg19(input_shape: tuple[int, int, int], weights: str | None = None):
+    import keras
+
+    return keras.applications.VGG19(include_top=False, weights=weights, input_shape=input_shape)
+
+
+def build_tiny(input_shape: tuple[int, int, int], weights: str | None = None):
     """Five blocks of one 3x3 conv + ReLU and a 2x2 max-pool, named as VGG's layers are."""
     import keras
 
+    if weights is not None:
+        raise ValueError("the tiny test base has no pretrained weights")
     inputs = keras.Input(input_shape, name="input_layer")
     x = inputs
     for i, channels in enumerate(TINY_CHANNELS, start=1):
@@ -61,8 +76,28 @@ VGG16 = register(
         blocks=BLOCKS,
         conv_chain=VGG16_CHAIN,
         features_channels=512,
-        imagenet=True,
-        description="VGG16 (Simonyan & Zisserman 2014), 14.7 M parameters without its top",
+        keras_weights_file="vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        offline_weights=True,
+        imagenet_top1=71.3,
+        description="VGG16 (Simonyan & Zisserman 2014), 13 convolutions; the tutorial's base",
+    )
+)
+VGG19 = register(
+    BaseSpec(
+        name="vgg19",
+        layer_name="vgg19",
+        build=build_vgg19,
+        preprocessing="caffe",
+        preprocessing_text=CAFFE_TEXT,
+        default_size=224,
+        min_size=32,
+        cuts=CUTS,
+        blocks=BLOCKS,
+        conv_chain=VGG19_CHAIN,
+        features_channels=512,
+        keras_weights_file="vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        imagenet_top1=71.3,
+        description="VGG19, 16 convolutions; the published ELPV result's base (Deitsch et al. 2019)",
     )
 )
 TINY = register(
@@ -78,7 +113,7 @@ TINY = register(
         blocks=BLOCKS,
         conv_chain=TINY_CHAIN,
         features_channels=TINY_CHANNELS[-1],
-        imagenet=False,
+        keras_weights_file=None,
         test_only=True,
         description="test-only: VGG-shaped, one conv per block, about 5,000 parameters",
     )
