@@ -1,7 +1,7 @@
 """`make bench-int8`: the int8 choices side by side on a trained run, scored on its held-out test images.
 
 For each calibration method (minmax, entropy, percentile) and for the automatic fix
-(`--int8-max-drop 1`), exports ONNX and TFLite int8 and records the parity gate's
+(`--int8-max-drop 1`), exports ONNX, TFLite and OpenVINO (NNCF) int8 and records the parity gate's
 validation agreement and accuracy, the test accuracy, the batch-1 latency and the
 layers kept in float; then the float alternatives (ONNX float32, OpenVINO bf16).
 Writes benchmarks/INT8.md and benchmarks/int8.json (one section per run; a rerun replaces
@@ -88,7 +88,8 @@ def measure(run: Path, test_dir: Path) -> dict:
     for name, flags in VARIANTS:
         toolkit("export", str(run), "--precision", "int8", "--quiet", *flags)
         artifacts = exported(run)
-        rows += [{"variant": name, **score(run, artifacts[k], test_dir)} for k in ("onnx int8", "tflite int8")]
+        names = [k for k in ("onnx int8", "tflite int8", "openvino int8") if k in artifacts]
+        rows += [{"variant": name, **score(run, artifacts[k], test_dir)} for k in names]
     toolkit("export", str(run), "--format", "onnx", "--precision", "float32", "--quiet")
     toolkit("export", str(run), "--format", "openvino", "--quiet")
     artifacts = exported(run)
