@@ -23,7 +23,12 @@ from toolkit.runtime import load
 
 pytestmark = pytest.mark.slow  # live servers
 
-ARTIFACTS = ["model_float32.onnx", "model_int8.tflite", "model_bf16.xml", "model_int8.xml"]  # ONNX Runtime, LiteRT, OpenVINO
+ARTIFACTS = [
+    "model_float32.onnx",
+    "model_int8.tflite",
+    "model_bf16.xml",
+    "model_int8.xml",
+]  # ONNX Runtime, LiteRT, OpenVINO
 
 
 def _pixels(run, count: int = 6) -> np.ndarray:
