@@ -104,6 +104,20 @@ def exported_run(trained_run, tmp_path_factory) -> Path:
     return run
 
 
+def go_offline(monkeypatch, application: str) -> None:
+    """keras.applications.<application> as on a machine without internet: weights="imagenet" fails to download."""
+    import keras
+
+    real = getattr(keras.applications, application)
+
+    def offline(*args, weights=None, **kwargs):
+        if weights == "imagenet":
+            raise Exception("URL fetch failure on https://example: None -- [Errno -2] Name or service not known")
+        return real(*args, weights=weights, **kwargs)
+
+    monkeypatch.setattr(keras.applications, application, offline)
+
+
 def validation_files(run: Path) -> list[Path]:
     """The image files of a test run's validation split (what export's parity gate ran on), sorted by class."""
     import json

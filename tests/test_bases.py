@@ -62,23 +62,17 @@ def test_vgg16_flops_match_the_published_figure():
 
 def test_a_base_without_an_offline_source_names_keras_file_and_weights_path(tmp_path, monkeypatch):
     """VGG19 offline: Keras's cache, Keras's download, then one line naming the file and --weights PATH."""
-    import keras
 
+    from tests.conftest import go_offline
     from toolkit import weights as resolver
     from toolkit.model import build_base
     from toolkit.weights import WeightsRequest
 
-    real = keras.applications.VGG19
-
-    def offline(*args, weights=None, **kwargs):
-        if weights == "imagenet":
-            raise Exception("URL fetch failure on https://example: None -- [Errno -2] Name or service not known")
-        return real(*args, weights=weights, **kwargs)
+    go_offline(monkeypatch, "VGG19")
 
     def no_pip(spec, dest):
         raise AssertionError("VGG19 has no offline source: pip must not be asked")
 
-    monkeypatch.setattr(keras.applications, "VGG19", offline)
     monkeypatch.setattr(resolver, "pip_download", no_pip)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     lines = []

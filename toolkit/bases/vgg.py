@@ -37,16 +37,15 @@ TINY_CHAIN = tuple(
 )
 
 
-def build_vgg16(input_shape: tuple[int, int, int], weights: str | None = None):
-    import keras
+def keras_application(name: str):
+    """A builder for keras.applications.<name> without its top (looked up at call time)."""
 
-    return keras.applications.VGG16(include_top=False, weights=weights, input_shape=input_shape)
+    def build(input_shape: tuple[int, int, int], weights: str | None = None):
+        import keras
 
+        return getattr(keras.applications, name)(include_top=False, weights=weights, input_shape=input_shape)
 
-def build_vgg19(input_shape: tuple[int, int, int], weights: str | None = None):
-    import keras
-
-    return keras.applications.VGG19(include_top=False, weights=weights, input_shape=input_shape)
+    return build
 
 
 def build_tiny(input_shape: tuple[int, int, int], weights: str | None = None):
@@ -63,58 +62,40 @@ def build_tiny(input_shape: tuple[int, int, int], weights: str | None = None):
     return keras.Model(inputs, x, name="tiny")
 
 
-VGG16 = register(
-    BaseSpec(
-        name="vgg16",
-        layer_name="vgg16",
-        build=build_vgg16,
-        preprocessing="caffe",
-        preprocessing_text=CAFFE_TEXT,
-        default_size=224,
-        min_size=32,
-        cuts=CUTS,
-        blocks=BLOCKS,
-        conv_chain=VGG16_CHAIN,
-        features_channels=512,
-        keras_weights_file="vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
-        offline_weights=True,
-        imagenet_top1=71.3,
-        description="VGG16 (Simonyan & Zisserman 2014), 13 convolutions; the tutorial's base",
-    )
+def _vgg_shaped(name: str, **record) -> BaseSpec:
+    """A record of VGG's shape: caffe preprocessing, five `blockN_` blocks, the same cuts, 32 px at least."""
+    shared = dict(preprocessing="caffe", preprocessing_text=CAFFE_TEXT, min_size=32, cuts=CUTS, blocks=BLOCKS)
+    return register(BaseSpec(name=name, layer_name=name, **shared, **record))
+
+
+VGG16 = _vgg_shaped(
+    "vgg16",
+    build=keras_application("VGG16"),
+    default_size=224,
+    conv_chain=VGG16_CHAIN,
+    features_channels=512,
+    keras_weights_file="vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    offline_weights=True,
+    imagenet_top1=71.3,
+    description="VGG16 (Simonyan & Zisserman 2014), 13 convolutions; the tutorial's base",
 )
-VGG19 = register(
-    BaseSpec(
-        name="vgg19",
-        layer_name="vgg19",
-        build=build_vgg19,
-        preprocessing="caffe",
-        preprocessing_text=CAFFE_TEXT,
-        default_size=224,
-        min_size=32,
-        cuts=CUTS,
-        blocks=BLOCKS,
-        conv_chain=VGG19_CHAIN,
-        features_channels=512,
-        keras_weights_file="vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
-        imagenet_top1=71.3,
-        description="VGG19, 16 convolutions; the published ELPV result's base (Deitsch et al. 2019)",
-    )
+VGG19 = _vgg_shaped(
+    "vgg19",
+    build=keras_application("VGG19"),
+    default_size=224,
+    conv_chain=VGG19_CHAIN,
+    features_channels=512,
+    keras_weights_file="vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    imagenet_top1=71.3,
+    description="VGG19, 16 convolutions; the published ELPV result's base (Deitsch et al. 2019)",
 )
-TINY = register(
-    BaseSpec(
-        name="tiny",
-        layer_name="tiny",
-        build=build_tiny,
-        preprocessing="caffe",
-        preprocessing_text=CAFFE_TEXT,
-        default_size=32,
-        min_size=32,
-        cuts=CUTS,
-        blocks=BLOCKS,
-        conv_chain=TINY_CHAIN,
-        features_channels=TINY_CHANNELS[-1],
-        keras_weights_file=None,
-        test_only=True,
-        description="test-only: VGG-shaped, one conv per block, about 5,000 parameters",
-    )
+TINY = _vgg_shaped(
+    "tiny",
+    build=build_tiny,
+    default_size=32,
+    conv_chain=TINY_CHAIN,
+    features_channels=TINY_CHANNELS[-1],
+    keras_weights_file=None,
+    test_only=True,
+    description="test-only: VGG-shaped, one conv per block, about 5,000 parameters",
 )

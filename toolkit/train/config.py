@@ -114,8 +114,6 @@ class TrainConfig:
                 f"--base-precision {self.precision} applies to the cached frozen-base passes, and "
                 "--no-cache-features trains the whole model in float32: drop one of them"
             )
-        if self.fine_tune_from not in tuple(FineTuneFrom):
-            raise DatasetError(f"--fine-tune-from must be one of {_choices(FineTuneFrom)}")
         if not 0 <= self.dropout < 1:
             raise DatasetError("--dropout must be in [0, 1)")
         if self.weight_decay < 0:
