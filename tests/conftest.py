@@ -16,7 +16,8 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TOOLKIT_BENCH_PEAK_SIZE", "256")  # bench's matrix peaks: a quick multiply, not the 2048 one
 if os.environ.get("PYTEST_XDIST_WORKER"):  # one core per xdist worker (make test runs one worker per core)
-    for _var in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
+    # Intra-op only: a single inter-op thread can starve multi-worker training's blocking collectives.
+    for _var in ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS"):
         os.environ.setdefault(_var, "1")
 
 IMAGE_SIZE = 32
