@@ -31,6 +31,25 @@ def _modules(prefix: str) -> dict[str, Path]:
     return {_module_name(p): p for p in PACKAGE.rglob("*.py") if _module_name(p).startswith(prefix)}
 
 
+RUNTIME_FORBIDDEN = (
+    "toolkit.train",
+    "toolkit.data",
+    "toolkit.model",
+    "toolkit.run_folder",
+    "toolkit.bases",
+    "toolkit.weights",
+)
+
+
+def test_the_runtime_is_a_leaf_that_imports_nothing_of_training_data_loading_or_model_building():
+    """What an app embeds: its imports stay within the base layer (files, facts, imaging, keras_io) and itself."""
+    offenders = {
+        name: sorted(i for i in _imports(path) if any(i == f or i.startswith(f + ".") for f in RUNTIME_FORBIDDEN))
+        for name, path in _modules("toolkit.runtime").items()
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
 def test_export_bench_and_runtime_never_import_the_training_loop():
     offenders = {
         name: sorted(i for i in _imports(path) if i == "toolkit.train" or i.startswith("toolkit.train."))
@@ -54,6 +73,9 @@ LAYERS = [
             "toolkit.progress",
             "toolkit.fileio",
             "toolkit.facts",
+            "toolkit.imaging",
+            "toolkit.layout",
+            "toolkit.keras_io",
         ],
     ),
     (
@@ -151,7 +173,7 @@ def test_the_package_has_no_import_cycle():
     assert cycles == []
 
 
-def test_run_folder_names_are_written_only_in_run_folder():
+def test_run_folder_names_are_written_only_in_layout():
     names = (
         '"best.keras"',
         '"labels.json"',
@@ -167,7 +189,7 @@ def test_run_folder_names_are_written_only_in_run_folder():
     stray = [
         f"{path.relative_to(PACKAGE)}: {n}"
         for path in PACKAGE.rglob("*.py")
-        if path.name != "run_folder.py"
+        if path.name != "layout.py"
         for n in names
         if n in path.read_text()
     ]

@@ -94,7 +94,8 @@ def test_every_base_trains_fine_tunes_exports_and_predicts_what_keras_predicts(n
 
     from tests.conftest import train_config
     from toolkit.export import ExportOptions, export_run
-    from toolkit.model import base_model, load_keras_model, predict_in_batches
+    from toolkit.keras_io import load_keras_model, predict_in_batches
+    from toolkit.model import base_model
     from toolkit.parity import ParityOverrides
     from toolkit.runtime import load
     from toolkit.train import train

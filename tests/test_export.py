@@ -330,7 +330,7 @@ def test_two_step_tflite_int8_with_minmax_matches_the_converters_one_step_model(
     from ai_edge_litert.interpreter import Interpreter
 
     from toolkit.export.tflite import anchored_calibration
-    from toolkit.model import load_keras_model
+    from toolkit.keras_io import load_keras_model
     from toolkit.run_folder import load_run
 
     run = load_run(exported_run)

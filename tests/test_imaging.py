@@ -8,9 +8,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from toolkit.data import imaging
-from toolkit.data.imaging import load_image_array, load_rgb
+from toolkit import imaging
 from toolkit.errors import DatasetError
+from toolkit.imaging import load_image_array, load_rgb
 
 
 def _png_bytes(img: Image.Image, **kwargs) -> bytes:

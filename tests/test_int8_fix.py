@@ -25,7 +25,7 @@ def _razor_thin_operating_point(run) -> float:
     """
     import numpy as np
 
-    from toolkit.model import load_keras_model, predict_in_batches
+    from toolkit.keras_io import load_keras_model, predict_in_batches
     from toolkit.run_folder import load_run
 
     loaded = load_run(run)
@@ -92,7 +92,8 @@ def _plant_outlier_channel(run, layer: str, following: str, factor: float = 1000
     import keras
     import numpy as np
 
-    from toolkit.model import base_model, load_keras_model
+    from toolkit.keras_io import load_keras_model
+    from toolkit.model import base_model
 
     model = load_keras_model(run / "best.keras")
     vgg = base_model(model)

@@ -10,7 +10,8 @@ from tests.conftest import IMAGE_SIZE
 
 
 def test_saved_model_takes_raw_pixels_and_keeps_preprocessing_inside(vgg16_run):
-    from toolkit.model import IMAGENET_BGR_MEAN, base_model, features_part, load_keras_model
+    from toolkit.keras_io import IMAGENET_BGR_MEAN, load_keras_model
+    from toolkit.model import base_model, features_part
 
     model = load_keras_model(vgg16_run / "best.keras")
     assert base_model(model).name == "vgg16"
@@ -28,7 +29,8 @@ def test_saved_model_takes_raw_pixels_and_keeps_preprocessing_inside(vgg16_run):
 
 def test_bf16_features_stay_close_to_float32(trained_run):
     """The bf16 extractor is the same network: relative feature error stays near bf16's 8-bit mantissa."""
-    from toolkit.model import build_feature_extractor, features_part, load_keras_model
+    from toolkit.keras_io import load_keras_model
+    from toolkit.model import build_feature_extractor, features_part
 
     model = load_keras_model(trained_run / "best.keras")
     x = np.random.default_rng(0).integers(0, 256, (4, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32)
@@ -45,7 +47,7 @@ def test_best_keras_opens_in_plain_keras_without_the_toolkit(trained_run):
     import subprocess
     import sys
 
-    from toolkit.model import load_keras_model, predict_in_batches
+    from toolkit.keras_io import load_keras_model, predict_in_batches
 
     x = np.random.default_rng(1).integers(0, 256, (3, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32)
     expected = predict_in_batches(load_keras_model(trained_run / "best.keras"), x)
@@ -69,7 +71,7 @@ def test_run_folders_from_before_the_standard_preprocessing_layer_still_load(tmp
     """Models saved with the old custom CaffePreprocess layer load and compute the same features."""
     import keras
 
-    from toolkit.model import IMAGENET_BGR_MEAN, custom_objects, load_keras_model
+    from toolkit.keras_io import IMAGENET_BGR_MEAN, custom_objects, load_keras_model
 
     legacy = custom_objects()["CaffePreprocess"]
     image = keras.Input((8, 8, 3))

@@ -9,8 +9,8 @@ from tests.conftest import IMAGE_SIZE
 
 def test_final_metrics_are_those_of_the_saved_model_on_validation_images(trained_run):
     from toolkit.data import SplitOptions, discover_dataset, load_split_images
+    from toolkit.keras_io import load_keras_model, predict_in_batches
     from toolkit.metrics import classification_metrics
-    from toolkit.model import load_keras_model, predict_in_batches
 
     config = json.loads((trained_run / "config.json").read_text())
     split = discover_dataset(config["data_dir"], SplitOptions(val_split=0.25, seed=1))

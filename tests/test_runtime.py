@@ -435,7 +435,7 @@ def test_keras_lambda_layer_is_refused_by_safe_mode(tmp_path):
     import keras
 
     from toolkit.errors import ModelError
-    from toolkit.model import load_keras_model
+    from toolkit.keras_io import load_keras_model
 
     path = _save_keras_with(tmp_path, keras.layers.Lambda(lambda x: x * 2))
     with pytest.raises(ModelError, match="safe_mode"):
@@ -448,7 +448,7 @@ def test_keras_unknown_custom_object_is_refused(tmp_path):
     import keras
 
     from toolkit.errors import ModelError
-    from toolkit.model import load_keras_model
+    from toolkit.keras_io import load_keras_model
 
     path = _save_keras_with(tmp_path, keras.layers.Dense(2))
     tampered = tmp_path / "tampered.keras"

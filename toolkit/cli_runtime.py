@@ -48,7 +48,7 @@ def predict(
     ] = None,
 ) -> None:
     """Classify images with an exported model (no TensorFlow needed for .onnx/.tflite); exit 2 if any failed."""
-    from toolkit.data.imaging import collect_images
+    from toolkit.imaging import collect_images
 
     load_options = {
         "device": device.value,

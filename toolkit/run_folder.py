@@ -20,23 +20,25 @@ import numpy as np
 from toolkit.data import ImageArrays, SplitOptions, load_dataset
 from toolkit.errors import DatasetError, ModelError
 from toolkit.fileio import atomic_path, write_json_atomic, write_text_atomic, write_with
+from toolkit.layout import (  # noqa: F401  (the run folder's names, re-exported for its writers)
+    BENCH_DIR,
+    BENCH_JSON,
+    BEST,
+    CACHE_DIR,
+    CONFIG,
+    CURVES,
+    DATA_REPORT,
+    EXPORT_DIR,
+    HISTORY,
+    LABELS,
+    MANIFEST,
+    METRICS,
+    RUN,
+    STATE,
+    manifest_artifacts,
+    read_json_file,
+)
 from toolkit.operating_point import Decision, parse_labels_payload
-
-# Every name of the run folder, defined here once (training writes them, export, bench and the runtime read them).
-BEST = "best.keras"
-CONFIG = "config.json"
-LABELS = "labels.json"
-STATE = "train_state.json"
-HISTORY = "history.csv"
-CURVES = "curves.png"
-RUN = "run.json"
-METRICS = "metrics.json"
-DATA_REPORT = "data_report.json"
-CACHE_DIR = "cache"
-EXPORT_DIR = "export"  # RUN/export/: the artifacts and their manifest
-MANIFEST = "manifest.json"
-BENCH_DIR = "bench"  # RUN/bench/: bench.json, bench.md and the plots
-BENCH_JSON = "bench.json"
 
 
 @dataclasses.dataclass
@@ -188,14 +190,6 @@ class RunFolder:
         return RunData(data.train, data.val)
 
 
-def read_json_file(path: Path, what: str):
-    """A JSON file of the run folder, or a one-line ModelError naming it."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot read {what} {path}: {' '.join(str(exc).split())[:120]}") from None
-
-
 def check_config(config, path: Path) -> dict:
     """A run's config.json as export and bench need it; damage of any shape is one line naming file and key."""
     if not isinstance(config, dict):
@@ -210,20 +204,6 @@ def check_config(config, path: Path) -> dict:
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise ModelError(f"{path}: '{key}' must be a number, got {value!r}")
     return config
-
-
-def manifest_artifacts(path: Path) -> list[dict]:
-    """The `artifacts` of an export manifest, each with format, precision and path; damage is one line."""
-    data = read_json_file(path, "export manifest")
-    artifacts = data.get("artifacts") if isinstance(data, dict) else None
-    if not isinstance(artifacts, list):
-        raise ModelError(f"{path}: 'artifacts' must be a list")
-    for entry in artifacts:
-        if not isinstance(entry, dict) or not all(
-            isinstance(entry.get(k), str) for k in ("format", "precision", "path")
-        ):
-            raise ModelError(f"{path}: each entry of 'artifacts' needs 'format', 'precision' and 'path' strings")
-    return artifacts
 
 
 def load_run(run_dir: str | Path, need_model: bool = True) -> RunFolder:

@@ -40,7 +40,7 @@ def image_folder(tmp_path_factory) -> Path:
 
 
 def _paths(folder: Path) -> list[str]:
-    from toolkit.data.imaging import collect_images
+    from toolkit.imaging import collect_images
 
     return [str(p) for p in collect_images([folder])[0]]
 

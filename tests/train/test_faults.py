@@ -36,7 +36,7 @@ def _wait_for(marker, proc, timeout=240.0):
 
 
 def _resume_and_check(demo_dir, out):
-    from toolkit.model import load_keras_model
+    from toolkit.keras_io import load_keras_model
     from toolkit.train import train
 
     train(train_config(demo_dir, out, epochs=4), resume=True, log=lambda _m: None, verbose=0)
@@ -49,7 +49,7 @@ def _resume_and_check(demo_dir, out):
 def test_sigkill_mid_epoch_keeps_a_good_checkpoint_and_resumes(demo_dir, tmp_path):
     import signal
 
-    from toolkit.model import load_keras_model
+    from toolkit.keras_io import load_keras_model
 
     out, marker = tmp_path / "run", tmp_path / "marker"
     proc = _start_fault("train-epoch", marker, demo_dir, out)
@@ -64,7 +64,7 @@ def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one(demo_dir, tmp
     import hashlib
     import signal
 
-    from toolkit.model import load_keras_model
+    from toolkit.keras_io import load_keras_model
 
     out, marker = tmp_path / "run", tmp_path / "marker"
     proc = _start_fault("train-checkpoint", marker, demo_dir, out)
@@ -120,7 +120,7 @@ def test_full_disk_while_checkpointing_is_one_error_and_keeps_the_good_file(demo
     with pytest.raises(DiskFullError, match="no space left"):
         train(train_config(demo_dir, out, epochs=3), log=lambda _m: None, verbose=0)
     monkeypatch.setattr(keras.Model, "save", real_save)
-    from toolkit.model import load_keras_model
+    from toolkit.keras_io import load_keras_model
 
     load_keras_model(out / "best.keras")
     assert not list(out.glob(".best.keras.*"))

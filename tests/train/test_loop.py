@@ -113,7 +113,8 @@ def test_fine_tuning_moves_the_unfrozen_blocks_only(
     demo_dir, tmp_path, monkeypatch, block, cached, frozen_layer, moved_layer
 ):
     import toolkit.train.fit as fit_module
-    from toolkit.model import base_model, load_keras_model
+    from toolkit.keras_io import load_keras_model
+    from toolkit.model import base_model
     from toolkit.train import train
 
     monkeypatch.setattr(fit_module, "improved", lambda value, best, mode: True)  # best.keras = last epoch
@@ -154,7 +155,7 @@ def test_fine_tuning_moves_the_unfrozen_blocks_only(
 
 def test_fine_tuning_on_cached_features_is_fine_tuning_on_images(demo_dir, tmp_path):
     """One full batch per epoch, no augmentation: the cached upper model computes what the whole network does."""
-    from toolkit.model import load_keras_model
+    from toolkit.keras_io import load_keras_model
     from toolkit.train import train
 
     weights = {}
@@ -178,7 +179,8 @@ def test_fine_tuning_on_cached_features_is_fine_tuning_on_images(demo_dir, tmp_p
 
 def test_cached_and_uncached_training_reach_equivalent_heads(demo_dir, tmp_path):
     """Training the head on cached features is the same computation as the tutorial recipe."""
-    from toolkit.model import head_part, load_keras_model
+    from toolkit.keras_io import load_keras_model
+    from toolkit.model import head_part
     from toolkit.train import train
 
     for name, cached in (("cached", True), ("tutorial", False)):
@@ -368,7 +370,8 @@ def test_bf16_fine_tuning_trains_float32_weights_in_bf16_and_saves_a_float32_mod
 
     import toolkit.train.fit as fit_module
     import toolkit.train.loop as loop
-    from toolkit.model import base_model, load_keras_model
+    from toolkit.keras_io import load_keras_model
+    from toolkit.model import base_model
     from toolkit.train import train
 
     seen, original = {}, loop.fit_phase

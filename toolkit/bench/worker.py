@@ -36,7 +36,8 @@ def _keras_runner(path: str, threads: int, precision: str = "float32"):
     tf = import_tensorflow()
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    from toolkit.model import inference_function, load_keras_model, with_precision
+    from toolkit.keras_io import inference_function, load_keras_model
+    from toolkit.model import with_precision
 
     model = with_precision(load_keras_model(path), "bf16" if precision == "bf16" else "fp32")
     return inference_function(model), "cpu"

@@ -18,9 +18,9 @@ from typing import Protocol
 
 import numpy as np
 
-from toolkit.data.imaging import load_image_array
 from toolkit.errors import DatasetError
 from toolkit.fileio import atomic_path, write_json_atomic
+from toolkit.imaging import load_image_array
 from toolkit.progress import track
 
 CACHE_FORMAT_VERSION = 1

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.data.cache import ImageArrays, SkippedFile, decode_all, load_split_images
-from toolkit.data.imaging import image_extensions
 from toolkit.errors import DatasetError
 from toolkit.fileio import write_json_atomic
+from toolkit.imaging import image_extensions
 
 VAL_DIR_NAMES = ("val", "valid", "validation")
 TEST_DIR_NAME = "test"

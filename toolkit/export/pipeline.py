@@ -152,7 +152,7 @@ def _parity_set(model, data, options: ExportOptions, seed: int, decision=None) -
     accuracy. Training images that calibrate int8 are a part of their own, so their agreement is seen apart.
     """
     from toolkit.data import stratified_sample
-    from toolkit.model import predict_in_batches
+    from toolkit.keras_io import predict_in_batches
 
     val_index = stratified_sample(data.val.labels, options.parity_images, seed)
     room = max(0, options.parity_images - len(val_index))
@@ -228,7 +228,7 @@ def export_run(run_dir: str | Path, options: ExportOptions = ExportOptions()) ->
 
 
 def _export_locked(run: RunFolder, formats: list[ExportFormat], options: ExportOptions) -> ExportReport:
-    from toolkit.model import load_keras_model
+    from toolkit.keras_io import load_keras_model
 
     model = load_keras_model(run.best)
     data = run.load_data(options.data_dir)

@@ -24,13 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.data.imaging import ImageSource, load_image_array
 from toolkit.errors import DatasetError, RuntimeModelError
 from toolkit.facts import FACTS_KEY, InputSpec, ModelFacts
 from toolkit.fileio import sha256_file
+from toolkit.imaging import ImageSource, load_image_array
+from toolkit.layout import LABELS, manifest_artifacts
+from toolkit.layout import MANIFEST as MANIFEST_NAME
 from toolkit.operating_point import Decision, decision_from_json, parse_labels_payload
-from toolkit.run_folder import LABELS, manifest_artifacts
-from toolkit.run_folder import MANIFEST as MANIFEST_NAME
 from toolkit.runtime.backends import open_backend
 from toolkit.runtime.base import Backend, Device, PixelScale
 

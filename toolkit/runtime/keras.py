@@ -27,7 +27,7 @@ class KerasBackend(Backend):
             raise RuntimeModelError(
                 ".keras models need TensorFlow (pip install 'toolkit[train]'); or use an exported .onnx or .tflite file"
             ) from None
-        from toolkit.model import inference_function, load_keras_model
+        from toolkit.keras_io import inference_function, load_keras_model
 
         if threads:
             try:

@@ -22,8 +22,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from toolkit import __version__
-from toolkit.data.imaging import load_image_array
 from toolkit.errors import DatasetError, ImageTooLargeError, ProtocolError, ServerClosingError, ToolkitError
+from toolkit.imaging import load_image_array
 from toolkit.runtime import Classifier
 from toolkit.serve.batcher import DynamicBatcher
 from toolkit.serve.metrics import ServerMetrics

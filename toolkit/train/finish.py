@@ -11,8 +11,9 @@ from toolkit import __version__
 from toolkit.data import DataReport, LoadedDataset
 from toolkit.errors import TrainingError
 from toolkit.fileio import write_json_atomic
+from toolkit.keras_io import load_keras_model, predict_in_batches
 from toolkit.metrics import Metrics, classification_metrics, plot_confusion, plot_roc
-from toolkit.model import head_part, load_keras_model, predict_in_batches
+from toolkit.model import head_part
 from toolkit.operating_point import Decision, choose_threshold, parse_operating_point, resolve_positive_class
 from toolkit.run_folder import (
     BEST,

@@ -128,7 +128,8 @@ def build_model(config: TrainConfig, strategy, num_classes: int, log: Callable[[
     """The classifier under the strategy's scope; returns (model, WeightsInfo, warnings)."""
     import keras
 
-    from toolkit.model import build_classifier, count_params
+    from toolkit.keras_io import count_params
+    from toolkit.model import build_classifier
     from toolkit.weights import WeightsRequest
 
     keras.utils.set_random_seed(config.seed)
@@ -223,7 +224,8 @@ def finetune_phase(ctx: FitContext, data: LoadedDataset, augmenter, precision: s
     blocks' forward and backward passes; `--no-cache-features` trains the whole
     network on images every step, as the tutorial does.
     """
-    from toolkit.model import load_keras_model, unfreeze_for_fine_tuning
+    from toolkit.keras_io import load_keras_model
+    from toolkit.model import unfreeze_for_fine_tuning
     from toolkit.train.fit import set_compute_precision
 
     config = ctx.config
@@ -350,7 +352,7 @@ def _start(config, resume, chief, explicit, cluster, log, verbose) -> _Started:
 
 def _train_started(s: _Started, cluster: dict) -> TrainResult:
     from toolkit.data.augment import RandomAffine
-    from toolkit.model import count_params
+    from toolkit.keras_io import count_params
 
     config, ctx, data = s.config, s.ctx, s.data
     augmenter = RandomAffine(config.seed) if config.augment else None

@@ -80,7 +80,7 @@ function resizeBilinear(rgb, width, height, outW, outH) {
   return data;
 }
 
-// RGBA from the canvas -> RGB, transparent regions over white (as toolkit.data.imaging does).
+// RGBA from the canvas -> RGB, transparent regions over white (as toolkit.imaging does).
 function toRgb(rgba) {
   const n = rgba.length / 4;
   const rgb = new Uint8Array(n * 3);
