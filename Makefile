@@ -12,7 +12,7 @@ DEMO_SIZE ?= 224
 # with pip (docs/training.md "Weights"); run.json names the weights actually used.
 WEIGHTS_FLAGS := --weights $(or $(VGG16_WEIGHTS),imagenet)
 
-.PHONY: install system-deps demo test check lint format bench bench-real bench-int8 bench-serve clean-demo
+.PHONY: install system-deps demo test check lint format bench bench-real bench-int8 bench-serve bench-bases clean-demo
 
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 ORT_WEB := node_modules/onnxruntime-web/dist/ort.wasm.min.js
@@ -64,6 +64,12 @@ bench: $(BIN)/toolkit
 ELPV_CACHE ?= $(HOME)/.cache/toolkit-elpv
 bench-real: $(BIN)/toolkit
 	$(BIN)/python benchmarks/real.py --cache $(ELPV_CACHE) --weights $(or $(VGG16_WEIGHTS),imagenet)
+
+# Every base network (toolkit bases) with random weights at 224 px: export --format all, then bench at batch 1:
+# size and latency per format, GFLOP counted on the graph; writes benchmarks/BASES.md (~60 min, 2 cores).
+# BASES="mobilenetv3large efficientnetv2b0" measures some and replaces their rows.
+bench-bases: $(BIN)/toolkit
+	$(BIN)/python benchmarks/bases.py $(BASES)
 
 # int8 side by side (calibration methods, the automatic fix, OpenVINO bf16) on the demo run (make demo first)
 # and on the real-data run that make bench-real leaves in ELPV_CACHE/run; writes benchmarks/INT8.md (~25 min).

@@ -89,6 +89,9 @@ LAYERS = [
             "toolkit.bases",
             "toolkit.bases.spec",
             "toolkit.bases.vgg",
+            "toolkit.bases.mobile",
+            "toolkit.bases.server",
+            "toolkit.bases.flops",
         ],
     ),
     ("model", ["toolkit.model", "toolkit.weights", "toolkit.run_folder", "toolkit.bases.catalog"]),
@@ -97,7 +100,7 @@ LAYERS = [
         "stages",
         ["toolkit.train*", "toolkit.export*", "toolkit.bench*", "toolkit.evaluate", "toolkit.batch*", "toolkit.serve*"],
     ),
-    ("cli", ["toolkit.console", "toolkit.cli_flags", "toolkit.cli_runtime", "toolkit.cli"]),
+    ("cli", ["toolkit.console", "toolkit.cli_flags", "toolkit.cli_runtime", "toolkit.cli_train", "toolkit.cli"]),
 ]
 
 

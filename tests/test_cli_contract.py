@@ -72,8 +72,36 @@ def test_bad_choices_are_refused_before_any_work(args, needle):
 
 
 def test_help_lists_the_choices():
-    result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
-    assert "flatten|gap" in result.stdout and "val_loss|val_accuracy|val_auc" in result.stdout
+    text = " ".join(runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).stdout.split())
+    assert "flatten|gap" in text and "val_loss, val_accuracy, val_auc" in text
+
+
+def test_train_help_reads_at_80_columns_in_the_config_groups():
+    """No line over 80 columns, no option name cut, the options under TrainConfig's concerns."""
+    result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "80"}, terminal_width=80)
+    lines = result.stdout.splitlines()
+    assert result.exit_code == 0 and max(map(len, lines)) <= 80 and "…" not in result.stdout
+    for panel in ("Data:", "Base network:", "Head:", "Optimisation:", "Fine-tuning:", "Decision (two classes):"):
+        assert panel in lines, panel
+    text = " ".join(result.stdout.split())
+    assert "--validate-on-test / --no-validate-on-test" in text and "resnet50v2: conv5, conv4" in text
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--image-size", "16"], "--image-size must be at least 32 for vgg16, got 16"),
+        (["--base", "mobilenetv2", "--fine-tune-from", "block5"], "one of block_13, block_6 for mobilenetv2"),
+        (["--epochs", "0"], "--epochs must be at least 1"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--patience", "-1"], "--patience must be 0 or more"),
+        (["--base", "resnet"], "unknown base resnet; choose from vgg16"),
+    ],
+)
+def test_train_ranges_are_checked_once_by_the_library(args, needle, tmp_path):
+    """The CLI carries no ranges: TrainConfig.validate refuses, in one line with exit 2, before any work."""
+    result = runner.invoke(app, ["train", str(tmp_path / "absent"), "--out", str(tmp_path / "run"), *args])
+    _one_error_line(result, 2, needle)
 
 
 def test_internal_errors_are_one_line_with_exit_3_and_debug_shows_the_traceback(tmp_path, monkeypatch):

@@ -18,7 +18,7 @@ from toolkit.evaluate import EvaluateOptions
 from toolkit.export.base import Calibration, ExportTarget, Precision
 from toolkit.export.pipeline import ExportOptions
 from toolkit.hardware import BasePrecision, Strategy
-from toolkit.model import FineTuneFrom, Head
+from toolkit.model import Head
 from toolkit.parity import ParityOverrides
 from toolkit.runtime import LoadOptions, PredictOptions
 from toolkit.runtime.base import Device, PixelScale
@@ -62,7 +62,6 @@ CHOICES = {
     ("train", "monitor"): Monitor,
     ("train", "class_weight"): ClassWeight,
     ("train", "fine_tune_schedule"): Schedule,
-    ("train", "fine_tune_from"): FineTuneFrom,
     ("train", "strategy"): Strategy,
     ("export", "format"): ExportTarget,
     ("export", "calibration"): Calibration,
@@ -126,6 +125,14 @@ def test_every_choice_list_is_the_library_enum():
         annotation = param.type_descriptor.annotation
         kinds = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
         assert kinds == [enum], (command, name, annotation)  # the library's enum itself, not a copy
+
+
+def test_fine_tune_from_help_lists_every_base_cut_from_the_records():
+    from toolkit.bases import base_names, get_base
+
+    param = next(p for p in _commands()["train"].params if p.name == "fine_tune_from")
+    for name in base_names():
+        assert f"{name}: {', '.join(get_base(name).cuts)}" in param.help
 
 
 def test_comma_separated_options_check_against_the_library_enum():

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import IMAGE_SIZE
+from toolkit.bases import Preprocessing, base_names, get_base
 
 
 def test_saved_model_takes_raw_pixels_and_keeps_preprocessing_inside(vgg16_run):
@@ -82,9 +83,30 @@ def test_run_folders_from_before_the_standard_preprocessing_layer_still_load(tmp
     np.testing.assert_allclose(loaded(x).numpy(), x[..., ::-1] - np.array(IMAGENET_BGR_MEAN, np.float32), atol=1e-4)
 
 
-@pytest.mark.parametrize("block", ["block5", "block4"])
-def test_the_cut_and_the_layers_above_it_compose_to_the_whole_model(block):
-    """Cached fine-tuning's pieces: frozen part up to the cut, then the base above it (+ head) = the classifier."""
+BASE_CUTS = [(name, cut) for name in base_names() for cut in get_base(name).cuts]
+
+
+@pytest.mark.parametrize("kind", list(Preprocessing))
+def test_each_preprocessing_layer_computes_what_keras_applications_computes(kind):
+    """The frozen 1x1 convolution equals keras.applications' own preprocess_input for that mode."""
+    import keras
+
+    from toolkit.model import pixel_preprocess
+
+    image = keras.Input((8, 8, 3))
+    model = keras.Model(image, pixel_preprocess(image, kind))
+    x = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3)).astype(np.float32)
+    expected = keras.applications.imagenet_utils.preprocess_input(x.copy(), mode=str(kind))
+    np.testing.assert_allclose(model(x).numpy(), expected, rtol=1e-5, atol=1e-4)
+    assert model.layers[-1].name == f"{kind}_preprocess" and not model.layers[-1].trainable
+
+
+@pytest.mark.parametrize(("base", "block"), BASE_CUTS)
+def test_the_cut_and_the_layers_above_it_compose_to_the_whole_model(base, block):
+    """Cached fine-tuning's pieces: frozen part up to the cut, then the base above it (+ head) = the classifier.
+
+    For every base and cut: residual bases replay their graph from the cut (BatchNorm in inference mode).
+    """
     from toolkit.model import (
         build_classifier,
         build_feature_extractor,
@@ -94,7 +116,7 @@ def test_the_cut_and_the_layers_above_it_compose_to_the_whole_model(block):
         fine_tune_cut,
     )
 
-    model, _ = build_classifier(2, 32, weights="none", head="gap+gmp")
+    model, _ = build_classifier(2, 32, weights="none", head="gap+gmp", base=base)
     x = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype(np.float32)
     cut = build_feature_extractor(model, "fp32", until=fine_tune_cut(model, block))(x, training=False)
     np.testing.assert_allclose(

@@ -7,14 +7,12 @@ Vocabularies and defaults come from the library's enums and dataclasses; heavy i
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from toolkit import cli_runtime
-from toolkit.bases import base_names
+from toolkit import cli_runtime, cli_train
 from toolkit.bench.types import BenchFormat, BenchOptions
 from toolkit.cli_flags import (
     Arg,
@@ -23,6 +21,7 @@ from toolkit.cli_flags import (
     ImageSize,
     JsonFlag,
     Opt,
+    PanelledCommand,
     QuietFlag,
     ThreadsFlag,
     VerifyFlag,
@@ -33,15 +32,13 @@ from toolkit.console import OneLineErrors, load_classifier, set_debug, use_progr
 from toolkit.console import csv_choices as _csv
 from toolkit.console import echo_json as _echo_json
 from toolkit.data.demo import DemoDataConfig
-from toolkit.errors import ParityError, ToolkitError
+from toolkit.errors import ParityError
 from toolkit.evaluate import EvaluateOptions
 from toolkit.export.base import Calibration, ExportTarget, Precision
 from toolkit.export.pipeline import ExportOptions
-from toolkit.hardware import BasePrecision, Strategy
-from toolkit.model import FineTuneFrom, Head
 from toolkit.runtime import LoadOptions
 from toolkit.runtime.base import Device
-from toolkit.train.config import ClassWeight, Monitor, Schedule, TrainConfig
+from toolkit.train.config import TrainConfig
 
 # Every default below is read from the library's dataclass that owns it (tests/test_cli_defaults.py checks it).
 TRAIN = TrainConfig("", "")
@@ -56,7 +53,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="Train, export, benchmark and serve image classifiers built on a frozen VGG16.",
+    help="Train, export, benchmark and serve image classifiers built on a frozen ImageNet base.",
 )
 
 
@@ -100,98 +97,6 @@ def bases(json_output: JsonFlag = False) -> None:
     if json_output:
         return _echo_json(rows)
     print_bases(rows)
-
-
-def _explicit_options(ctx: typer.Context) -> set[str]:
-    """The options the user typed (not defaults): `--resume` compares them with the stored config."""
-    return {name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"}
-
-
-@app.command()
-@user_errors
-def train(
-    ctx: typer.Context,
-    data_dir: Annotated[Path, Arg(help="DATA_DIR/train/<class>/ [+ val/] [+ test/], or DATA_DIR/<class>/.")],
-    out: Annotated[Path | None, Opt(help="Run folder (default models/<timestamp>).")] = None,
-    base: Annotated[str, Opt(help=f"Base network: {', '.join(base_names())}.")] = TRAIN.base,
-    image_size: ImageSize = TRAIN.image_size,
-    epochs: Annotated[int, Opt(min=1, help="Epochs of the frozen-base phase.")] = TRAIN.epochs,
-    batch_size: Annotated[int, Opt(min=1)] = TRAIN.batch_size,
-    lr: Annotated[float, Opt(help="Adam learning rate.")] = TRAIN.lr,
-    seed: Annotated[int, Opt(help="Seeded runs are repeatable.")] = TRAIN.seed,
-    val_split: Annotated[float, Opt(help="Validation share carved from train/ (or a flat folder).")] = TRAIN.val_split,
-    test_split: Annotated[
-        float, Opt(help="Held-out test share of a flat DATA_DIR/<class>/ folder.")
-    ] = TRAIN.test_split,
-    validate_on_test: Annotated[
-        bool, Opt(help="train/ + test/ only: validate on test/ as the Keras tutorial does (no held-out test).")
-    ] = TRAIN.validate_on_test,
-    positive_class: Annotated[str | None, Opt(help="Two classes: the finding (AUC etc.).")] = TRAIN.positive_class,
-    operating_point: Annotated[
-        str | None, Opt(help="Two classes: sensitivity=S, specificity=S or threshold=T, chosen on val.")
-    ] = TRAIN.operating_point,
-    augment: Annotated[bool, Opt("--augment/--no-augment", help="Random flip, shift, zoom, rotation.")] = TRAIN.augment,
-    aug_views: Annotated[int, Opt(min=0, help="Precompute K augmented views (0: fresh each epoch).")] = TRAIN.aug_views,
-    cache_features: Annotated[
-        bool, Opt("--cache-features/--no-cache-features", help="Run the frozen base once, train the head.")
-    ] = TRAIN.cache_features,
-    base_precision: Annotated[
-        BasePrecision, Opt(help="Compute precision of the cached frozen-base passes.")
-    ] = TRAIN.precision,
-    head: Annotated[
-        Head, Opt(help="flatten (Flatten+Dense) or pooled: gap, gmp, gap+gmp (+Dropout+Dense).")
-    ] = TRAIN.head,
-    dropout: Annotated[float, Opt(help="Dropout before the pooled heads' Dense layer.")] = TRAIN.dropout,
-    weight_decay: Annotated[float, Opt(help="AdamW weight decay (0: Adam).")] = TRAIN.weight_decay,
-    label_smoothing: Annotated[float, Opt(help="Label smoothing of the cross-entropy.")] = TRAIN.label_smoothing,
-    weights: Annotated[str, Opt(help="imagenet, none, or a local weights file.")] = TRAIN.weights,
-    allow_random_weights: Annotated[
-        bool, Opt(help="If no ImageNet weights can be had, train from random weights (loudly).")
-    ] = TRAIN.allow_random_weights,
-    monitor: Annotated[Monitor, Opt(help="Metric that picks the best epoch.")] = TRAIN.monitor,
-    patience: Annotated[int, Opt(min=0, help="Early-stopping patience in epochs (0: off).")] = TRAIN.patience,
-    class_weight: Annotated[ClassWeight, Opt(help="auto: balanced, for imbalanced data.")] = (TRAIN.class_weight),
-    fine_tune_epochs: Annotated[
-        int, Opt(min=0, help="Epochs with the top blocks unfrozen afterwards.")
-    ] = TRAIN.fine_tune_epochs,
-    fine_tune_lr: Annotated[float | None, Opt(help="Fine-tuning learning rate (default lr/10).")] = TRAIN.fine_tune_lr,
-    fine_tune_schedule: Annotated[
-        Schedule, Opt(help="cosine: decay the fine-tuning rate to 0 over its epochs.")
-    ] = TRAIN.fine_tune_schedule,
-    fine_tune_from: Annotated[
-        FineTuneFrom, Opt(help="First unfrozen block; trained on the cached output below it.")
-    ] = TRAIN.fine_tune_from,
-    strategy: Annotated[Strategy, Opt(help="multiworker reads TF_CONFIG.")] = TRAIN.strategy,
-    cache_dir: Annotated[Path | None, Opt(help="Decoded-image cache (default RUN_DIR/cache).")] = TRAIN.cache_dir,
-    resume: Annotated[bool, Opt(help="Continue an interrupted run in --out (only --epochs may change).")] = (False),
-    wait: WaitFlag = False,
-    quiet: Annotated[bool, Opt(help="No progress bars or per-epoch output.")] = False,
-    json_output: JsonFlag = False,
-) -> None:
-    """Train a classifier on a frozen ImageNet VGG16 base plus a small new head."""
-    from toolkit.tf_setup import import_tensorflow
-
-    import_tensorflow()
-    from toolkit.console import print_train_result
-    from toolkit.train import train as run_training
-
-    use_progress(quiet or json_output)
-    if out is None:
-        if resume:
-            raise ToolkitError("--resume needs --out RUN_DIR")
-        import datetime
-
-        out = Path("models") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    paths = {"data_dir": str(data_dir), "out": str(out), "cache_dir": str(cache_dir) if cache_dir else None}
-    config = _options(TrainConfig, ctx.params, precision=base_precision.value, **paths)
-    explicit = _explicit_options(ctx) - {"out", "resume", "quiet", "json_output", "wait"}
-    explicit = {"precision" if name == "base_precision" else name for name in explicit} | {"data_dir"}
-    log = (lambda _m: None) if json_output else typer.echo
-    quiet_fit = 0 if quiet or json_output else (1 if sys.stdout.isatty() else 2)  # 2: one line per epoch
-    result = run_training(config, resume=resume, log=log, verbose=quiet_fit, explicit=explicit, wait=wait)
-    if json_output:
-        return _echo_json(result)
-    print_train_result(result)
 
 
 INT8_MAX_DROP_HELP = "int8: allowed accuracy drop (points); tries each calibration, then keeps worst layers float."
@@ -350,6 +255,7 @@ def bench(
     print_bench_report(report, batches)
 
 
+app.command(cls=PanelledCommand)(cli_train.train)
 app.command()(cli_runtime.predict)
 app.command()(cli_runtime.serve)
 

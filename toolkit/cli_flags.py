@@ -31,3 +31,30 @@ def options_from(cls, params: dict, **overrides):
     names = {f.name for f in dataclasses.fields(cls)}
     values = {k: (v.value if isinstance(v, Enum) else v) for k, v in params.items() if k in names}
     return cls(**{**values, **overrides})
+
+
+class PanelledCommand(typer.core.TyperCommand):
+    """Plain click help with the options in sections named by their `rich_help_panel`.
+
+    Rich's option table cuts long flag names (`--validate-on-te…`) and breaks choice
+    lists at 80 columns; click's definition list puts a long flag on its own line
+    instead, so a command with many options (`toolkit train`) reads in a narrow terminal.
+    """
+
+    def format_help(self, ctx, formatter) -> None:
+        self.format_usage(ctx, formatter)
+        self.format_help_text(ctx, formatter)
+        self.format_options(ctx, formatter)
+        self.format_epilog(ctx, formatter)
+
+    def format_options(self, ctx, formatter) -> None:
+        sections: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            default = "Arguments" if param.param_type_name == "argument" else "Options"
+            sections.setdefault(getattr(param, "rich_help_panel", None) or default, []).append(record)
+        for name, rows in sections.items():
+            with formatter.section(name):
+                formatter.write_dl(rows)

@@ -321,9 +321,9 @@ def csv_choices(enum: type[Enum]):
 
 def print_bases(rows: list) -> None:
     """`toolkit bases` as a table (top-1 is the published ImageNet figure, not measured here)."""
-    table = Table("base", "GFLOP", "params", "size", "min", "--fine-tune-from (cut)", "ImageNet top-1", "weights here")
+    table = Table("base", "GFLOP", "params", "size", "min", "--fine-tune-from", "ImageNet top-1", "weights here")
     for r in rows:
-        cuts = ", ".join(f"{k} ({v})" for k, v in r.cuts.items())
+        cuts = ", ".join(r.cuts)
         top1 = "" if r.imagenet_top1 is None else f"{r.imagenet_top1:.1f}%"
         table.add_row(
             r.name,
@@ -336,4 +336,8 @@ def print_bases(rows: list) -> None:
             r.weights_here,
         )
     Console(width=max(Console().width, 120)).print(table)
-    typer.echo("GFLOP: one image at the default size with a 2-class pooled head; top-1: keras.applications' table")
+    typer.echo(
+        "GFLOP: counted on the graph, one image at the default size with a 2-class pooled head. "
+        "--fine-tune-from: the first is the default (--json names each cut's last frozen layer). "
+        "Top-1: as published (keras.io applications table, the ConvNeXt paper), not measured here."
+    )

@@ -13,10 +13,12 @@ from __future__ import annotations
 from enum import StrEnum
 from pathlib import Path
 
-from toolkit.bases import DEFAULT_BASE, BaseSpec, get_base, spec_for_layer
+from toolkit.bases import DEFAULT_BASE, BaseSpec, Preprocessing, get_base, spec_for_layer
 from toolkit.errors import ModelError, WeightsError
 from toolkit.keras_io import IMAGENET_BGR_MEAN
 from toolkit.weights import WeightsInfo, WeightsRequest, imagenet_base
+
+IMAGENET_RGB_MEAN, IMAGENET_RGB_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # torch mode, on 0..1
 
 
 class Head(StrEnum):
@@ -28,40 +30,43 @@ class Head(StrEnum):
     gap_gmp = "gap+gmp"
 
 
-class FineTuneFrom(StrEnum):
-    """The first unfrozen block of fine-tuning."""
-
-    block5 = "block5"
-    block4 = "block4"
-
-
-FINE_TUNE_BLOCK = FineTuneFrom.block5
-
-
 def _keras():
     import keras
 
     return keras
 
 
-def caffe_preprocess(x, name: str = "caffe_preprocess", dtype: str | None = None):
-    """RGB 0..255 -> BGR minus the ImageNet mean, as VGG16 was trained, applied to the Keras tensor `x`.
-
-    Built from one standard layer, a frozen 1x1 `Conv2D` whose kernel swaps R and B
-    and whose bias subtracts the mean, so plain Keras opens `best.keras` without this
-    package. Its products are by 1 and 0, so float32 results equal `x[..., ::-1] - mean`
-    exactly; full-int8 converters quantise it per channel without loss (a REVERSE_V2
-    channel swap had cost full-int8 TFLite 20 points of agreement).
-    """
+# The preprocessing a base wants, as one frozen 1x1 convolution: (kernel[in, out], bias) on raw RGB 0..255.
+def _affine(kind: Preprocessing):
     import numpy as np
 
-    keras = _keras()
-    layer = keras.layers.Conv2D(3, 1, name=name, trainable=False, dtype=dtype)
+    kernel = np.zeros((3, 3), np.float32)
+    if kind == Preprocessing.caffe:  # RGB -> BGR minus the ImageNet mean, as VGG was trained
+        for out_channel, in_channel in enumerate((2, 1, 0)):
+            kernel[in_channel, out_channel] = 1.0
+        return kernel, -np.asarray(IMAGENET_BGR_MEAN, np.float32)
+    if kind == Preprocessing.tf:  # x / 127.5 - 1, to [-1, 1]
+        np.fill_diagonal(kernel, 1.0 / 127.5)
+        return kernel, np.full(3, -1.0, np.float32)
+    mean, std = np.asarray(IMAGENET_RGB_MEAN, np.float32), np.asarray(IMAGENET_RGB_STD, np.float32)
+    np.fill_diagonal(kernel, 1.0 / (255.0 * std))  # torch: (x / 255 - mean) / std
+    return kernel, -mean / std
+
+
+def pixel_preprocess(x, kind: Preprocessing, suffix: str = "", dtype: str | None = None):
+    """The base's preprocessing applied to the Keras tensor `x` of raw RGB 0..255.
+
+    Built from one standard layer, a frozen 1x1 `Conv2D` (named "caffe_preprocess",
+    "tf_preprocess" or "torch_preprocess"), so plain Keras opens `best.keras` without
+    this package. caffe's products are by 1 and 0, so float32 results equal
+    `x[..., ::-1] - mean` exactly;
+    full-int8 converters quantise the layer per channel without loss (a REVERSE_V2
+    channel swap had cost full-int8 TFLite 20 points of agreement).
+    """
+    layer = _keras().layers.Conv2D(3, 1, name=f"{kind}_preprocess{suffix}", trainable=False, dtype=dtype)
     y = layer(x)
-    kernel = np.zeros((1, 1, 3, 3), np.float32)
-    for out_channel, in_channel in enumerate((2, 1, 0)):
-        kernel[0, 0, in_channel, out_channel] = 1.0
-    layer.set_weights([kernel, -np.asarray(IMAGENET_BGR_MEAN, np.float32)])
+    kernel, bias = _affine(kind)
+    layer.set_weights([kernel.reshape(1, 1, 3, 3), bias])
     return y
 
 
@@ -88,9 +93,8 @@ def build_base(spec: BaseSpec, image_size: int, request: WeightsRequest):
         path = Path(weights)
         if not path.is_file():
             raise WeightsError(f"weights file not found: {path} (use imagenet, none, or a path)")
-        base = spec.build(shape)
-        try:
-            base.load_weights(str(path))
+        try:  # through the builder, as keras.applications loads a file (a base may convert after loading)
+            base = spec.build(shape, str(path))
         except Exception as exc:
             raise WeightsError(f"cannot load {spec.name} weights from {path}: {str(exc).splitlines()[0]}") from exc
         info = WeightsInfo(weights, "file", path=str(path.resolve()))
@@ -138,9 +142,10 @@ def build_classifier(
     if num_classes < 2:
         raise ModelError("a classifier needs at least two classes")
     request = weights if isinstance(weights, WeightsRequest) else WeightsRequest(weights)
-    base, info = build_base(get_base(base), image_size, request)
+    spec = get_base(base)
+    base, info = build_base(spec, image_size, request)
     image = keras.Input((image_size, image_size, 3), name="image")
-    x = caffe_preprocess(image)
+    x = pixel_preprocess(image, spec.preprocessing)
     x = base(x, training=False)
     features = keras.Model(image, x, name="features")
     features.trainable = False
@@ -171,34 +176,50 @@ def base_spec(model) -> BaseSpec:
     return spec_for_layer(nested[0])
 
 
-def fine_tune_cut(model, block: str) -> str:
-    """The last frozen layer when fine-tuning starts at `block`: cached fine-tuning trains on its output."""
-    spec = base_spec(model)
-    spec.cut_block(block)
-    return spec.cuts[block]
+def fine_tune_cut(model, cut: str) -> str:
+    """The last frozen layer when fine-tuning starts at `cut`: cached fine-tuning trains on its output."""
+    return base_spec(model).cut_layer(cut)
 
 
-def unfreeze_for_fine_tuning(model, block: str = FINE_TUNE_BLOCK) -> int:
-    """Make `block` and the blocks after it trainable (the rest stays frozen); return the layer count."""
-    spec = base_spec(model)
-    first = spec.cut_block(block)
+def above_cut(base, cut_layer: str):
+    """The base's graph from `cut_layer`'s output to its own output, as a model sharing the base's layers.
+
+    Keras replays the graph between the two tensors (residual branches included), so
+    it is valid for any base whose cut a single tensor crosses; it fails in one line
+    (Keras's "graph disconnected") for a layer inside a block.
+    """
+    keras = _keras()
+    cut = base.get_layer(cut_layer)
+    try:
+        return keras.Model(cut.output, base.output, name=f"{base.name}_above_{cut_layer}")
+    except ValueError as exc:
+        raise ModelError(f"{cut_layer} is not a cut of {base.name} that one tensor crosses: {exc}") from exc
+
+
+def fine_tuned_base_layers(model, cut: str) -> list:
+    """The base's layers above the cut before `cut`: what fine-tuning trains (the head excluded)."""
+    inner = above_cut(base_model(model), fine_tune_cut(model, cut))
+    return [layer for layer in inner.layers if not isinstance(layer, _keras().layers.InputLayer)]
+
+
+def unfreeze_for_fine_tuning(model, cut: str) -> int:
+    """Make the base's layers above the cut trainable (the rest and the preprocessing stay frozen); return their count.
+
+    The base keeps being called with training=False (build_classifier, `_from_cut`), so
+    BatchNormalization layers normalise with their ImageNet statistics while their scale
+    and offset train, as Keras's transfer-learning guide does.
+    """
+    trainable = {id(layer) for layer in fine_tuned_base_layers(model, cut)}
     features = features_part(model)
     features.trainable = True
     base = base_model(model)
     base.trainable = True
-    count = 0
+    for layer in features.layers:
+        if layer is not base:
+            layer.trainable = False
     for layer in base.layers:
-        layer.trainable = spec.block_index(layer.name) >= first
-        count += int(layer.trainable)
-    features.get_layer("caffe_preprocess").trainable = False
-    return count
-
-
-def fine_tuned_base_layers(model, block: str) -> list:
-    """The base's layers from `block` onwards: what cached fine-tuning trains (the head excluded)."""
-    spec = base_spec(model)
-    first = spec.cut_block(block)
-    return [layer for layer in base_model(model).layers if spec.block_index(layer.name) >= first]
+        layer.trainable = id(layer) in trainable
+    return len(trainable)
 
 
 def _base_in(model, precision: str):
@@ -233,42 +254,36 @@ def build_feature_extractor(model, precision: str, until: str | None = None):
     if until is not None:
         base = keras.Model(base.input, base.get_layer(until).output, name=f"{base.name}_to_{until}")
     image = keras.Input(tuple(features.input.shape[1:]), name="image")
-    x = caffe_preprocess(image, name="caffe_preprocess_float32", dtype="float32")
+    x = pixel_preprocess(image, base_spec(model).preprocessing, suffix="_float32", dtype="float32")
     x = keras.ops.cast(base(x, training=False), "float32")
     return keras.Model(image, x, name=f"features_{precision}" + (f"_to_{until}" if until else ""))
 
 
-def _from_cut(model, block: str):
-    """(input tensor at the cut before `block`, output of the base's last layer) through the model's own layers."""
+def _from_cut(model, cut: str):
+    """(input tensor at the cut before `cut`, the base's output) through the model's own layers, BN in inference."""
     keras = _keras()
-    spec = base_spec(model)
     base = base_model(model)
-    first = spec.cut_block(block)
-    cut = base.get_layer(spec.cuts[block])
-    inputs = keras.Input(tuple(cut.output.shape[1:]), name="cut_features")
-    x = inputs
-    for layer in base.layers:
-        if spec.block_index(layer.name) >= first:
-            x = layer(x)
-    return inputs, x
+    inner = above_cut(base, fine_tune_cut(model, cut))
+    inputs = keras.Input(tuple(inner.input.shape[1:]), name="cut_features")
+    return inputs, inner(inputs, training=False)
 
 
-def build_upper_model(model, block: str):
-    """The trainable part of cached fine-tuning: `block` onwards plus the head, on the cut's features.
+def build_upper_model(model, cut: str):
+    """The trainable part of cached fine-tuning: `cut` onwards plus the head, on the cut's features.
 
     Its layers are the classifier's own (shared, not copied), so training it trains
     the classifier that the checkpoint saves.
     """
     keras = _keras()
-    inputs, x = _from_cut(model, block)
-    return keras.Model(inputs, head_part(model)(x), name=f"from_{block}")
+    inputs, x = _from_cut(model, cut)
+    return keras.Model(inputs, head_part(model)(x), name=f"from_{cut}")
 
 
-def build_middle_model(model, block: str):
-    """The base from the cut before `block` to its output: turns cached cut features into the head's features."""
+def build_middle_model(model, cut: str):
+    """The base from the cut before `cut` to its output: turns cached cut features into the head's features."""
     keras = _keras()
-    inputs, x = _from_cut(model, block)
-    return keras.Model(inputs, x, name=f"base_from_{block}")
+    inputs, x = _from_cut(model, cut)
+    return keras.Model(inputs, x, name=f"base_from_{cut}")
 
 
 def with_precision(model, precision: str):

@@ -2,7 +2,10 @@
 
     spec.py  BaseSpec (what a base is: how to build it, its preprocessing, sizes, fine-tuning cuts
              and FLOPs, as data) and the registry
-    vgg.py   vgg16 (the default) and `tiny`, a test-only VGG-shaped base of a few thousand parameters
+    flops.py FLOPs counted on the built graph (any base)
+    vgg.py   vgg16 (the default), vgg19 and `tiny`, a test-only VGG-shaped base of a few thousand parameters
+    mobile.py  mobilenetv2, mobilenetv3small, mobilenetv3large, efficientnetv2b0
+    server.py  resnet50v2, convnexttiny
 
 The model code asks the record instead of knowing VGG16; the nested base is found in a
 classifier by its layer name (`BaseSpec.layer_name`), so runs made before the registry
@@ -11,7 +14,32 @@ classifier by its layer name (`BaseSpec.layer_name`), so runs made before the re
 
 from __future__ import annotations
 
-from toolkit.bases import vgg  # noqa: F401  (registers its bases)
-from toolkit.bases.spec import DEFAULT_BASE, BaseSpec, base_names, get_base, register, spec_for_layer
+# isort: off  (each module registers its bases; this order is `toolkit bases`' order, the default first)
+from toolkit.bases import (
+    mobile,  # noqa: F401
+    server,  # noqa: F401
+    vgg,  # noqa: F401
+)
 
-__all__ = ["DEFAULT_BASE", "BaseSpec", "base_names", "get_base", "register", "spec_for_layer"]
+# isort: on
+from toolkit.bases.spec import (
+    DEFAULT_BASE,
+    BaseSpec,
+    Preprocessing,
+    base_names,
+    cuts_help,
+    get_base,
+    register,
+    spec_for_layer,
+)
+
+__all__ = [
+    "DEFAULT_BASE",
+    "BaseSpec",
+    "Preprocessing",
+    "base_names",
+    "cuts_help",
+    "get_base",
+    "register",
+    "spec_for_layer",
+]

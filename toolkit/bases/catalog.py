@@ -31,7 +31,7 @@ def _weights_here(spec) -> str:
         return "keras cache"
     if spec.offline_weights:
         return "offline source (pip, converted once)"
-    return "Keras download only"
+    return "Keras download (or --weights PATH)"
 
 
 def base_rows(include_test: bool = False) -> list[BaseRow]:

@@ -4,71 +4,81 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from enum import StrEnum
 
 from toolkit.errors import ModelError
 
 DEFAULT_BASE = "vgg16"
 
-# A convolution chain as data: (in channels, out channels) for a 3x3 conv, "pool" for a 2x2 max-pool.
-ConvChain = tuple[tuple[int, int] | str, ...]
+
+class Preprocessing(StrEnum):
+    """How a base wants its pixels (keras.applications' modes); every classifier still takes raw RGB 0..255.
+
+    caffe: RGB->BGR minus the ImageNet mean (VGG); tf: scaled to [-1, 1] (ResNetV2,
+    MobileNets); torch: x/255 minus the ImageNet mean, over its std (EfficientNetV2-B,
+    ConvNeXt). The classifier applies it as one frozen 1x1 convolution; bases that
+    could carry their own (`include_preprocessing`) are built without it, because
+    Keras's Normalization layer holds its mean as a captured constant that the ONNX
+    converter turns into a missing graph input.
+    """
+
+    caffe = "caffe"
+    tf = "tf"
+    torch = "torch"
+
+
+PREPROCESSING_TEXT = {
+    Preprocessing.caffe: "caffe preprocessing (RGB->BGR, minus ImageNet mean) is in the graph",
+    Preprocessing.tf: "tf preprocessing (x / 127.5 - 1) is in the graph",
+    Preprocessing.torch: "torch preprocessing (x / 255, minus ImageNet mean, over ImageNet std) is in the graph",
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class BaseSpec:
     """What the toolkit needs to know about a base network, in one place.
 
-    `build(input_shape, weights=None)` returns the headless Keras model (weights: None
-    for random, "imagenet" or a file, as keras.applications takes them); it is called
-    under the dtype policy the caller sets, which is how the bf16/fp16 copies of a base
-    are made. `cuts` maps a
-    fine-tuning start (`--fine-tune-from`) to the last frozen layer, a block boundary
-    that a single tensor crosses: cached fine-tuning trains on that layer's output.
-    `blocks` lists the block prefix of every layer name from which a block is
-    trainable (data, not parsed from names at run time).
+    `build(input_shape, weights=None)` returns the headless Keras model named
+    `layer_name` (weights: None for random, "imagenet" or a file, as keras.applications
+    takes them); it is called under the dtype policy the caller sets, which is how the
+    bf16/fp16 copies of a base are made. `cuts` maps a fine-tuning start
+    (`--fine-tune-from`, the first one is the default) to the last frozen layer: a
+    block boundary that a single tensor crosses (tests/test_bases.py checks it on the
+    built graph), so cached fine-tuning trains the graph above it on that layer's output.
     """
 
     name: str
     layer_name: str  # the nested Keras model's name inside a classifier's `features`
     build: Callable[..., object]
-    preprocessing: str  # "caffe": RGB->BGR minus the ImageNet mean, in the graph
-    preprocessing_text: str
+    preprocessing: Preprocessing
     default_size: int
     min_size: int
     cuts: dict[str, str]
-    blocks: tuple[str, ...]  # block prefixes in order: "block1", ..., "block5"
-    conv_chain: ConvChain  # for the FLOP count of a plain chain of 3x3 convolutions
-    features_channels: int
     keras_weights_file: str | None  # Keras's ImageNet no-top file (None: no pretrained weights)
     offline_weights: bool = False  # the resolver has an offline source (VGG16's derived file)
-    imagenet_top1: float | None = None  # published ImageNet top-1 (keras.applications' table), for `toolkit bases`
+    imagenet_top1: float | None = None  # published ImageNet top-1, for `toolkit bases` (not measured here)
     test_only: bool = False
     description: str = ""
 
-    def block_index(self, layer_name: str) -> int:
-        """1-based position of the block `layer_name` belongs to (0: no block, e.g. the input)."""
-        for i, block in enumerate(self.blocks, start=1):
-            if layer_name.startswith(block + "_"):
-                return i
-        return 0
+    @property
+    def preprocessing_text(self) -> str:
+        return "raw RGB pixels 0..255, NHWC; " + PREPROCESSING_TEXT[self.preprocessing]
 
-    def cut_block(self, block: str) -> int:
-        """The block index of a fine-tuning start, refused in one line when the base has no such cut."""
-        if block not in self.cuts:
-            raise ModelError(f"--fine-tune-from must be one of {', '.join(self.cuts)} for {self.name}, got {block}")
-        return self.blocks.index(block) + 1
+    @property
+    def default_cut(self) -> str:
+        return next(iter(self.cuts))
+
+    def cut_layer(self, cut: str) -> str:
+        """The last frozen layer of fine-tuning from `cut`, refused in one line when the base has no such cut."""
+        if cut not in self.cuts:
+            raise ModelError(f"--fine-tune-from must be one of {', '.join(self.cuts)} for {self.name}, got {cut}")
+        return self.cuts[cut]
 
     def flops(self, image_size: int, num_classes: int, head: str = "flatten") -> float:
-        """Floating-point operations (2 per multiply-add) of one forward pass with `head`."""
-        side, flops = image_size, 0.0
-        for layer in self.conv_chain:
-            if layer == "pool":
-                side //= 2
-                continue
-            c_in, c_out = layer
-            flops += 2.0 * side * side * 9 * c_in * c_out
-        c = self.features_channels
-        features = {"flatten": side * side * c, "gap+gmp": 2 * c}.get(head, c)
-        return flops + 2.0 * features * num_classes
+        """Floating-point operations (2 per multiply-add) of one forward pass with `head`, counted on the graph."""
+        from toolkit.bases.flops import classifier_flops
+
+        return classifier_flops(self, image_size, num_classes, head)
 
 
 REGISTRY: dict[str, BaseSpec] = {}
@@ -82,7 +92,9 @@ def register(spec: BaseSpec) -> BaseSpec:
 
 
 def base_names(include_test: bool = False) -> list[str]:
-    return [name for name, spec in REGISTRY.items() if include_test or not spec.test_only]
+    """The registered bases, the default first, then in the order their modules registered them."""
+    names = [name for name, spec in REGISTRY.items() if include_test or not spec.test_only]
+    return sorted(names, key=lambda name: name != DEFAULT_BASE)
 
 
 def get_base(name: str) -> BaseSpec:
@@ -97,3 +109,24 @@ def spec_for_layer(layer_name: str) -> BaseSpec:
         if spec.layer_name == layer_name:
             return spec
     raise ModelError(f"the model's base {layer_name!r} is not a registered base ({', '.join(base_names())})")
+
+
+def cuts_help() -> str:
+    """Every public base's fine-tuning cuts, for `--fine-tune-from`'s help (default first)."""
+    return "; ".join(f"{name}: {', '.join(get_base(name).cuts)}" for name in base_names())
+
+
+def keras_application(name: str, layer_name: str, **options) -> Callable[..., object]:
+    """A builder for keras.applications.<name> without its top, named `layer_name` (looked up at call time).
+
+    keras.applications names some bases by their input size (MobileNetV2's
+    "mobilenetv2_1.00_224"); the fixed name is how a saved classifier's base is found.
+    """
+
+    def build(input_shape: tuple[int, int, int], weights: str | None = None):
+        import keras
+
+        constructor = getattr(keras.applications, name)
+        return constructor(include_top=False, weights=weights, input_shape=input_shape, name=layer_name, **options)
+
+    return build

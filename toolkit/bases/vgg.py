@@ -9,43 +9,10 @@ tests about VGG16 itself keep a VGG16 run.
 
 from __future__ import annotations
 
-from toolkit.bases.spec import BaseSpec, register
+from toolkit.bases.spec import BaseSpec, Preprocessing, keras_application, register
 
-CAFFE_TEXT = "raw RGB pixels 0..255, NHWC; caffe preprocessing (RGB->BGR, minus ImageNet mean) is in the graph"
-BLOCKS = ("block1", "block2", "block3", "block4", "block5")
 CUTS = {"block5": "block4_pool", "block4": "block3_pool"}  # first unfrozen block -> last frozen layer
-
-VGG16_CHAIN = (
-    (3, 64), (64, 64), "pool",
-    (64, 128), (128, 128), "pool",
-    (128, 256), (256, 256), (256, 256), "pool",
-    (256, 512), (512, 512), (512, 512), "pool",
-    (512, 512), (512, 512), (512, 512), "pool",
-)  # fmt: skip
-VGG19_CHAIN = (
-    (3, 64), (64, 64), "pool",
-    (64, 128), (128, 128), "pool",
-    (128, 256), (256, 256), (256, 256), (256, 256), "pool",
-    (256, 512), (512, 512), (512, 512), (512, 512), "pool",
-    (512, 512), (512, 512), (512, 512), (512, 512), "pool",
-)  # fmt: skip
 TINY_CHANNELS = (4, 8, 8, 16, 16)
-TINY_CHAIN = tuple(
-    item
-    for c_in, c_out in zip((3, *TINY_CHANNELS[:-1]), TINY_CHANNELS, strict=True)
-    for item in ((c_in, c_out), "pool")
-)
-
-
-def keras_application(name: str):
-    """A builder for keras.applications.<name> without its top (looked up at call time)."""
-
-    def build(input_shape: tuple[int, int, int], weights: str | None = None):
-        import keras
-
-        return getattr(keras.applications, name)(include_top=False, weights=weights, input_shape=input_shape)
-
-    return build
 
 
 def build_tiny(input_shape: tuple[int, int, int], weights: str | None = None):
@@ -64,16 +31,14 @@ def build_tiny(input_shape: tuple[int, int, int], weights: str | None = None):
 
 def _vgg_shaped(name: str, **record) -> BaseSpec:
     """A record of VGG's shape: caffe preprocessing, five `blockN_` blocks, the same cuts, 32 px at least."""
-    shared = dict(preprocessing="caffe", preprocessing_text=CAFFE_TEXT, min_size=32, cuts=CUTS, blocks=BLOCKS)
+    shared = dict(preprocessing=Preprocessing.caffe, min_size=32, cuts=CUTS)
     return register(BaseSpec(name=name, layer_name=name, **shared, **record))
 
 
 VGG16 = _vgg_shaped(
     "vgg16",
-    build=keras_application("VGG16"),
+    build=keras_application("VGG16", "vgg16"),
     default_size=224,
-    conv_chain=VGG16_CHAIN,
-    features_channels=512,
     keras_weights_file="vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
     offline_weights=True,
     imagenet_top1=71.3,
@@ -81,10 +46,8 @@ VGG16 = _vgg_shaped(
 )
 VGG19 = _vgg_shaped(
     "vgg19",
-    build=keras_application("VGG19"),
+    build=keras_application("VGG19", "vgg19"),
     default_size=224,
-    conv_chain=VGG19_CHAIN,
-    features_channels=512,
     keras_weights_file="vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
     imagenet_top1=71.3,
     description="VGG19, 16 convolutions; the published ELPV result's base (Deitsch et al. 2019)",
@@ -93,8 +56,6 @@ TINY = _vgg_shaped(
     "tiny",
     build=build_tiny,
     default_size=32,
-    conv_chain=TINY_CHAIN,
-    features_channels=TINY_CHANNELS[-1],
     keras_weights_file=None,
     test_only=True,
     description="test-only: VGG-shaped, one conv per block, about 5,000 parameters",

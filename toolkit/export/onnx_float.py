@@ -71,9 +71,35 @@ def _name_batch_dim(model) -> None:
         dim.dim_param = "batch"
 
 
+_HANDLERS: list = []
+
+
+def register_tf2onnx_handlers() -> None:
+    """TensorFlow ops tf2onnx 1.17 lacks, as ONNX ops: Erfc (exact GELU, ConvNeXt's) = 1 - Erf."""
+    if _HANDLERS:
+        return
+    import numpy as np
+    from tf2onnx import utils
+    from tf2onnx.handler import tf_op
+
+    @tf_op("Erfc")
+    class Erfc:
+        @classmethod
+        def version_9(cls, ctx, node, **kwargs):
+            node.type = "Erf"
+            out = node.output[0]
+            dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(out))
+            one = ctx.make_const(utils.make_name(f"{node.name}_one"), np.array(1, dtype=dtype))
+            ctx.insert_new_node_on_output("Sub", out, inputs=[one.output[0], out], name=utils.make_name(node.name))
+
+    _HANDLERS.append(Erfc)
+
+
 def convert_float32(ctx: ExportContext, dest: Path) -> None:
     import onnx
     import tensorflow as tf
+
+    register_tf2onnx_handlers()
 
     spec = tf.TensorSpec((None, ctx.image_size, ctx.image_size, 3), tf.float32, name=INPUT_NAME)
     raw = dest.with_name(dest.name + ".raw.onnx")

@@ -6,10 +6,11 @@ import dataclasses
 from enum import StrEnum
 
 from toolkit.bases import DEFAULT_BASE, get_base
+from toolkit.bases.spec import REGISTRY
 from toolkit.data import SplitOptions
 from toolkit.errors import DatasetError, ModelError
 from toolkit.hardware import BasePrecision, Strategy
-from toolkit.model import FineTuneFrom, Head
+from toolkit.model import Head
 from toolkit.operating_point import Decision, parse_operating_point
 
 METRIC_NAMES = ("loss", "accuracy", "auc", "precision", "recall")  # what fit logs, each also as val_*
@@ -52,7 +53,7 @@ class TrainConfig:
     data_dir: str
     out: str
     base: str = DEFAULT_BASE  # a name in toolkit.bases (test-only bases too, through the library)
-    image_size: int = 224
+    image_size: int | None = None  # the base's own default size (224 for every public base)
     epochs: int = 10
     batch_size: int = 32
     lr: float = 1e-3
@@ -78,9 +79,16 @@ class TrainConfig:
     fine_tune_epochs: int = 0
     fine_tune_lr: float | None = None  # default lr/10
     fine_tune_schedule: Schedule = Schedule.constant  # or cosine: per epoch, from fine_tune_lr down to 0
-    fine_tune_from: FineTuneFrom = FineTuneFrom.block5  # first unfrozen block; cached: trained on the cut's output
+    fine_tune_from: str | None = None  # a cut of the base (default: its first); cached: trained on its output
     strategy: Strategy = Strategy.default
     cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        """None means the base's own: its default image size and its first fine-tuning cut (config.json stores them)."""
+        spec = REGISTRY.get(self.base)
+        if spec is not None:
+            self.image_size = spec.default_size if self.image_size is None else self.image_size
+            self.fine_tune_from = spec.default_cut if self.fine_tune_from is None else self.fine_tune_from
 
     def split_options(self) -> SplitOptions:
         return SplitOptions(self.val_split, self.test_split, self.seed, self.validate_on_test)
@@ -93,14 +101,20 @@ class TrainConfig:
             spec = get_base(self.base)
         except ModelError as exc:
             raise DatasetError(str(exc)) from exc
-        if self.image_size < spec.min_size:
-            raise DatasetError(f"--image-size must be at least {spec.min_size} for {spec.name}")
+        if not isinstance(self.image_size, int) or self.image_size < spec.min_size:
+            raise DatasetError(f"--image-size must be at least {spec.min_size} for {spec.name}, got {self.image_size}")
         if self.fine_tune_from not in spec.cuts:
-            raise DatasetError(f"--fine-tune-from must be one of {', '.join(spec.cuts)} for {spec.name}")
+            raise DatasetError(
+                f"--fine-tune-from must be one of {', '.join(spec.cuts)} for {spec.name}, got {self.fine_tune_from}"
+            )
         if self.epochs < 1:
             raise DatasetError("--epochs must be at least 1")
         if self.batch_size < 1:
             raise DatasetError("--batch-size must be at least 1")
+        if self.lr <= 0 or (self.fine_tune_lr is not None and self.fine_tune_lr <= 0):
+            raise DatasetError("--lr and --fine-tune-lr must be positive")
+        if self.patience < 0:
+            raise DatasetError("--patience must be 0 or more")
         if self.aug_views < 0:
             raise DatasetError("--aug-views must be 0 or more")
         if self.aug_views and not self.augment:
