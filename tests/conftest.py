@@ -52,7 +52,7 @@ def train_config(data_dir: Path, out: Path, **overrides):
         val_split=0.25,  # train/ + test/: 3 of each class's 12 training images validate, test/ stays held out
     )
     settings.update(overrides)
-    return TrainConfig(**settings)
+    return TrainConfig.from_flat(**settings)
 
 
 @pytest.fixture(scope="session")

@@ -38,10 +38,8 @@ from toolkit.export.base import Calibration, ExportTarget, Precision
 from toolkit.export.pipeline import ExportOptions
 from toolkit.runtime import LoadOptions
 from toolkit.runtime.base import Device
-from toolkit.train.config import TrainConfig
 
 # Every default below is read from the library's dataclass that owns it (tests/test_cli_defaults.py checks it).
-TRAIN = TrainConfig("", "")
 EXPORT = ExportOptions()
 LOAD = LoadOptions()
 EVALUATE = EvaluateOptions()

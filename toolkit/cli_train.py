@@ -8,21 +8,24 @@ what is wrong in one line (exit 2), so the CLI and the library cannot disagree.
 from __future__ import annotations
 
 import sys
+from enum import Enum
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Annotated
 
 import typer
 
 from toolkit.bases import base_names, cuts_help
 from toolkit.cli_flags import Arg, Opt
-from toolkit.cli_flags import options_from as _options
 from toolkit.console import echo_json, use_progress, user_errors
 from toolkit.errors import ToolkitError
 from toolkit.hardware import BasePrecision, Strategy
 from toolkit.model import Head
-from toolkit.train.config import ClassWeight, Monitor, Schedule, TrainConfig
+from toolkit.train.config import FLAT_NAMES, RUN_FIELDS, ClassWeight, Monitor, Schedule, TrainConfig
 
-TRAIN = TrainConfig("", "")  # every default below is read from it (tests/test_cli_defaults.py checks them)
+FLAT = (*FLAT_NAMES, *RUN_FIELDS)
+# Every default below is TrainConfig's, by its flat name (tests/test_cli_defaults.py checks them).
+TRAIN = SimpleNamespace(**{name: TrainConfig.flat_default(name) for name in FLAT})
 DATA, BASE, HEAD, FIT, FINE, DECIDE, RUN = (
     "Data",
     "Base network",
@@ -159,7 +162,8 @@ def train(
 
         out = Path("models") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     paths = {"data_dir": str(data_dir), "out": str(out), "cache_dir": str(cache_dir) if cache_dir else None}
-    config = _options(TrainConfig, ctx.params, precision=base_precision.value, **paths)
+    given = {k: (v.value if isinstance(v, Enum) else v) for k, v in ctx.params.items() if k in FLAT}
+    config = TrainConfig.from_flat(**{**given, "precision": base_precision.value, **paths})
     explicit = _explicit_options(ctx) - {"out", "resume", "quiet", "json_output", "wait"}
     explicit = {"precision" if name == "base_precision" else name for name in explicit} | {"data_dir"}
     log = (lambda _m: None) if json_output else typer.echo

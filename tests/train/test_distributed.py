@@ -20,7 +20,7 @@ cpus = tf.config.list_physical_devices("CPU")
 if sys.argv[3] == "mirrored":
     tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
 from toolkit.train import TrainConfig, train
-config = TrainConfig(data_dir=sys.argv[1], out=sys.argv[2], base="tiny", image_size={size}, epochs=2, batch_size=8,
+config = TrainConfig.from_flat(data_dir=sys.argv[1], out=sys.argv[2], base="tiny", image_size={size}, epochs=2, batch_size=8,
                      weights="none", augment=sys.argv[4:] == ["augment"], precision="fp32", strategy=sys.argv[3])
 train(config, log=print, verbose=0)
 """

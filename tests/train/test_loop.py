@@ -379,7 +379,7 @@ def test_bf16_fine_tuning_trains_float32_weights_in_bf16_and_saves_a_float32_mod
     def spy(ctx, phase, num_examples):
         layer = base_model(ctx.model).get_layer("block5_conv1")
         if phase.name == "finetune":
-            seen[ctx.config.precision] = (layer.compute_dtype, layer.get_weights()[0])
+            seen[ctx.config.base.precision] = (layer.compute_dtype, layer.get_weights()[0])
         return original(ctx, phase, num_examples)
 
     monkeypatch.setattr(loop, "fit_phase", spy)

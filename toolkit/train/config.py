@@ -47,114 +47,232 @@ def _choices(enum: type[StrEnum]) -> str:
 
 
 @dataclasses.dataclass
-class TrainConfig:
-    """What `toolkit train` is asked to do: the only home of its defaults (the CLI reads them from here)."""
+class DataConfig:
+    """Which images, how they are split and augmented."""
 
-    data_dir: str
-    out: str
-    base: str = DEFAULT_BASE  # a name in toolkit.bases (test-only bases too, through the library)
-    image_size: int | None = None  # the base's own default size (224 for every public base)
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-3
-    seed: int = 0
+    folder: str = ""  # DATA_DIR
     val_split: float = SplitOptions.val_split
     test_split: float = SplitOptions.test_split  # flat folders only: the held-out test share
     validate_on_test: bool = SplitOptions.validate_on_test  # train/ + test/: validate on test/ as the tutorial does
-    positive_class: str | None = None  # two classes: the finding (default: the label that sorts second)
-    operating_point: str | None = None  # "sensitivity=0.95", "specificity=0.9" or "threshold=0.3"
     augment: bool = True
     aug_views: int = 0
-    cache_features: bool = True
-    precision: BasePrecision = BasePrecision.auto  # --base-precision
-    head: Head = Head.gap_gmp  # measured on real images (benchmarks/REAL.md); flatten is the tutorial's
-    dropout: float = 0.3
-    weight_decay: float = 0.0  # AdamW's decoupled weight decay (0: plain Adam)
-    label_smoothing: float = 0.0
+    cache_dir: str | None = None
+
+
+@dataclasses.dataclass
+class BaseConfig:
+    """The frozen network: which one, at what size, with which weights, and how its passes are computed."""
+
+    name: str = DEFAULT_BASE  # a name in toolkit.bases (test-only bases too, through the library)
+    image_size: int | None = None  # None: the base's own default size (224 for every public base)
     weights: str = "imagenet"
     allow_random_weights: bool = False
+    cache_features: bool = True
+    precision: BasePrecision = BasePrecision.auto  # --base-precision
+
+
+@dataclasses.dataclass
+class HeadConfig:
+    kind: Head = Head.gap_gmp  # measured on real images (benchmarks/REAL.md); flatten is the tutorial's
+    dropout: float = 0.3
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    """The frozen phase's optimisation and how its best epoch is chosen."""
+
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay (0: plain Adam)
+    label_smoothing: float = 0.0
+    class_weight: ClassWeight = ClassWeight.none
     monitor: Monitor = Monitor.val_accuracy  # what the user judges the model by; val_loss picked epoch 1 on ELPV
     patience: int = 0
-    class_weight: ClassWeight = ClassWeight.none
-    fine_tune_epochs: int = 0
-    fine_tune_lr: float | None = None  # default lr/10
-    fine_tune_schedule: Schedule = Schedule.constant  # or cosine: per epoch, from fine_tune_lr down to 0
-    fine_tune_from: str | None = None  # a cut of the base (default: its first); cached: trained on its output
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class FineTuneConfig:
+    epochs: int = 0
+    lr: float | None = None  # default: the frozen phase's lr / 10
+    schedule: Schedule = Schedule.constant  # or cosine: per epoch, from lr down to 0
+    cut: str | None = None  # --fine-tune-from: a cut of the base (None: its first); cached: trained on its output
+
+
+@dataclasses.dataclass
+class DecisionConfig:
+    positive_class: str | None = None  # two classes: the finding (default: the label that sorts second)
+    operating_point: str | None = None  # "sensitivity=0.95", "specificity=0.9" or "threshold=0.3"
+
+
+# The command line's (and config.json's) flat names -> (group, field): one table, read both ways.
+FLAT_NAMES: dict[str, tuple[str, str]] = {
+    "data_dir": ("data", "folder"),
+    "val_split": ("data", "val_split"),
+    "test_split": ("data", "test_split"),
+    "validate_on_test": ("data", "validate_on_test"),
+    "augment": ("data", "augment"),
+    "aug_views": ("data", "aug_views"),
+    "cache_dir": ("data", "cache_dir"),
+    "base": ("base", "name"),
+    "image_size": ("base", "image_size"),
+    "weights": ("base", "weights"),
+    "allow_random_weights": ("base", "allow_random_weights"),
+    "cache_features": ("base", "cache_features"),
+    "precision": ("base", "precision"),
+    "head": ("head", "kind"),
+    "dropout": ("head", "dropout"),
+    "epochs": ("optim", "epochs"),
+    "batch_size": ("optim", "batch_size"),
+    "lr": ("optim", "lr"),
+    "weight_decay": ("optim", "weight_decay"),
+    "label_smoothing": ("optim", "label_smoothing"),
+    "class_weight": ("optim", "class_weight"),
+    "monitor": ("optim", "monitor"),
+    "patience": ("optim", "patience"),
+    "seed": ("optim", "seed"),
+    "fine_tune_epochs": ("fine_tune", "epochs"),
+    "fine_tune_lr": ("fine_tune", "lr"),
+    "fine_tune_schedule": ("fine_tune", "schedule"),
+    "fine_tune_from": ("fine_tune", "cut"),
+    "positive_class": ("decision", "positive_class"),
+    "operating_point": ("decision", "operating_point"),
+}
+RUN_FIELDS = ("out", "strategy")  # how and where the run goes, outside the groups
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """What `toolkit train` is asked to do, grouped by concern: the only home of its defaults.
+
+    The CLI and config.json use the flat names of FLAT_NAMES (`TrainConfig.from_flat`,
+    `to_flat`), so run folders written before the grouping load unchanged.
+    """
+
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    base: BaseConfig = dataclasses.field(default_factory=BaseConfig)
+    head: HeadConfig = dataclasses.field(default_factory=HeadConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    fine_tune: FineTuneConfig = dataclasses.field(default_factory=FineTuneConfig)
+    decision: DecisionConfig = dataclasses.field(default_factory=DecisionConfig)
+    out: str = ""
     strategy: Strategy = Strategy.default
-    cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         """None means the base's own: its default image size and its first fine-tuning cut (config.json stores them)."""
-        spec = REGISTRY.get(self.base)
+        spec = REGISTRY.get(self.base.name)
         if spec is not None:
-            self.image_size = spec.default_size if self.image_size is None else self.image_size
-            self.fine_tune_from = spec.default_cut if self.fine_tune_from is None else self.fine_tune_from
+            self.base.image_size = spec.default_size if self.base.image_size is None else self.base.image_size
+            self.fine_tune.cut = spec.default_cut if self.fine_tune.cut is None else self.fine_tune.cut
+
+    @classmethod
+    def from_flat(cls, **flat) -> TrainConfig:
+        """A config from the flat names (the CLI's options, config.json); an unknown name is a TypeError."""
+        unknown = sorted(set(flat) - set(FLAT_NAMES) - set(RUN_FIELDS))
+        if unknown:
+            raise TypeError(f"unknown TrainConfig setting(s): {', '.join(unknown)}")
+        groups: dict[str, dict] = {}
+        for name, value in flat.items():
+            if name in FLAT_NAMES:
+                group, field = FLAT_NAMES[name]
+                groups.setdefault(group, {})[field] = value
+        kinds = {f.name: f.default_factory for f in dataclasses.fields(cls) if f.name not in RUN_FIELDS}
+        built = {group: kind(**groups.get(group, {})) for group, kind in kinds.items()}
+        return cls(**built, **{k: flat[k] for k in RUN_FIELDS if k in flat})
+
+    def to_flat(self) -> dict:
+        """The flat settings, as config.json stores them."""
+        flat = {name: getattr(getattr(self, group), field) for name, (group, field) in FLAT_NAMES.items()}
+        return {**flat, **{k: getattr(self, k) for k in RUN_FIELDS}}
+
+    @staticmethod
+    def flat_default(name: str):
+        """The default of a flat setting (the CLI's defaults are checked against these)."""
+        if name in RUN_FIELDS:
+            return {f.name: f.default for f in dataclasses.fields(TrainConfig)}[name]
+        group, field = FLAT_NAMES[name]
+        kind = {f.name: f.default_factory for f in dataclasses.fields(TrainConfig)}[group]
+        return getattr(kind(), field)
 
     def split_options(self) -> SplitOptions:
-        return SplitOptions(self.val_split, self.test_split, self.seed, self.validate_on_test)
+        d = self.data
+        return SplitOptions(d.val_split, d.test_split, self.optim.seed, d.validate_on_test)
 
     def validate(self) -> None:
-        """Refuse impossible combinations before any image is decoded."""
-        if self.operating_point is not None:
-            parse_operating_point(self.operating_point)
+        """Refuse impossible combinations before any image is decoded: every range is checked here, once."""
+        if self.decision.operating_point is not None:
+            parse_operating_point(self.decision.operating_point)
         try:
-            spec = get_base(self.base)
+            spec = get_base(self.base.name)
         except ModelError as exc:
             raise DatasetError(str(exc)) from exc
-        if not isinstance(self.image_size, int) or self.image_size < spec.min_size:
-            raise DatasetError(f"--image-size must be at least {spec.min_size} for {spec.name}, got {self.image_size}")
-        if self.fine_tune_from not in spec.cuts:
+        size = self.base.image_size
+        if not isinstance(size, int) or size < spec.min_size:
+            raise DatasetError(f"--image-size must be at least {spec.min_size} for {spec.name}, got {size}")
+        if self.fine_tune.cut not in spec.cuts:
             raise DatasetError(
-                f"--fine-tune-from must be one of {', '.join(spec.cuts)} for {spec.name}, got {self.fine_tune_from}"
+                f"--fine-tune-from must be one of {', '.join(spec.cuts)} for {spec.name}, got {self.fine_tune.cut}"
             )
-        if self.epochs < 1:
-            raise DatasetError("--epochs must be at least 1")
-        if self.batch_size < 1:
-            raise DatasetError("--batch-size must be at least 1")
-        if self.lr <= 0 or (self.fine_tune_lr is not None and self.fine_tune_lr <= 0):
-            raise DatasetError("--lr and --fine-tune-lr must be positive")
-        if self.patience < 0:
-            raise DatasetError("--patience must be 0 or more")
-        if self.aug_views < 0:
+        self._validate_data()
+        self._validate_optimisation()
+        self._validate_choices()
+
+    def _validate_data(self) -> None:
+        d, b = self.data, self.base
+        if d.aug_views < 0:
             raise DatasetError("--aug-views must be 0 or more")
-        if self.aug_views and not self.augment:
+        if d.aug_views and not d.augment:
             raise DatasetError("--aug-views needs augmentation; drop --no-augment")
-        if self.aug_views and not self.cache_features:
+        if d.aug_views and not b.cache_features:
             raise DatasetError("--aug-views precomputes features; drop --no-cache-features")
-        if self.precision not in tuple(BasePrecision):
+        if b.precision not in tuple(BasePrecision):
             raise DatasetError(f"--base-precision must be one of {_choices(BasePrecision)}")
-        if self.precision not in ("auto", "fp32") and not self.cache_features:
+        if b.precision not in ("auto", "fp32") and not b.cache_features:
             raise DatasetError(
-                f"--base-precision {self.precision} applies to the cached frozen-base passes, and "
+                f"--base-precision {b.precision} applies to the cached frozen-base passes, and "
                 "--no-cache-features trains the whole model in float32: drop one of them"
             )
-        if not 0 <= self.dropout < 1:
+
+    def _validate_optimisation(self) -> None:
+        o, f = self.optim, self.fine_tune
+        if o.epochs < 1:
+            raise DatasetError("--epochs must be at least 1")
+        if o.batch_size < 1:
+            raise DatasetError("--batch-size must be at least 1")
+        if o.lr <= 0 or (f.lr is not None and f.lr <= 0):
+            raise DatasetError("--lr and --fine-tune-lr must be positive")
+        if o.patience < 0:
+            raise DatasetError("--patience must be 0 or more")
+        if not 0 <= self.head.dropout < 1:
             raise DatasetError("--dropout must be in [0, 1)")
-        if self.weight_decay < 0:
+        if o.weight_decay < 0:
             raise DatasetError("--weight-decay must be 0 or more")
-        if not 0 <= self.label_smoothing < 1:
+        if not 0 <= o.label_smoothing < 1:
             raise DatasetError("--label-smoothing must be in [0, 1)")
-        if self.strategy not in tuple(Strategy):
-            raise DatasetError(f"--strategy must be one of {_choices(Strategy)}")
-        if self.head not in tuple(Head):
-            raise DatasetError(f"--head must be one of {_choices(Head)}")
-        if self.class_weight not in tuple(ClassWeight):
-            raise DatasetError(f"--class-weight must be one of {_choices(ClassWeight)}")
-        if self.fine_tune_schedule not in tuple(Schedule):
-            raise DatasetError(f"--fine-tune-schedule must be one of {_choices(Schedule)}")
-        if self.fine_tune_epochs < 0:
+        if f.epochs < 0:
             raise DatasetError("--fine-tune-epochs must be 0 or more")
-        name = self.monitor.removeprefix("val_")
+        name = o.monitor.removeprefix("val_")
         if name not in METRIC_NAMES:
             raise DatasetError(
-                f"--monitor {self.monitor} is not a logged metric; choose from "
+                f"--monitor {o.monitor} is not a logged metric; choose from "
                 + ", ".join(f"val_{m}" for m in METRIC_NAMES)
                 + " (or the same without val_)"
             )
 
+    def _validate_choices(self) -> None:
+        for flag, value, enum in (
+            ("--strategy", self.strategy, Strategy),
+            ("--head", self.head.kind, Head),
+            ("--class-weight", self.optim.class_weight, ClassWeight),
+            ("--fine-tune-schedule", self.fine_tune.schedule, Schedule),
+        ):
+            if value not in tuple(enum):
+                raise DatasetError(f"{flag} must be one of {_choices(enum)}")
+
     @property
     def mode(self) -> str:
-        return "features" if self.cache_features else "tutorial"
+        return "features" if self.base.cache_features else "tutorial"
 
 
 @dataclasses.dataclass

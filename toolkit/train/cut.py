@@ -43,22 +43,24 @@ class CutStores:
 def shares_cut_features(ctx: FitContext, augmenter) -> bool:
     """Whether the frozen phase can take its features from the fine-tuning stores (fixed views, one worker)."""
     c = ctx.config
-    fixed = augmenter is None or c.aug_views > 0
-    return c.cache_features and c.fine_tune_epochs > 0 and fixed and c.strategy != "multiworker"
+    fixed = augmenter is None or c.data.aug_views > 0
+    return c.base.cache_features and c.fine_tune.epochs > 0 and fixed and c.strategy != "multiworker"
 
 
 def cut_folder(ctx: FitContext, features_dir: Path) -> Path:
-    return features_dir / f"finetune-{ctx.config.fine_tune_from}"
+    return features_dir / f"finetune-{ctx.config.fine_tune.cut}"
 
 
 def _cut_validation(ctx: FitContext, data: LoadedDataset, folder: Path):
     """(the float32 extractor up to the cut, its validation features): epochs are judged on exact features."""
     from toolkit.model import build_feature_extractor, fine_tune_cut
 
-    cut = fine_tune_cut(ctx.model, ctx.config.fine_tune_from)
+    cut = fine_tune_cut(ctx.model, ctx.config.fine_tune.cut)
     exact = build_feature_extractor(ctx.model, "fp32", until=cut)
     path = folder / "features-val.npy"
-    return exact, extract_features(exact, data.val.images, path, ctx.config.batch_size, np.float32, f"validation {cut}")
+    return exact, extract_features(
+        exact, data.val.images, path, ctx.config.optim.batch_size, np.float32, f"validation {cut}"
+    )
 
 
 def cut_stores(ctx: FitContext, data: LoadedDataset, augmenter, precision: str, folder: Path) -> CutStores:
@@ -68,15 +70,17 @@ def cut_stores(ctx: FitContext, data: LoadedDataset, augmenter, precision: str, 
     if "cut" in ctx.stores:
         return ctx.stores["cut"]
     c = ctx.config
-    cut = fine_tune_cut(ctx.model, c.fine_tune_from)
+    cut = fine_tune_cut(ctx.model, c.fine_tune.cut)
     exact, val = _cut_validation(ctx, data, folder)
     extractor = build_feature_extractor(ctx.model, precision, until=cut)
-    views_count = c.aug_views if augmenter is not None else 1
+    views_count = c.data.aug_views if augmenter is not None else 1
     path = folder / "features-train-views.npy"
     views = open_feature_store(path, (views_count, len(data.train), *exact.output.shape[1:]), np.float16)
     forward = compile_forward(extractor, augmenter)
     for view in range(views_count):
-        extract_into(forward, data.train.images, views[view], c.batch_size, f"{cut}, view {view + 1}/{views_count}")
+        extract_into(
+            forward, data.train.images, views[view], c.optim.batch_size, f"{cut}, view {view + 1}/{views_count}"
+        )
     views.flush()
     stores = CutStores(np.load(path, mmap_mode="r", allow_pickle=False), val)
     ctx.stores["cut"] = stores
@@ -88,16 +92,16 @@ def frozen_features_from_cut(ctx: FitContext, data: LoadedDataset, stores: CutSt
     from toolkit.model import build_middle_model
 
     c, num_classes = ctx.config, len(data.classes)
-    middle = build_middle_model(ctx.model, c.fine_tune_from)
+    middle = build_middle_model(ctx.model, c.fine_tune.cut)
     shape = tuple(middle.output.shape[1:])
     val = open_feature_store(folder / "features-val-head.npy", (len(stores.val), *shape), np.float32)
-    map_features(middle, stores.val, val, c.batch_size, "validation features (from the cut)")
+    map_features(middle, stores.val, val, c.optim.batch_size, "validation features (from the cut)")
     views = open_feature_store(
         folder / "features-train-head.npy", (len(stores.views), len(data.train), *shape), np.float16
     )
     for view in range(len(stores.views)):
-        map_features(middle, stores.views[view], views[view], c.batch_size, f"training features, view {view + 1}")
-    train_ds = feature_views_dataset(views, data.train.labels, num_classes, c.batch_size, c.seed)
+        map_features(middle, stores.views[view], views[view], c.optim.batch_size, f"training features, view {view + 1}")
+    train_ds = feature_views_dataset(views, data.train.labels, num_classes, c.optim.batch_size, c.optim.seed)
     return train_ds, val
 
 
@@ -109,15 +113,19 @@ def cached_finetune_data(ctx: FitContext, data: LoadedDataset, augmenter, precis
     folder = cut_folder(ctx, features_dir)
     if shares_cut_features(ctx, augmenter):
         stores = cut_stores(ctx, data, augmenter, precision, folder)
-        train_ds = feature_views_dataset(stores.views, data.train.labels, num_classes, c.batch_size, c.seed + 1)
+        train_ds = feature_views_dataset(
+            stores.views, data.train.labels, num_classes, c.optim.batch_size, c.optim.seed + 1
+        )
         val_feats, callbacks = stores.val, []
     else:  # fresh augmented cut features before every epoch, or the multi-worker loop's own views
         exact, val_feats = _cut_validation(ctx, data, folder)
         shape = tuple(exact.output.shape[1:])
-        source = FeatureSource(data.train, num_classes, c.batch_size, c.seed + 1, shape, folder)
-        extractor = build_feature_extractor(ctx.model, precision, until=fine_tune_cut(ctx.model, c.fine_tune_from))
-        train_ds, callbacks = training_features(extractor, source, augmenter, c.aug_views, c.strategy != "multiworker")
-    val_ds = plain_feature_dataset(val_feats, data.val.labels, num_classes, c.batch_size)
+        source = FeatureSource(data.train, num_classes, c.optim.batch_size, c.optim.seed + 1, shape, folder)
+        extractor = build_feature_extractor(ctx.model, precision, until=fine_tune_cut(ctx.model, c.fine_tune.cut))
+        train_ds, callbacks = training_features(
+            extractor, source, augmenter, c.data.aug_views, c.strategy != "multiworker"
+        )
+    val_ds = plain_feature_dataset(val_feats, data.val.labels, num_classes, c.optim.batch_size)
     with ctx.strategy.scope():
-        upper = build_upper_model(ctx.model, c.fine_tune_from)
+        upper = build_upper_model(ctx.model, c.fine_tune.cut)
     return upper, train_ds, val_ds, callbacks

@@ -57,13 +57,13 @@ def choose_decision(config: TrainConfig, classes: list[str], probs: np.ndarray, 
     """The positive class and its threshold, chosen on validation (None for more than two classes)."""
     if len(classes) != 2:
         return None
-    positive = resolve_positive_class(classes, config.positive_class)
+    positive = resolve_positive_class(classes, config.decision.positive_class)
     decision = Decision(list(classes), positive)
-    if config.operating_point:
-        kind, value = parse_operating_point(config.operating_point)
+    if config.decision.operating_point:
+        kind, value = parse_operating_point(config.decision.operating_point)
         index = decision.positive_index
         decision.threshold = choose_threshold(probs[:, index], labels == index, kind, value)
-        decision.criterion = config.operating_point
+        decision.criterion = config.decision.operating_point
     return decision
 
 
@@ -87,7 +87,7 @@ def final_metrics(ctx: FitContext, data: LoadedDataset, val_features=None) -> Ev
     if not best_path.is_file():
         raise TrainingError("no epoch produced a usable model (the monitored value was never finite)")
     best = load_keras_model(best_path)
-    batch, classes = ctx.config.batch_size, data.classes
+    batch, classes = ctx.config.optim.batch_size, data.classes
     if val_features is not None:
         val_probs = predict_in_batches(head_part(best), val_features, batch)
     else:
@@ -122,7 +122,7 @@ def make_result(ctx: FitContext, facts: RunFacts, evaluation: Evaluation | None,
         run_dir=str(ctx.run_dir),
         best_epoch=ctx.state.best_epoch,
         best_value=ctx.state.best_value,
-        monitor=ctx.config.monitor,
+        monitor=ctx.config.optim.monitor,
         val_accuracy=evaluation.val.accuracy if evaluation else float("nan"),
         val_auc=evaluation.val.auc if evaluation else None,
         test_accuracy=evaluation.test.accuracy if evaluation and evaluation.test else None,
@@ -140,7 +140,7 @@ def write_run_json(ctx: FitContext, facts: RunFacts, result: TrainResult) -> Non
     report = facts.report
     payload = {
         "toolkit_version": __version__,
-        "config": dataclasses.asdict(config),
+        "config": config.to_flat(),
         "mode": config.mode,
         "precision": facts.precision,
         "fine_tune_precision": ctx.fine_tune_precision,  # None: no fine-tuning (or on images, in float32)

@@ -112,11 +112,11 @@ def balanced_class_weights(labels: np.ndarray, num_classes: int) -> dict[int, fl
 
 
 def compile_model(model, lr: float, config: TrainConfig | None = None) -> None:
-    """Adam (AdamW with `config.weight_decay`), cross-entropy (with `config.label_smoothing`), the logged metrics."""
+    """Adam (AdamW with `config.optim.weight_decay`), cross-entropy (with `config.optim.label_smoothing`), the logged metrics."""
     import keras
 
-    decay = config.weight_decay if config else 0.0
-    smoothing = config.label_smoothing if config else 0.0
+    decay = config.optim.weight_decay if config else 0.0
+    smoothing = config.optim.label_smoothing if config else 0.0
     optimizer = keras.optimizers.AdamW(lr, weight_decay=decay) if decay else keras.optimizers.Adam(lr)
     model.compile(
         optimizer=optimizer,
@@ -163,7 +163,7 @@ def make_run_callback(ctx: FitContext):
     """History rows and the best full model, both written atomically after every epoch."""
     import keras
 
-    monitor = ctx.config.monitor
+    monitor = ctx.config.optim.monitor
     mode = monitor_mode(monitor)
     state, history = ctx.state, ctx.history
 
@@ -213,10 +213,12 @@ def _callbacks(ctx: FitContext, phase: Phase, run_cb) -> list:
     import keras
 
     callbacks = [*phase.data_callbacks, run_cb, keras.callbacks.TerminateOnNaN()]
-    if ctx.config.patience:
-        monitor = ctx.config.monitor
+    if ctx.config.optim.patience:
+        monitor = ctx.config.optim.monitor
         callbacks.append(
-            keras.callbacks.EarlyStopping(monitor=monitor, patience=ctx.config.patience, mode=monitor_mode(monitor))
+            keras.callbacks.EarlyStopping(
+                monitor=monitor, patience=ctx.config.optim.patience, mode=monitor_mode(monitor)
+            )
         )
     callbacks.append(keras.callbacks.BackupAndRestore(str(ctx.backup_root / phase.name)))
     return callbacks
@@ -231,7 +233,7 @@ def fit_phase(ctx: FitContext, phase: Phase, num_examples: int) -> None:
         if config.strategy == "multiworker":
             from toolkit.train.distributed import LoopPlan, fit_multiworker
 
-            plan = LoopPlan(num_examples, config.batch_size, phase.epochs, phase.initial_epoch, ctx.class_weight)
+            plan = LoopPlan(num_examples, config.optim.batch_size, phase.epochs, phase.initial_epoch, ctx.class_weight)
             fit_multiworker(phase.model, ctx.strategy, phase.train_ds, phase.val_data, callbacks, plan)
         else:
             warnings.filterwarnings("ignore", message=".*shuffle=True.*tf.data.Dataset.*")
@@ -247,11 +249,11 @@ def fit_phase(ctx: FitContext, phase: Phase, num_examples: int) -> None:
     except KeyboardInterrupt:
         raise Interrupted(
             f"interrupted; finished epochs are saved in {ctx.run_dir}: continue with "
-            f"`toolkit train {config.data_dir} --out {ctx.run_dir} --resume`"
+            f"`toolkit train {config.data.folder} --out {ctx.run_dir} --resume`"
         ) from None
     if run_cb.diverged:
         raise TrainingError(
             "training diverged (loss became NaN); lower --lr or check the data. The best model so far is kept."
         )
     if run_cb.missing_monitor:
-        raise TrainingError(f"--monitor {config.monitor} is not a logged metric; try val_loss or val_accuracy")
+        raise TrainingError(f"--monitor {config.optim.monitor} is not a logged metric; try val_loss or val_accuracy")

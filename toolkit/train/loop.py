@@ -66,15 +66,16 @@ def _resumed_config(config: TrainConfig, saved: Path, explicit: set[str] | None)
     try:
         raw = read_json_file(saved, "run config")
         try:
-            stored = TrainConfig(**raw)
+            stored = TrainConfig.from_flat(**raw)
         except TypeError as exc:
             raise TrainingError(f"{saved} is damaged ({exc}); start a new run with another --out") from None
     except TypeError as exc:
         raise TrainingError(f"{saved} is not a toolkit run config ({exc})") from None
-    names = explicit if explicit is not None else {f.name for f in dataclasses.fields(TrainConfig)} - {"out"}
+    now, before = config.to_flat(), stored.to_flat()
+    names = explicit if explicit is not None else set(now) - {"out"}
     differing = []
     for name in sorted(names - {"epochs", "out"}):
-        given, kept = getattr(config, name), getattr(stored, name)
+        given, kept = now[name], before[name]
         if name in ("data_dir", "cache_dir") and given and kept:
             given, kept = str(Path(given).resolve()), str(Path(kept).resolve())
         if given != kept:
@@ -86,7 +87,7 @@ def _resumed_config(config: TrainConfig, saved: Path, explicit: set[str] | None)
             + ". Drop them, or start a new run with another --out"
         )
     if explicit is None or "epochs" in explicit:
-        stored.epochs = max(stored.epochs, config.epochs)
+        stored.optim.epochs = max(stored.optim.epochs, config.optim.epochs)
     return stored
 
 
@@ -105,12 +106,12 @@ def prepare_run_dir(
         raise TrainingError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
     run_dir.mkdir(parents=True, exist_ok=True)
     if chief:
-        write_json_atomic(saved, config)
+        write_json_atomic(saved, config.to_flat())
     return run_dir, config
 
 
 def load_training_data(config: TrainConfig, cache_dir: Path, log) -> LoadedDataset:
-    data = load_dataset(config.data_dir, config.image_size, config.split_options(), cache_dir)
+    data = load_dataset(config.data.folder, config.base.image_size, config.split_options(), cache_dir)
     test = f" / {len(data.test)} test" if data.test is not None else " (no test split)"
     log(
         f"data: {len(data.train)} train / {len(data.val)} validation{test} images, {len(data.classes)} classes "
@@ -118,8 +119,8 @@ def load_training_data(config: TrainConfig, cache_dir: Path, log) -> LoadedDatas
     )
     log(f"validation (selects the best epoch and the threshold): {data.split.val_source}")
     if len(data.classes) == 2:
-        positive = resolve_positive_class(data.classes, config.positive_class)
-        how = "--positive-class" if config.positive_class else "default: the label that sorts second"
+        positive = resolve_positive_class(data.classes, config.decision.positive_class)
+        how = "--positive-class" if config.decision.positive_class else "default: the label that sorts second"
         log(f"positive class: {positive} ({how})")
     return data
 
@@ -132,11 +133,11 @@ def build_model(config: TrainConfig, strategy, num_classes: int, log: Callable[[
     from toolkit.model import build_classifier
     from toolkit.weights import WeightsRequest
 
-    keras.utils.set_random_seed(config.seed)
-    request = WeightsRequest(config.weights, config.allow_random_weights, log)
+    keras.utils.set_random_seed(config.optim.seed)
+    request = WeightsRequest(config.base.weights, config.base.allow_random_weights, log)
     with strategy.scope():
         model, weights_info = build_classifier(
-            num_classes, config.image_size, request, config.head, config.dropout, config.base
+            num_classes, config.base.image_size, request, config.head.kind, config.head.dropout, config.base.name
         )
     warnings = []
     if weights_info.warning:
@@ -144,7 +145,7 @@ def build_model(config: TrainConfig, strategy, num_classes: int, log: Callable[[
         log(warnings[-1])
     total, trainable = count_params(model)
     log(
-        f"model: {config.base} base ({_weights_line(weights_info)}) + {config.head} head; "
+        f"model: {config.base.name} base ({_weights_line(weights_info)}) + {config.head.kind} head; "
         f"{total:,} parameters, {trainable:,} trainable"
     )
     return model, weights_info, warnings
@@ -163,21 +164,21 @@ def frozen_phase(ctx: FitContext, data: LoadedDataset, precision: str, augmenter
 
     config, num_classes = ctx.config, len(data.classes)
     t0 = time.perf_counter()
-    if not config.cache_features:
+    if not config.base.cache_features:
         with ctx.strategy.scope():
-            compile_model(ctx.model, config.lr, config)
-        train_ds = image_dataset(data.train, num_classes, config.batch_size, True, config.seed, augmenter)
-        val_ds = image_dataset(data.val, num_classes, config.batch_size, False, config.seed)
+            compile_model(ctx.model, config.optim.lr, config)
+        train_ds = image_dataset(data.train, num_classes, config.optim.batch_size, True, config.optim.seed, augmenter)
+        val_ds = image_dataset(data.val, num_classes, config.optim.batch_size, False, config.optim.seed)
         fit_phase(
             ctx,
-            Phase("frozen", ctx.model, train_ds, val_ds, ctx.state.completed_epochs, config.epochs),
+            Phase("frozen", ctx.model, train_ds, val_ds, ctx.state.completed_epochs, config.optim.epochs),
             len(data.train),
         )
         ctx.timings["frozen_phase_s"] = time.perf_counter() - t0
         return None
     with ctx.strategy.scope():
         head = head_part(ctx.model)
-        compile_model(head, config.lr, config)
+        compile_model(head, config.optim.lr, config)
     if shares_cut_features(ctx, augmenter):  # blocks 1-4 once for both phases
         folder = cut_folder(ctx, features_dir)
         stores = cut_stores(ctx, data, augmenter, precision, folder)
@@ -185,11 +186,11 @@ def frozen_phase(ctx: FitContext, data: LoadedDataset, precision: str, augmenter
         callbacks = []
     else:
         train_ds, val_feats, callbacks = _frozen_features(ctx, data, precision, augmenter, features_dir)
-    val_ds = plain_feature_dataset(val_feats, data.val.labels, num_classes, config.batch_size)
-    if config.aug_views and augmenter is not None:
-        ctx.log(f"precomputed {config.aug_views} augmented views of {len(data.train)} training images")
+    val_ds = plain_feature_dataset(val_feats, data.val.labels, num_classes, config.optim.batch_size)
+    if config.data.aug_views and augmenter is not None:
+        ctx.log(f"precomputed {config.data.aug_views} augmented views of {len(data.train)} training images")
     ctx.timings["feature_extraction_s"] = time.perf_counter() - t0
-    phase = Phase("frozen", head, train_ds, val_ds, ctx.state.completed_epochs, config.epochs, callbacks)
+    phase = Phase("frozen", head, train_ds, val_ds, ctx.state.completed_epochs, config.optim.epochs, callbacks)
     fit_phase(ctx, phase, len(data.train))
     ctx.timings["frozen_phase_s"] = time.perf_counter() - t0
     return val_feats
@@ -204,15 +205,17 @@ def _frozen_features(ctx: FitContext, data: LoadedDataset, precision: str, augme
     # judged (and the best one picked) on exactly what the saved model computes.
     val_path = features_dir / "features-val.npy"
     val_feats = extract_features(
-        features_part(ctx.model), data.val.images, val_path, config.batch_size, np.float32, "validation features"
+        features_part(ctx.model), data.val.images, val_path, config.optim.batch_size, np.float32, "validation features"
     )
     feature_shape = tuple(features_part(ctx.model).output.shape[1:])
-    source = FeatureSource(data.train, num_classes, config.batch_size, config.seed, feature_shape, features_dir)
+    source = FeatureSource(
+        data.train, num_classes, config.optim.batch_size, config.optim.seed, feature_shape, features_dir
+    )
     extractor = build_feature_extractor(ctx.model, precision)
     # The multi-worker loop opens each epoch's iterator after the callbacks itself, and its
     # repeated, sharded dataset reads a varying number of batches per epoch.
     strict = config.strategy != "multiworker"
-    train_ds, callbacks = training_features(extractor, source, augmenter, config.aug_views, strict)
+    train_ds, callbacks = training_features(extractor, source, augmenter, config.data.aug_views, strict)
     return train_ds, val_feats, callbacks
 
 
@@ -230,27 +233,29 @@ def finetune_phase(ctx: FitContext, data: LoadedDataset, augmenter, precision: s
 
     config = ctx.config
     t0 = time.perf_counter()
-    if (ctx.run_dir / BEST).is_file() and ctx.state.completed_epochs <= config.epochs:
+    if (ctx.run_dir / BEST).is_file() and ctx.state.completed_epochs <= config.optim.epochs:
         ctx.model.set_weights(load_keras_model(ctx.run_dir / BEST).get_weights())
-    lr = config.fine_tune_lr or config.lr / 10
+    lr = config.fine_tune.lr or config.optim.lr / 10
     with ctx.strategy.scope():
-        unfrozen = unfreeze_for_fine_tuning(ctx.model, config.fine_tune_from)
-    how = "on cached features" if config.cache_features else "on images (whole network every step)"
-    ctx.log(f"fine-tuning {how}: {unfrozen} layers from {config.fine_tune_from} unfrozen, learning rate {lr:g}")
-    if config.cache_features:
+        unfrozen = unfreeze_for_fine_tuning(ctx.model, config.fine_tune.cut)
+    how = "on cached features" if config.base.cache_features else "on images (whole network every step)"
+    ctx.log(f"fine-tuning {how}: {unfrozen} layers from {config.fine_tune.cut} unfrozen, learning rate {lr:g}")
+    if config.base.cache_features:
         model, train_ds, val_ds, callbacks = cached_finetune_data(ctx, data, augmenter, precision, features_dir)
         _fine_tune_in(ctx, precision)
     else:
         model, callbacks = ctx.model, []
-        train_ds = image_dataset(data.train, len(data.classes), config.batch_size, True, config.seed, augmenter)
-        val_ds = image_dataset(data.val, len(data.classes), config.batch_size, False, config.seed)
+        train_ds = image_dataset(
+            data.train, len(data.classes), config.optim.batch_size, True, config.optim.seed, augmenter
+        )
+        val_ds = image_dataset(data.val, len(data.classes), config.optim.batch_size, False, config.optim.seed)
     with ctx.strategy.scope():
         compile_model(model, lr, config)
-    if config.fine_tune_schedule == "cosine":
-        callbacks = [*callbacks, cosine_schedule(lr, config.epochs, config.fine_tune_epochs)]
-    start = max(ctx.state.completed_epochs, config.epochs)
+    if config.fine_tune.schedule == "cosine":
+        callbacks = [*callbacks, cosine_schedule(lr, config.optim.epochs, config.fine_tune.epochs)]
+    start = max(ctx.state.completed_epochs, config.optim.epochs)
     t1 = time.perf_counter()
-    end = config.epochs + config.fine_tune_epochs
+    end = config.optim.epochs + config.fine_tune.epochs
     try:
         fit_phase(ctx, Phase("finetune", model, train_ds, val_ds, start, end, callbacks), len(data.train))
     finally:
@@ -272,7 +277,7 @@ def _fine_tune_in(ctx: FitContext, precision: str) -> None:
 
     ctx.fine_tune_precision = "bf16" if precision == "bf16" else "fp32"
     if ctx.fine_tune_precision == "bf16":
-        ctx.mixed_layers = fine_tuned_base_layers(ctx.model, ctx.config.fine_tune_from)
+        ctx.mixed_layers = fine_tuned_base_layers(ctx.model, ctx.config.fine_tune.cut)
         set_compute_precision(ctx.mixed_layers, "bf16")
     ctx.log(f"fine-tuning precision: {ctx.fine_tune_precision}" + (" (mixed: float32 weights)" * (precision == "bf16")))
 
@@ -282,12 +287,12 @@ def _context(config: TrainConfig, run_dir: Path, chief: bool, data: LoadedDatase
     import_tensorflow()
     strategy = make_strategy(config.strategy)
     model, weights_info, warnings = build_model(config, strategy, len(data.classes), log)
-    precision = resolve_precision(config.precision) if config.cache_features else "fp32"
-    if config.cache_features:
-        log(f"frozen-base precision: {precision}" + (" (auto)" if config.precision == "auto" else ""))
+    precision = resolve_precision(config.base.precision) if config.base.cache_features else "fp32"
+    if config.base.cache_features:
+        log(f"frozen-base precision: {precision}" + (" (auto)" if config.base.precision == "auto" else ""))
     state = TrainState.load(run_dir / STATE) if resume else TrainState()
     history = read_history_csv(run_dir / HISTORY) if resume else []
-    auto_weights = config.class_weight == "auto"
+    auto_weights = config.optim.class_weight == "auto"
     class_weight = balanced_class_weights(data.train.labels, len(data.classes)) if auto_weights else None
     ctx = FitContext(config, run_dir, chief, strategy, model, state, history, class_weight, verbose, log)
     return ctx, weights_info, precision, warnings
@@ -342,7 +347,7 @@ def _start(config, resume, chief, explicit, cluster, log, verbose) -> _Started:
     run_dir, config = prepare_run_dir(config, resume, chief, explicit)
     if chief:
         remove_stale_temporaries(run_dir)
-    cache_dir = Path(config.cache_dir) if config.cache_dir else run_dir / CACHE_DIR
+    cache_dir = Path(config.data.cache_dir) if config.data.cache_dir else run_dir / CACHE_DIR
     data = load_training_data(config, cache_dir, log)
     if chief:
         write_data_report(data.report, run_dir / DATA_REPORT)
@@ -355,14 +360,14 @@ def _train_started(s: _Started, cluster: dict) -> TrainResult:
     from toolkit.keras_io import count_params
 
     config, ctx, data = s.config, s.ctx, s.data
-    augmenter = RandomAffine(config.seed) if config.augment else None
+    augmenter = RandomAffine(config.optim.seed) if config.data.augment else None
     val_feats = None
     # Every worker computes its own features (its own augmentations): workers sharing
     # one --out must not write one another's feature files.
     features_dir = s.cache_dir / "features" / worker_tag(cluster) if cluster else s.cache_dir
     if ctx.state.phase == "frozen":
         val_feats = frozen_phase(ctx, data, s.precision, augmenter, features_dir)
-        _next_phase(ctx, "finetune" if config.fine_tune_epochs else "done")
+        _next_phase(ctx, "finetune" if config.fine_tune.epochs else "done")
     if ctx.state.phase == "finetune":
         finetune_phase(ctx, data, augmenter, s.precision, features_dir)
         _next_phase(ctx, "done")
@@ -371,7 +376,7 @@ def _train_started(s: _Started, cluster: dict) -> TrainResult:
     if not ctx.chief:
         # Non-chief workers trained in lockstep; the chief evaluates and writes the run folder.
         return make_result(ctx, facts, None, time.perf_counter() - s.start)
-    evaluation = final_metrics(ctx, data, None if config.fine_tune_epochs else val_feats)
+    evaluation = final_metrics(ctx, data, None if config.fine_tune.epochs else val_feats)
     result = make_result(ctx, facts, evaluation, time.perf_counter() - s.start)
     result.warnings = s.warnings
     write_run_json(ctx, facts, result)
