@@ -10,6 +10,7 @@ drift is read from the probabilities instead). Writes benchmarks/BASES.md and be
 a run for some bases (`python benchmarks/bases.py mobilenetv3large ...`) replaces their rows.
 
 Usage: python benchmarks/bases.py [BASE ...]   (data and run folders under ~/.cache/toolkit-bases)
+       python benchmarks/bases.py --report     (BASES.md again from bases.json)
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -55,6 +57,7 @@ def measure(name: str, data: Path) -> dict:
 
     spec = get_base(name)
     run = CACHE / name
+    shutil.rmtree(run, ignore_errors=True)  # a fresh run each time: random weights, nothing to keep
     t0 = time.perf_counter()
     trained = toolkit("train", str(data), "--base", name, "--weights", "none", "--epochs", "1", "--no-augment",
                       "--out", str(run), "--quiet", "--json")  # fmt: skip
@@ -90,6 +93,26 @@ def measure(name: str, data: Path) -> dict:
 def fastest_int8(row: dict) -> tuple[str, float] | None:
     timed = [(k, v["p50_ms"]) for k, v in row.get("bench", {}).items() if k.endswith("int8")]
     return min(timed, key=lambda kv: kv[1]) if timed else None
+
+
+def xnnpack_partitions(path: Path) -> int | None:
+    """How many pieces XNNPACK takes of a TFLite file (1: all of it; more: ops it cannot run sit between them)."""
+    if not path.is_file():
+        return None
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path), num_threads=1)
+    interpreter.allocate_tensors()
+    return sum(op["op_name"] == "DELEGATE" for op in interpreter._get_ops_details())
+
+
+def partition_note(name: str) -> str:
+    """TFLite int8 against float32 in XNNPACK partitions, read from the run's exported files."""
+    export = CACHE / name / "export"
+    int8, fp32 = (xnnpack_partitions(export / f"model_{p}.tflite") for p in ("int8", "float32"))
+    if int8 is None or fp32 is None or int8 == fp32:
+        return ""
+    return f"TFLite int8 runs as {int8} XNNPACK partitions (float32: {fp32})"
 
 
 def drift_note(row: dict) -> str:
@@ -130,7 +153,7 @@ def write_report(result: dict, out_md: Path) -> None:
         lines.append(
             f"| `{r['name']}` | {r['gflop']:.2f} | {r['parameters'] / 1e6:.1f} M | "
             + " | ".join(cells)
-            + f" | {fast_text} | {drift_note(r)} |"
+            + f" | {fast_text} | {'; '.join(n for n in (drift_note(r), partition_note(r['name'])) if n)} |"
         )
     lines += ["", "Size of each artifact, MB:", "", "| base | " + " | ".join(t for _, t in COLUMNS[1:]) + " |"]
     lines.append("|" + " --- |" * len(COLUMNS))
@@ -146,13 +169,19 @@ def write_report(result: dict, out_md: Path) -> None:
 NOTES = """Reading it: the targets of the base-network issue are MobileNetV3Large's fastest int8 artifact at
 batch 1 in <= 3 ms and EfficientNetV2B0's in <= 8 ms on a 2-core machine. Hard-swish and
 squeeze-excite (the MobileNetV3s, EfficientNetV2) are known to quantize badly and to fall off the
-fast int8 kernels of some runtimes: an int8 artifact slower than its float32 file is measured, not
-assumed, and `toolkit bench`'s recommendation picks per run."""
+fast int8 kernels of some runtimes: where TFLite's int8 file splits into many XNNPACK partitions (the
+notes column), the ops between them run on TFLite's reference int8 kernels, and the int8 file can be
+slower than float32. An int8 artifact slower than its float32 file is measured here, not assumed;
+`toolkit bench`'s recommendation picks per run."""
 
 
 def main() -> int:
     from toolkit.bases import base_names
 
+    out_json = HERE / "bases.json"
+    if sys.argv[1:] == ["--report"]:  # BASES.md again from bases.json (and the cached exports' partitions)
+        write_report(json.loads(out_json.read_text()), HERE / "BASES.md")
+        return 0
     unknown = sorted(set(sys.argv[1:]) - set(base_names()))
     if unknown:
         print(f"unknown base(s) {', '.join(unknown)}; choose from {', '.join(base_names())}", file=sys.stderr)
@@ -164,7 +193,6 @@ def main() -> int:
         if made.returncode != 0:
             print(made.stderr, file=sys.stderr)
             return 1
-    out_json = HERE / "bases.json"
     result = json.loads(out_json.read_text()) if out_json.is_file() else {"rows": {}}
     for name in names:
         print(f"== {name}", file=sys.stderr, flush=True)
