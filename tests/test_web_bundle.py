@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import http.server
 import json
@@ -36,14 +37,23 @@ def web_run(trained_run, tmp_path_factory) -> Path:
     return run
 
 
-@pytest.fixture(scope="module")
-def served(web_run):
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(web_run / "export"))
+@contextlib.contextmanager
+def _serving(folder: Path):
+    """`folder` over HTTP on a free local port, for as long as the block runs."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
     handler.log_message = lambda *a: None
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def served(web_run):
+    with _serving(web_run / "export") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -85,14 +95,13 @@ def _tolerance(precision: str) -> float:
     return 1e-4 if precision == "float32" or vnni or "avx2" not in flags else 2.5 / 255
 
 
-@pytest.mark.parametrize("precision", ["int8", "float32"])
-def test_page_classifies_like_the_python_runtime(web_run, served, browser, precision):
+def _page_agrees_with_the_runtime(browser, url: str, model: Path, files: list[Path], precision: str) -> None:
+    """The page at `url` classifies each file as toolkit.runtime does with `model`: same pixels, same probabilities."""
     from toolkit.runtime import load
 
-    runtime = load(web_run / "export" / f"web-{precision}" / "model.onnx", device="cpu")
-    files = validation_files(web_run)[:4] + validation_files(web_run)[-2:]
+    runtime = load(model, device="cpu")
     page = browser.new_page()
-    page.goto(f"{served}/web-{precision}/index.html")
+    page.goto(url)
     page.wait_for_selector("body[data-ready]")
     assert page.get_attribute("body", "data-ready") == "true", page.inner_text("#status")
     for path in files:
@@ -113,6 +122,33 @@ def test_page_classifies_like_the_python_runtime(web_run, served, browser, preci
         )
         assert result["label"] == expected.label
     page.close()
+
+
+@pytest.mark.parametrize("precision", ["int8", "float32"])
+def test_page_classifies_like_the_python_runtime(web_run, served, browser, precision):
+    files = validation_files(web_run)[:4] + validation_files(web_run)[-2:]
+    model = web_run / "export" / f"web-{precision}" / "model.onnx"
+    _page_agrees_with_the_runtime(browser, f"{served}/web-{precision}/index.html", model, files, precision)
+
+
+@pytest.mark.parametrize("base", ["mobilenetv3small", "efficientnetv2b0"])
+def test_a_mobile_base_classifies_in_the_page_like_the_runtime(base, demo_dir, browser, tmp_path):
+    """The bases a browser app picks, with their own ops (hard-swish, swish, squeeze-excite) in onnxruntime-web."""
+    from tests.conftest import train_config
+    from toolkit.export import ExportOptions, export_run
+    from toolkit.parity import ParityOverrides
+    from toolkit.train import train
+
+    run = tmp_path / "run"
+    train(train_config(demo_dir, run, base=base, epochs=1), log=lambda _m: None, verbose=0)
+    relaxed = ParityOverrides(min_agreement=0.0, max_accuracy_drop=1.0)  # random weights' int8 (conftest)
+    report = export_run(run, ExportOptions(format="web", calib_images=8, overrides=relaxed))
+    assert not report.failed and all(a["facts"]["base"] == base for a in report.manifest["artifacts"])
+    files = validation_files(run)[:2] + validation_files(run)[-1:]
+    with _serving(run / "export") as url:
+        for precision in ("int8", "float32"):
+            model = run / "export" / f"web-{precision}" / "model.onnx"
+            _page_agrees_with_the_runtime(browser, f"{url}/web-{precision}/index.html", model, files, precision)
 
 
 def test_choosing_a_file_in_the_page_shows_the_runtimes_label(web_run, served, browser):
