@@ -146,3 +146,24 @@ def test_bench_scores_at_the_operating_point_as_evaluate_does(exported_run, tmp_
     record = run_bench(None, [moved], options).records[0]
     assert record.accuracy == pytest.approx(expected.accuracy)
     assert record.balanced_accuracy == pytest.approx(expected.balanced_accuracy)
+
+
+def test_a_model_file_benches_without_keras_and_without_floors(exported_run, monkeypatch, capsys, tmp_path):
+    """The TF-free install benches .onnx files: counting FLOPs needs Keras, so the rows have no floor, and
+    the report says why instead of failing."""
+    from tests.conftest import validation_folder
+    from toolkit.bases import flops
+    from toolkit.console import print_bench_report
+
+    def no_keras(spec, image_size):
+        raise ModuleNotFoundError("No module named 'keras'")
+
+    monkeypatch.setattr(flops, "base_flops", no_keras)
+    data = validation_folder(exported_run, tmp_path / "val")
+    options = BenchOptions(batches=(1,), warmup=0, runs=2, threads=1, data_dir=str(data))
+    report = run_bench(None, [exported_run / "export" / "model_float32.onnx"], options)
+    assert report.machine["model_gflop_per_image"] is None and report.machine["floor_ms"] == {}
+    record = report.records[0]
+    assert record.p50_ms > 0 and record.gflops is None and record.floor_ms is None and record.floor_precision == "fp32"
+    print_bench_report(report, (1,))
+    assert "no floor: counting the model's FLOPs needs Keras" in capsys.readouterr().out

@@ -149,7 +149,9 @@ def _bench_table(report: BenchReport, batch: int) -> Table:
             f"{r.load_s:.2f}",
         )
         sizes = (f"{r.peak_rss_mb:.0f}", f"{r.size_mb:.1f}")
-        rates = (accuracy, balanced, speedup, f"{r.gflops:.0f}", r.floor_precision, f"{r.percent_of_peak:.0f}%")
+        rate = "-" if r.gflops is None else f"{r.gflops:.0f}"
+        share = "-" if r.percent_of_peak is None else f"{r.percent_of_peak:.0f}%"
+        rates = (accuracy, balanced, speedup, rate, r.floor_precision, share)
         table.add_row(r.name, provider, *timings, *sizes, *rates, style=style)
     return table
 
@@ -158,10 +160,14 @@ def _recommendation_line(rec: dict | None) -> str:
     if rec is None:
         return "recommended: none (no exported artifact with a passed gate was benchmarked)"
     accuracy = "" if rec["accuracy"] is None else f", accuracy {rec['accuracy']:.1%}"
+    floor = (
+        ""
+        if rec["floor_ms"] is None
+        else f", {rec['percent_of_floor']:.0f}% of the {rec['floor_precision']} floor of {rec['floor_ms']:.1f} ms"
+    )
     return (
-        f"[bold]recommended on this machine[/]: {rec['name']} ({rec['p50_ms']:.1f} ms p50 at batch {rec['batch']}, "
-        f"{rec['percent_of_floor']:.0f}% of the {rec['floor_precision']} floor of {rec['floor_ms']:.1f} ms"
-        f"{accuracy}; the fastest artifact that passed its gate)"
+        f"[bold]recommended on this machine[/]: {rec['name']} ({rec['p50_ms']:.1f} ms p50 at batch {rec['batch']}"
+        f"{floor}{accuracy}; the fastest artifact that passed its gate)"
     )
 
 
@@ -178,10 +184,16 @@ def print_bench_report(report: BenchReport, batches: tuple[int, ...]) -> None:
     for precision, peak in m["peaks"].items():
         runtimes = ", ".join(f"{k} {v:.0f}" for k, v in peak["by_runtime"].items())
         kernels = "; ".join(f"{k}: {', '.join(used)}" for k, used in peak.get("kernels", {}).items())
+        floor = (
+            f", so the {precision} floor is {m['floor_ms'][precision]:.1f} ms per image "
+            f"({m['model_gflop_per_image']:.2f} GFLOP)"
+            if precision in m["floor_ms"]
+            else " (no floor: counting the model's FLOPs needs Keras, toolkit[train])"
+        )
         console.print(
-            f"{precision} matrix peak ({size}x{size} matmul, best of {runtimes}): {peak['gflops']:.0f} GFLOP/s, "
-            f"so the {precision} floor is {m['floor_ms'][precision]:.1f} ms per image "
-            f"({m['model_gflop_per_image']:.2f} GFLOP)" + (f"; kernels: {kernels}" if kernels else "")
+            f"{precision} matrix peak ({size}x{size} matmul, best of {runtimes}): {peak['gflops']:.0f} GFLOP/s"
+            + floor
+            + (f"; kernels: {kernels}" if kernels else "")
         )
     for b in batches:
         console.print(_bench_table(report, b))

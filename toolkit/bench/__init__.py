@@ -120,21 +120,33 @@ def _run_in_subprocess(
     return [BenchRecord(**r) for r in json.loads(lines[-1])]
 
 
+def _model_gflop(plan: BenchPlan) -> float | None:
+    """GFLOP per image, counted on the base's graph: None where Keras is absent (the TF-free install benchmarks
+    model files without floors)."""
+    try:
+        return get_base(plan.base).flops(plan.image_size, len(plan.labels), plan.head) / 1e9
+    except ImportError:
+        return None
+
+
 def _machine(threads: int, plan: BenchPlan, records: list[BenchRecord]) -> dict:
     """The machine header, its matrix peak per precision, and each record's share of its own precision's peak."""
     machine = machine_header(threads)
     with phase("measuring the matrix peaks (fp32, bf16, int8)"):
         machine["peaks"] = measure_peaks(threads, peak_size())
-    gflop = get_base(plan.base).flops(plan.image_size, len(plan.labels), plan.head) / 1e9
+    gflop = _model_gflop(plan)
     machine["model_gflop_per_image"] = gflop
     machine["peak_matmul_size"] = peak_size()
-    machine["floor_ms"] = {p: 1000 * gflop / peak["gflops"] for p, peak in machine["peaks"].items()}
-    machine["fp32_matmul_peak_gflops"] = machine["peaks"]["fp32"]["gflops"]
-    machine["fp32_floor_ms"] = machine["floor_ms"]["fp32"]
+    peaks = machine["peaks"]
+    machine["floor_ms"] = {p: 1000 * gflop / peak["gflops"] for p, peak in peaks.items()} if gflop else {}
+    machine["fp32_matmul_peak_gflops"] = peaks["fp32"]["gflops"]
+    machine["fp32_floor_ms"] = machine["floor_ms"].get("fp32")
     for r in records:
-        r.gflops = gflop * r.batch / (r.p50_ms / 1000.0)
         wanted = floor_precision(r.precision)
-        r.floor_precision = wanted if wanted in machine["peaks"] else "fp32"  # no native bf16: its fp32 peak
+        r.floor_precision = wanted if wanted in peaks else "fp32"  # no native bf16: its fp32 peak
+        if not gflop:
+            continue
+        r.gflops = gflop * r.batch / (r.p50_ms / 1000.0)
         r.floor_ms = machine["floor_ms"][r.floor_precision]
         r.percent_of_peak = 100.0 * r.gflops / machine["peaks"][r.floor_precision]["gflops"]
     return machine
