@@ -7,6 +7,7 @@ what is wrong in one line (exit 2), so the CLI and the library cannot disagree.
 
 from __future__ import annotations
 
+import functools
 import sys
 from enum import Enum
 from pathlib import Path
@@ -37,6 +38,12 @@ DATA, BASE, HEAD, FIT, FINE, DECIDE, RUN = (
 )
 
 
+# Each group's options show under its panel (the same groups as TrainConfig's).
+DataOpt, BaseOpt, HeadOpt, FitOpt, FineOpt, DecideOpt, RunOpt = (
+    functools.partial(Opt, rich_help_panel=panel) for panel in (DATA, BASE, HEAD, FIT, FINE, DECIDE, RUN)
+)
+
+
 def _explicit_options(ctx: typer.Context) -> set[str]:
     """The options the user typed (not defaults): `--resume` compares them with the stored config."""
     return {name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"}
@@ -47,105 +54,78 @@ def train(
     ctx: typer.Context,
     data_dir: Annotated[Path, Arg(help="DATA_DIR/train/<class>/ [+ val/] [+ test/], or DATA_DIR/<class>/.")],
     val_split: Annotated[
-        float, Opt(help="Validation share carved from train/ (or a flat folder).", rich_help_panel=DATA)
+        float, DataOpt(help="Validation share carved from train/ (or a flat folder).")
     ] = TRAIN.val_split,
     test_split: Annotated[
-        float, Opt(help="Held-out test share of a flat DATA_DIR/<class>/ folder.", rich_help_panel=DATA)
+        float, DataOpt(help="Held-out test share of a flat DATA_DIR/<class>/ folder.")
     ] = TRAIN.test_split,
     validate_on_test: Annotated[
         bool,
-        Opt(
-            help="train/ + test/ only: validate on test/ as the Keras tutorial does (no held-out test).",
-            rich_help_panel=DATA,
-        ),
+        DataOpt(help="train/ + test/ only: validate on test/ as the Keras tutorial does (no held-out test)."),
     ] = TRAIN.validate_on_test,
     augment: Annotated[
-        bool, Opt("--augment/--no-augment", help="Random flip, shift, zoom, rotation.", rich_help_panel=DATA)
+        bool, DataOpt("--augment/--no-augment", help="Random flip, shift, zoom, rotation.")
     ] = TRAIN.augment,
-    aug_views: Annotated[
-        int, Opt(help="Precompute K augmented views (0: fresh each epoch).", rich_help_panel=DATA)
-    ] = TRAIN.aug_views,
-    cache_dir: Annotated[
-        Path | None, Opt(help="Decoded-image cache (default RUN_DIR/cache).", rich_help_panel=DATA)
-    ] = TRAIN.cache_dir,
+    aug_views: Annotated[int, DataOpt(help="Precompute K augmented views (0: fresh each epoch).")] = TRAIN.aug_views,
+    cache_dir: Annotated[Path | None, DataOpt(help="Decoded-image cache (default RUN_DIR/cache).")] = TRAIN.cache_dir,
     base: Annotated[
         str, Opt(help=f"The frozen network: {', '.join(base_names())} (toolkit bases).", rich_help_panel=BASE)
     ] = TRAIN.base,
     image_size: Annotated[
-        int | None, Opt(help="Square image side in pixels (default: the base's own, 224).", rich_help_panel=BASE)
+        int | None, BaseOpt(help="Square image side in pixels (default: the base's own, 224).")
     ] = None,
-    weights: Annotated[str, Opt(help="imagenet, none, or a local weights file.", rich_help_panel=BASE)] = TRAIN.weights,
+    weights: Annotated[str, BaseOpt(help="imagenet, none, or a local weights file.")] = TRAIN.weights,
     allow_random_weights: Annotated[
-        bool, Opt(help="If no ImageNet weights can be had, train from random weights (loudly).", rich_help_panel=BASE)
+        bool, BaseOpt(help="If no ImageNet weights can be had, train from random weights (loudly).")
     ] = TRAIN.allow_random_weights,
     cache_features: Annotated[
         bool,
-        Opt(
-            "--cache-features/--no-cache-features",
-            help="Run the frozen base once, train the head on its output.",
-            rich_help_panel=BASE,
-        ),
+        BaseOpt("--cache-features/--no-cache-features", help="Run the frozen base once, train the head on its output."),
     ] = TRAIN.cache_features,
     base_precision: Annotated[
-        BasePrecision, Opt(help="Compute precision of the cached frozen-base passes.", rich_help_panel=BASE)
+        BasePrecision, BaseOpt(help="Compute precision of the cached frozen-base passes.")
     ] = TRAIN.precision,
     head: Annotated[
-        Head, Opt(help="flatten (Flatten+Dense) or pooled: gap, gmp, gap+gmp (+Dropout+Dense).", rich_help_panel=HEAD)
+        Head, HeadOpt(help="flatten (Flatten+Dense) or pooled: gap, gmp, gap+gmp (+Dropout+Dense).")
     ] = TRAIN.head,
-    dropout: Annotated[
-        float, Opt(help="Dropout before the pooled heads' Dense layer.", rich_help_panel=HEAD)
-    ] = TRAIN.dropout,
-    epochs: Annotated[int, Opt(help="Epochs of the frozen-base phase.", rich_help_panel=FIT)] = TRAIN.epochs,
-    batch_size: Annotated[int, Opt(help="Images per training step.", rich_help_panel=FIT)] = TRAIN.batch_size,
-    lr: Annotated[float, Opt(help="Adam learning rate.", rich_help_panel=FIT)] = TRAIN.lr,
-    weight_decay: Annotated[float, Opt(help="AdamW weight decay (0: Adam).", rich_help_panel=FIT)] = TRAIN.weight_decay,
-    label_smoothing: Annotated[
-        float, Opt(help="Label smoothing of the cross-entropy.", rich_help_panel=FIT)
-    ] = TRAIN.label_smoothing,
-    class_weight: Annotated[
-        ClassWeight, Opt(help="auto: balanced, for imbalanced data.", rich_help_panel=FIT)
-    ] = TRAIN.class_weight,
+    dropout: Annotated[float, HeadOpt(help="Dropout before the pooled heads' Dense layer.")] = TRAIN.dropout,
+    epochs: Annotated[int, FitOpt(help="Epochs of the frozen-base phase.")] = TRAIN.epochs,
+    batch_size: Annotated[int, FitOpt(help="Images per training step.")] = TRAIN.batch_size,
+    lr: Annotated[float, FitOpt(help="Adam learning rate.")] = TRAIN.lr,
+    weight_decay: Annotated[float, FitOpt(help="AdamW weight decay (0: Adam).")] = TRAIN.weight_decay,
+    label_smoothing: Annotated[float, FitOpt(help="Label smoothing of the cross-entropy.")] = TRAIN.label_smoothing,
+    class_weight: Annotated[ClassWeight, FitOpt(help="auto: balanced, for imbalanced data.")] = TRAIN.class_weight,
     monitor: Annotated[
-        Monitor, Opt(metavar="METRIC", help=f"Picks the best epoch: {', '.join(Monitor)}.", rich_help_panel=FIT)
+        Monitor, FitOpt(metavar="METRIC", help=f"Picks the best epoch: {', '.join(Monitor)}.")
     ] = TRAIN.monitor,
-    patience: Annotated[
-        int, Opt(help="Early-stopping patience in epochs (0: off).", rich_help_panel=FIT)
-    ] = TRAIN.patience,
-    seed: Annotated[int, Opt(help="Seeded runs are repeatable.", rich_help_panel=FIT)] = TRAIN.seed,
+    patience: Annotated[int, FitOpt(help="Early-stopping patience in epochs (0: off).")] = TRAIN.patience,
+    seed: Annotated[int, FitOpt(help="Seeded runs are repeatable.")] = TRAIN.seed,
     fine_tune_epochs: Annotated[
-        int, Opt(help="Epochs with the base above --fine-tune-from unfrozen, afterwards.", rich_help_panel=FINE)
+        int, FineOpt(help="Epochs with the base above --fine-tune-from unfrozen, afterwards.")
     ] = TRAIN.fine_tune_epochs,
     fine_tune_lr: Annotated[
-        float | None, Opt(help="Fine-tuning learning rate (default lr/10).", rich_help_panel=FINE)
+        float | None, FineOpt(help="Fine-tuning learning rate (default lr/10).")
     ] = TRAIN.fine_tune_lr,
     fine_tune_schedule: Annotated[
-        Schedule, Opt(help="cosine: decay the fine-tuning rate to 0 over its epochs.", rich_help_panel=FINE)
+        Schedule, FineOpt(help="cosine: decay the fine-tuning rate to 0 over its epochs.")
     ] = TRAIN.fine_tune_schedule,
     fine_tune_from: Annotated[
         str | None,
-        Opt(
-            help=f"Where the unfrozen part starts (default: the base's first cut). {cuts_help()}.", rich_help_panel=FINE
-        ),
+        FineOpt(help=f"Where the unfrozen part starts (default: the base's first cut). {cuts_help()}."),
     ] = None,
     positive_class: Annotated[
-        str | None, Opt(help="The finding (AUC etc.; default: the label that sorts second).", rich_help_panel=DECIDE)
+        str | None, DecideOpt(help="The finding (AUC etc.; default: the label that sorts second).")
     ] = TRAIN.positive_class,
     operating_point: Annotated[
         str | None,
-        Opt(help="sensitivity=S, specificity=S or threshold=T, chosen on validation.", rich_help_panel=DECIDE),
+        DecideOpt(help="sensitivity=S, specificity=S or threshold=T, chosen on validation."),
     ] = TRAIN.operating_point,
-    out: Annotated[Path | None, Opt(help="Run folder (default models/<timestamp>).", rich_help_panel=RUN)] = None,
-    strategy: Annotated[Strategy, Opt(help="multiworker reads TF_CONFIG.", rich_help_panel=RUN)] = TRAIN.strategy,
-    resume: Annotated[
-        bool, Opt(help="Continue an interrupted run in --out (only --epochs may change).", rich_help_panel=RUN)
-    ] = False,
-    wait: Annotated[
-        bool, Opt(help="If another process writes --out, wait for it (default: exit 2).", rich_help_panel=RUN)
-    ] = False,
-    quiet: Annotated[bool, Opt(help="No progress output.", rich_help_panel=RUN)] = False,
-    json_output: Annotated[
-        bool, Opt("--json", help="Print the result as JSON (no progress output).", rich_help_panel=RUN)
-    ] = False,
+    out: Annotated[Path | None, RunOpt(help="Run folder (default models/<timestamp>).")] = None,
+    strategy: Annotated[Strategy, RunOpt(help="multiworker reads TF_CONFIG.")] = TRAIN.strategy,
+    resume: Annotated[bool, RunOpt(help="Continue an interrupted run in --out (only --epochs may change).")] = False,
+    wait: Annotated[bool, RunOpt(help="If another process writes --out, wait for it (default: exit 2).")] = False,
+    quiet: Annotated[bool, RunOpt(help="No progress output.")] = False,
+    json_output: Annotated[bool, RunOpt("--json", help="Print the result as JSON (no progress output).")] = False,
 ) -> None:
     """Train a classifier on a frozen ImageNet base (see `toolkit bases`) plus a small new head."""
     from toolkit.tf_setup import import_tensorflow

@@ -34,26 +34,28 @@ def _weights_here(spec) -> str:
     return "Keras download (or --weights PATH)"
 
 
-def base_rows(include_test: bool = False) -> list[BaseRow]:
-    """Every base's row; building each (random weights) counts its parameters without any download."""
+def base_row(name: str) -> BaseRow:
+    """One base's row: building it once (random weights, no download) counts its parameters and its FLOPs."""
+    from toolkit.bases.flops import base_flops
     from toolkit.tf_setup import import_tensorflow
 
     import_tensorflow()  # quiet: TensorFlow's start-up lines kept off the table
-    rows = []
-    for name in base_names(include_test):
-        spec = get_base(name)
-        model = spec.build((spec.default_size, spec.default_size, 3))
-        rows.append(
-            BaseRow(
-                name=name,
-                gflop=spec.flops(spec.default_size, TABLE_CLASSES, "gap") / 1e9,
-                parameters=int(model.count_params()),
-                default_size=spec.default_size,
-                min_size=spec.min_size,
-                cuts=dict(spec.cuts),
-                imagenet_top1=spec.imagenet_top1,
-                weights_here=_weights_here(spec),
-                description=spec.description,
-            )
-        )
-    return rows
+    spec = get_base(name)
+    model = spec.build((spec.default_size, spec.default_size, 3))
+    base_flops(spec, spec.default_size, built=model)
+    return BaseRow(
+        name=name,
+        gflop=spec.flops(spec.default_size, TABLE_CLASSES, "gap") / 1e9,
+        parameters=int(model.count_params()),
+        default_size=spec.default_size,
+        min_size=spec.min_size,
+        cuts=dict(spec.cuts),
+        imagenet_top1=spec.imagenet_top1,
+        weights_here=_weights_here(spec),
+        description=spec.description,
+    )
+
+
+def base_rows(include_test: bool = False) -> list[BaseRow]:
+    """Every base's row."""
+    return [base_row(name) for name in base_names(include_test)]

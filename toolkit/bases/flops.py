@@ -32,11 +32,12 @@ def model_flops(model) -> float:
 _COUNTED: dict[tuple[str, int], tuple[float, tuple[int, ...]]] = {}
 
 
-def base_flops(spec, image_size: int) -> tuple[float, tuple[int, ...]]:
-    """(FLOPs, output shape) of the base of record `spec` at `image_size`, built once per process (random weights)."""
+def base_flops(spec, image_size: int, built=None) -> tuple[float, tuple[int, ...]]:
+    """(FLOPs, output shape) of the base of record `spec` at `image_size`, counted once per process: on `built`
+    when the caller has the base already, else on one built here with random weights."""
     key = (spec.name, image_size)
     if key not in _COUNTED:
-        base = spec.build((image_size, image_size, 3))
+        base = built if built is not None else spec.build((image_size, image_size, 3))
         _COUNTED[key] = model_flops(base), tuple(int(d) for d in base.output.shape[1:])
     return _COUNTED[key]
 

@@ -12,7 +12,7 @@ cannot open: the builder swaps each for the `DepthwiseConv2D` it equals (same we
 
 from __future__ import annotations
 
-from toolkit.bases.spec import BaseSpec, Preprocessing, keras_application, register
+from toolkit.bases.spec import Preprocessing, application_base, keras_application
 
 _convnext_tiny = keras_application("ConvNeXtTiny", "convnext_tiny", include_preprocessing=False)
 
@@ -50,34 +50,27 @@ def build_convnext_tiny(input_shape: tuple[int, int, int], weights: str | None =
     return twin
 
 
-RESNET50V2 = register(
-    BaseSpec(
-        name="resnet50v2",
-        layer_name="resnet50v2",
-        build=keras_application("ResNet50V2", "resnet50v2"),
-        preprocessing=Preprocessing.tf,
-        default_size=224,
-        min_size=32,
-        cuts={"conv5": "conv4_block6_out", "conv4": "conv3_block4_out"},
-        keras_weights_file="resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
-        imagenet_top1=76.0,
-        description="ResNet50V2 (He et al. 2016), pre-activation residual stages",
-    )
+RESNET50V2 = application_base(
+    "resnet50v2",
+    "ResNet50V2",
+    "resnet50v2",
+    preprocessing=Preprocessing.tf,
+    cuts={"conv5": "conv4_block6_out", "conv4": "conv3_block4_out"},
+    keras_weights_file="resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    imagenet_top1=76.0,
+    description="ResNet50V2 (He et al. 2016), pre-activation residual stages",
 )
-CONVNEXTTINY = register(
-    BaseSpec(
-        name="convnexttiny",
-        layer_name="convnext_tiny",  # Keras checks the weights variant against this name
-        build=build_convnext_tiny,
-        preprocessing=Preprocessing.torch,
-        default_size=224,
-        min_size=32,
-        cuts={
-            "stage_3": "convnext_tiny_downsampling_block_2",
-            "stage_2": "convnext_tiny_downsampling_block_1",
-        },
-        keras_weights_file="convnext_tiny_notop.h5",
-        imagenet_top1=82.1,
-        description="ConvNeXt Tiny (Liu et al. 2022): 7x7 depthwise convolutions, LayerNorm, GELU",
-    )
+CONVNEXTTINY = application_base(
+    "convnexttiny",
+    "ConvNeXtTiny",
+    "convnext_tiny",  # Keras checks the weights variant against this name
+    build=build_convnext_tiny,
+    preprocessing=Preprocessing.torch,
+    cuts={
+        "stage_3": "convnext_tiny_downsampling_block_2",
+        "stage_2": "convnext_tiny_downsampling_block_1",
+    },
+    keras_weights_file="convnext_tiny_notop.h5",
+    imagenet_top1=82.1,
+    description="ConvNeXt Tiny (Liu et al. 2022): 7x7 depthwise convolutions, LayerNorm, GELU",
 )

@@ -130,3 +130,12 @@ def keras_application(name: str, layer_name: str, **options) -> Callable[..., ob
         return constructor(include_top=False, weights=weights, input_shape=input_shape, name=layer_name, **options)
 
     return build
+
+
+def application_base(name: str, application: str, layer_name: str, **record) -> BaseSpec:
+    """Register a keras.applications base (224 px by default, 32 at least); `options` go to its constructor
+    (`include_preprocessing=False` where the record's mode runs in the classifier), `build` replaces the builder."""
+    options = record.pop("options", {})
+    builder = record.pop("build", None) or keras_application(application, layer_name, **options)
+    shared = dict(default_size=224, min_size=32)
+    return register(BaseSpec(name=name, layer_name=layer_name, build=builder, **shared, **record))
