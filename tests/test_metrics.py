@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from toolkit.metrics import binary_auc, classification_metrics
+from toolkit.metrics import binary_auc, classification_metrics, recall_summary
 
 
 def test_auc_matches_pairwise_definition_with_ties():
@@ -55,3 +55,32 @@ def test_multiworker_logs_mean_what_the_compiled_keras_metrics_mean():
         assert ours[f"val_{name}"] == pytest.approx(float(metric.result()), abs=2e-3), name
     loss = float(keras.losses.CategoricalCrossentropy()(onehot, probs))
     assert ours["val_loss"] == pytest.approx(loss, rel=1e-4)
+
+
+def test_k_class_balanced_accuracy_and_recall_show_a_class_never_predicted():
+    """Four grades, two small ones never predicted: accuracy looks fine, balanced accuracy and recall do not."""
+    from toolkit.evaluate import format_metrics
+    from toolkit.metrics import recall_summary
+
+    labels = np.array([0] * 8 + [1] * 2 + [2] * 2 + [3] * 4)
+    pred = np.array([0] * 8 + [0, 0] + [3, 3] + [3, 3, 3, 0])
+    m = classification_metrics(np.eye(4)[pred] * 0.7 + 0.075, labels, ["0", "1/3", "2/3", "1"])
+    assert m.accuracy == pytest.approx(11 / 16)
+    assert m.balanced_accuracy == pytest.approx((1 + 0 + 0 + 0.75) / 4)
+    assert [c.recall for c in m.per_class.values()] == pytest.approx([1, 0, 0, 0.75])
+    line = recall_summary(m)
+    assert line == "balanced accuracy 43.8%; recall per class: 0 100.0%, 1/3 0.0%, 2/3 0.0%, 1 75.0%"
+    assert line in format_metrics(m)
+
+
+def test_train_console_prints_balanced_accuracy_and_recall_for_both_splits(capsys):
+    from toolkit.console import print_train_result
+    from toolkit.train.config import TrainResult
+
+    m = classification_metrics(np.eye(3)[[0, 0, 1, 0]] * 0.7 + 0.1, np.array([0, 0, 1, 2]), ["a", "b", "c"])
+    summary = recall_summary(m)
+    result = TrainResult("run", 3, 0.5, "val_loss", 0.75, 0.9, 0.75, "file", "fp32", "features")
+    result.val_summary = result.test_summary = summary
+    print_train_result(result)
+    lines = [line for line in capsys.readouterr().out.splitlines() if "accuracy 0.750" in line]
+    assert len(lines) == 2 and all(line.endswith("recall per class: a 100.0%, b 100.0%, c 0.0%") for line in lines)

@@ -217,9 +217,11 @@ def print_train_result(result: TrainResult) -> None:
         return
     typer.echo(f"best epoch {result.best_epoch} ({result.monitor} {result.best_value:.4f})")
     auc = f"{result.val_auc:.3f}" if result.val_auc is not None else "n/a"
-    typer.echo(f"validation accuracy {result.val_accuracy:.3f}, AUC {auc} (best model)")
+    typer.echo(f"validation accuracy {result.val_accuracy:.3f}, AUC {auc} (best model); {result.val_summary}")
     if result.test_accuracy is not None:
-        typer.echo(f"test accuracy {result.test_accuracy:.3f} (held out, evaluated once; see metrics.json)")
+        typer.echo(
+            f"test accuracy {result.test_accuracy:.3f} (held out, evaluated once; see metrics.json); {result.test_summary}"
+        )
     if result.decision is not None:
         d = result.decision
         typer.echo(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from toolkit.data import SkippedFile, load_labelled_folder
 from toolkit.fileio import write_json_atomic
-from toolkit.metrics import Metrics, classification_metrics, plot_confusion, plot_roc
+from toolkit.metrics import Metrics, classification_metrics, plot_confusion, plot_roc, recall_summary
 from toolkit.operating_point import default_decision
 from toolkit.run_folder import METRICS
 from toolkit.runtime import Classifier
@@ -59,6 +59,7 @@ def format_metrics(m: Metrics) -> str:
         if m.auc is not None
         else f"images: {m.count}   accuracy: {m.accuracy:.4f}   AUC: n/a"
     ]
+    lines.append(recall_summary(m))
     if m.sensitivity is not None:
         lines.append(
             f"positive class {m.positive_class} at threshold {m.threshold:.4g}: sensitivity {m.sensitivity:.4f}   "

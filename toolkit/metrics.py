@@ -148,6 +148,13 @@ def classification_metrics(
     return metrics
 
 
+def recall_summary(m: Metrics) -> str:
+    """Balanced accuracy and every class's recall on one line: a class the model never predicts shows as 0%."""
+    balanced = "n/a" if m.balanced_accuracy is None else f"{m.balanced_accuracy:.1%}"
+    recalls = ", ".join(f"{name} {c.recall:.1%}" for name, c in m.per_class.items() if c.support)
+    return f"balanced accuracy {balanced}; recall per class: {recalls}"
+
+
 def plot_roc(
     probs: np.ndarray, labels: np.ndarray, decision: Decision, path: str | os.PathLike[str], title: str = "ROC"
 ) -> None:

@@ -290,3 +290,5 @@ class TrainResult:
     seconds: float = 0.0
     warnings: list[str] = dataclasses.field(default_factory=list)
     decision: Decision | None = None
+    val_summary: str = ""  # balanced accuracy and per-class recall (metrics.recall_summary)
+    test_summary: str = ""

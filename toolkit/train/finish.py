@@ -12,7 +12,7 @@ from toolkit.data import DataReport, LoadedDataset
 from toolkit.errors import TrainingError
 from toolkit.fileio import write_json_atomic
 from toolkit.keras_io import load_keras_model, predict_in_batches
-from toolkit.metrics import Metrics, classification_metrics, plot_confusion, plot_roc
+from toolkit.metrics import Metrics, classification_metrics, plot_confusion, plot_roc, recall_summary
 from toolkit.model import head_part
 from toolkit.operating_point import Decision, choose_threshold, parse_operating_point, resolve_positive_class
 from toolkit.run_folder import (
@@ -131,6 +131,8 @@ def make_result(ctx: FitContext, facts: RunFacts, evaluation: Evaluation | None,
         mode=ctx.config.mode,
         seconds=seconds,
         decision=evaluation.decision if evaluation else None,
+        val_summary=recall_summary(evaluation.val) if evaluation else "",
+        test_summary=recall_summary(evaluation.test) if evaluation and evaluation.test else "",
     )
 
 
