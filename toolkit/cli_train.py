@@ -89,6 +89,10 @@ def train(
         Head, HeadOpt(help="flatten (Flatten+Dense) or pooled: gap, gmp, gap+gmp (+Dropout+Dense).")
     ] = TRAIN.head,
     dropout: Annotated[float, HeadOpt(help="Dropout before the pooled heads' Dense layer.")] = TRAIN.dropout,
+    feature_norm: Annotated[
+        bool,
+        HeadOpt("--feature-norm/--no-feature-norm", help="Standardise the head's inputs with training statistics."),
+    ] = TRAIN.feature_norm,
     epochs: Annotated[int, FitOpt(help="Epochs of the frozen-base phase.")] = TRAIN.epochs,
     batch_size: Annotated[int, FitOpt(help="Images per training step.")] = TRAIN.batch_size,
     lr: Annotated[float, FitOpt(help="Adam learning rate.")] = TRAIN.lr,

@@ -18,6 +18,7 @@ from toolkit.errors import ModelError, WeightsError
 from toolkit.keras_io import IMAGENET_BGR_MEAN
 from toolkit.weights import WeightsInfo, WeightsRequest, imagenet_base
 
+FEATURE_NORM = "feature_norm"  # the head's standardisation layer (build_head)
 IMAGENET_RGB_MEAN, IMAGENET_RGB_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # torch mode, on 0..1
 
 
@@ -102,7 +103,7 @@ def build_base(spec: BaseSpec, image_size: int, request: WeightsRequest):
     return base, info
 
 
-def build_head(feature_shape: tuple[int, ...], num_classes: int, head: str, dropout: float):
+def build_head(feature_shape: tuple[int, ...], num_classes: int, head: str, dropout: float, normalize: bool = False):
     """A small head on the base's feature map.
 
     `flatten` is the classic recipe (Flatten + Dense: 25,088 inputs at 224 px, which
@@ -110,6 +111,12 @@ def build_head(feature_shape: tuple[int, ...], num_classes: int, head: str, drop
     `gap` averages (how much of a pattern), `gmp` takes the maximum (whether a small
     defect appears anywhere), `gap+gmp` concatenates both. Dropout comes before the
     Dense layer on the pooled heads.
+
+    `normalize` standardises the head's inputs with the training features' mean and
+    variance (`set_feature_statistics`), as a frozen `BatchNormalization` named
+    "feature_norm": pooled VGG16 activations reach the Dense layer on scales from 0.5
+    (averaged) to 100 (maxed), which one learning rate cannot serve. A standard layer
+    in the graph, so every artifact carries it and plain Keras opens the model.
     """
     keras = _keras()
     if head not in tuple(Head):
@@ -124,6 +131,9 @@ def build_head(feature_shape: tuple[int, ...], num_classes: int, head: str, drop
         if head in ("gmp", "gap+gmp"):
             pooled.append(keras.layers.GlobalMaxPooling2D(name="gmp")(inputs))
         x = pooled[0] if len(pooled) == 1 else keras.layers.Concatenate(name="gap_gmp")(pooled)
+    if normalize:
+        x = keras.layers.BatchNormalization(center=False, scale=False, name=FEATURE_NORM, trainable=False)(x)
+    if head != "flatten":
         x = keras.layers.Dropout(dropout, name="dropout")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", name="probs", dtype="float32")(x)
     return keras.Model(inputs, outputs, name="head")
@@ -136,6 +146,7 @@ def build_classifier(
     head: str = "flatten",
     dropout: float = 0.3,
     base: str = DEFAULT_BASE,
+    normalize: bool = False,
 ):
     """Return (model, WeightsInfo): image -> `features` sub-model -> `head` sub-model."""
     keras = _keras()
@@ -149,7 +160,7 @@ def build_classifier(
     x = base(x, training=False)
     features = keras.Model(image, x, name="features")
     features.trainable = False
-    head_model = build_head(tuple(features.output.shape[1:]), num_classes, head, dropout)
+    head_model = build_head(tuple(features.output.shape[1:]), num_classes, head, dropout, normalize)
     inputs = keras.Input((image_size, image_size, 3), name="image")
     outputs = head_model(features(inputs, training=False))
     return keras.Model(inputs, outputs, name="classifier"), info
@@ -161,6 +172,25 @@ def features_part(model):
 
 def head_part(model):
     return model.get_layer("head")
+
+
+def feature_norm(head):
+    """The head's frozen standardisation layer, or None when the head has none."""
+    names = {layer.name for layer in head.layers}
+    return head.get_layer(FEATURE_NORM) if FEATURE_NORM in names else None
+
+
+def pre_norm(head):
+    """The head up to its standardisation: what `set_feature_statistics` measures."""
+    return _keras().Model(head.input, feature_norm(head).input, name="head_pre_norm")
+
+
+def set_feature_statistics(head, mean, variance) -> None:
+    """Store the training features' mean and variance in the head's `feature_norm` layer."""
+    import numpy as np
+
+    layer = feature_norm(head)
+    layer.set_weights([np.asarray(mean, np.float32), np.asarray(variance, np.float32)])
 
 
 def base_model(model):

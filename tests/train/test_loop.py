@@ -173,8 +173,8 @@ def test_fine_tuning_on_cached_features_is_fine_tuning_on_images(demo_dir, tmp_p
         train(config, log=lambda _m: None, verbose=0)
         weights[name] = load_keras_model(tmp_path / name / "best.keras").get_weights()
     assert len(weights["cached"]) == len(weights["images"])
-    for a, b in zip(weights["cached"], weights["images"]):
-        np.testing.assert_allclose(a, b, atol=2e-3)
+    for a, b in zip(weights["cached"], weights["images"]):  # rtol: feature_norm's variances, from float16 stores
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=2e-3)
 
 
 def test_cached_and_uncached_training_reach_equivalent_heads(demo_dir, tmp_path):

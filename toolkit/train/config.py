@@ -75,6 +75,7 @@ class BaseConfig:
 class HeadConfig:
     kind: Head = Head.gap_gmp  # measured on real images (benchmarks/REAL.md); flatten is the tutorial's
     dropout: float = 0.3
+    normalize: bool = True  # --feature-norm: standardise the head's inputs with training statistics (model.build_head)
 
 
 @dataclasses.dataclass
@@ -123,6 +124,7 @@ FLAT_NAMES: dict[str, tuple[str, str]] = {
     "precision": ("base", "precision"),
     "head": ("head", "kind"),
     "dropout": ("head", "dropout"),
+    "feature_norm": ("head", "normalize"),
     "epochs": ("optim", "epochs"),
     "batch_size": ("optim", "batch_size"),
     "lr": ("optim", "lr"),

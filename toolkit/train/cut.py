@@ -88,7 +88,7 @@ def cut_stores(ctx: FitContext, data: LoadedDataset, augmenter, precision: str, 
 
 
 def frozen_features_from_cut(ctx: FitContext, data: LoadedDataset, stores: CutStores, folder: Path):
-    """(training dataset, validation features) of the head's input, mapped from the cut's stores."""
+    """(training dataset, validation features, training views) of the head's input, mapped from the cut's stores."""
     from toolkit.model import build_middle_model
 
     c, num_classes = ctx.config, len(data.classes)
@@ -102,7 +102,7 @@ def frozen_features_from_cut(ctx: FitContext, data: LoadedDataset, stores: CutSt
     for view in range(len(stores.views)):
         map_features(middle, stores.views[view], views[view], c.optim.batch_size, f"training features, view {view + 1}")
     train_ds = feature_views_dataset(views, data.train.labels, num_classes, c.optim.batch_size, c.optim.seed)
-    return train_ds, val
+    return train_ds, val, views
 
 
 def cached_finetune_data(ctx: FitContext, data: LoadedDataset, augmenter, precision: str, features_dir: Path):
@@ -122,7 +122,7 @@ def cached_finetune_data(ctx: FitContext, data: LoadedDataset, augmenter, precis
         shape = tuple(exact.output.shape[1:])
         source = FeatureSource(data.train, num_classes, c.optim.batch_size, c.optim.seed + 1, shape, folder)
         extractor = build_feature_extractor(ctx.model, precision, until=fine_tune_cut(ctx.model, c.fine_tune.cut))
-        train_ds, callbacks = training_features(
+        train_ds, callbacks, _ = training_features(
             extractor, source, augmenter, c.data.aug_views, c.strategy != "multiworker"
         )
     val_ds = plain_feature_dataset(val_feats, data.val.labels, num_classes, c.optim.batch_size)

@@ -108,6 +108,28 @@ def map_features(model, inputs: np.ndarray, store: np.ndarray, batch_size: int, 
             advance(len(batch))
 
 
+def feature_statistics(model, arrays, batch_size: int, description: str = "feature statistics"):
+    """Per-feature mean and variance of `model`'s output over every row of `arrays` (a list of stores).
+
+    Sums accumulate in float64, batch by batch, so stores larger than memory work.
+    """
+    tf = import_tensorflow()
+    signature = [tf.TensorSpec((None, *model.input.shape[1:]), tf.float32)]
+    forward = tf.function(lambda x: model(x, training=False), input_signature=signature)
+    total, squares, count = 0.0, 0.0, 0
+    with phase(description, sum(len(a) for a in arrays)) as advance:
+        for array in arrays:
+            for start in range(0, len(array), batch_size):
+                out = forward(np.asarray(array[start : start + batch_size], dtype=np.float32)).numpy()
+                out = out.astype(np.float64).reshape(len(out), -1)
+                total, squares, count = total + out.sum(0), squares + (out**2).sum(0), count + len(out)
+                advance(len(out))
+    if not count:
+        raise TrainingError("no training features to standardise the head with")
+    mean = total / count
+    return mean, np.maximum(squares / count - mean**2, 0.0)
+
+
 def feature_batches(gather, n: int, feature_shape, num_classes: int, batch_size: int, seed: int):
     """Shuffled batches of (float32 features, one-hot labels), each fetched by `gather(indices)`."""
     tf = import_tensorflow()
@@ -169,6 +191,11 @@ class EpochFeatures:
         self.refreshing = False
         self._lock = threading.Lock()
 
+    def prime(self, epoch: int) -> np.ndarray:
+        """Compute `epoch`'s buffer now (its epoch then reuses it); returns the buffer, e.g. to measure it."""
+        self.refresh(epoch)
+        return self.store
+
     def refresh(self, epoch: int) -> None:
         """Recompute the buffer for `epoch` before any of its batches is read."""
         self.check_reads()
@@ -209,7 +236,8 @@ class EpochFeatures:
 
         class RefreshFeatures(keras.callbacks.Callback):
             def on_epoch_begin(self, epoch, logs=None):
-                owner.refresh(epoch)
+                if owner.epoch != epoch or owner.reads != 0:  # not already primed for this epoch
+                    owner.refresh(epoch)
 
             def on_train_end(self, logs=None):
                 owner.check_reads()
@@ -230,7 +258,10 @@ class FeatureSource:
 
 
 def training_features(extractor, source: FeatureSource, augmenter, aug_views: int, strict: bool = True):
-    """Where the head's training features come from: (dataset, callbacks).
+    """Where the head's training features come from: (dataset, callbacks, rows).
+
+    `rows(epoch)` returns the stores that epoch trains on (every view), for the head's
+    feature statistics; in the per-epoch mode it computes that epoch's pass early.
 
     No augmenter: one pass, once. `aug_views` K > 0: K augmented passes up front,
     each epoch draws one view per image. Augmentation with K=0: one fresh augmented
@@ -242,7 +273,8 @@ def training_features(extractor, source: FeatureSource, augmenter, aug_views: in
     if augmenter is None:
         path = s.folder / "features-train.npy"
         feats = extract_features(extractor, s.arrays.images, path, s.batch_size, description="training features")
-        return feature_views_dataset(feats[None], labels, s.num_classes, s.batch_size, s.seed), []
+        dataset = feature_views_dataset(feats[None], labels, s.num_classes, s.batch_size, s.seed)
+        return dataset, [], lambda epoch: [feats]
     forward = compile_forward(extractor, augmenter)
     if aug_views:
         path = s.folder / "features-train-views.npy"
@@ -251,6 +283,7 @@ def training_features(extractor, source: FeatureSource, augmenter, aug_views: in
             extract_into(forward, s.arrays.images, views[view], s.batch_size, f"augmented view {view + 1}/{aug_views}")
         views.flush()
         stored = np.load(path, mmap_mode="r", allow_pickle=False)
-        return feature_views_dataset(stored, labels, s.num_classes, s.batch_size, s.seed), []
+        dataset = feature_views_dataset(stored, labels, s.num_classes, s.batch_size, s.seed)
+        return dataset, [], lambda epoch: list(stored)
     fresh = EpochFeatures(forward, source, s.folder / "features-train-epoch.npy", strict=strict)
-    return fresh.dataset(), [fresh.callback()]
+    return fresh.dataset(), [fresh.callback()], lambda epoch: [fresh.prime(epoch)]

@@ -48,7 +48,13 @@ from toolkit.train.cut import (
     frozen_features_from_cut,
     shares_cut_features,
 )
-from toolkit.train.features import FeatureSource, extract_features, plain_feature_dataset, training_features
+from toolkit.train.features import (
+    FeatureSource,
+    extract_features,
+    feature_statistics,
+    plain_feature_dataset,
+    training_features,
+)
 from toolkit.train.finish import RunFacts, final_metrics, make_result, write_run_json
 from toolkit.train.fit import (
     FitContext,
@@ -65,6 +71,7 @@ def _resumed_config(config: TrainConfig, saved: Path, explicit: set[str] | None)
     """The stored config, refusing (not ignoring) settings given now that differ from it; --epochs may grow."""
     try:
         raw = read_json_file(saved, "run config")
+        raw.setdefault("feature_norm", False)  # runs stored before the setting existed have no such layer
         try:
             stored = TrainConfig.from_flat(**raw)
         except TypeError as exc:
@@ -137,7 +144,13 @@ def build_model(config: TrainConfig, strategy, num_classes: int, log: Callable[[
     request = WeightsRequest(config.base.weights, config.base.allow_random_weights, log)
     with strategy.scope():
         model, weights_info = build_classifier(
-            num_classes, config.base.image_size, request, config.head.kind, config.head.dropout, config.base.name
+            num_classes,
+            config.base.image_size,
+            request,
+            config.head.kind,
+            config.head.dropout,
+            config.base.name,
+            config.head.normalize,
         )
     warnings = []
     if weights_info.warning:
@@ -160,7 +173,7 @@ def _weights_line(info) -> str:
 
 def frozen_phase(ctx: FitContext, data: LoadedDataset, precision: str, augmenter, features_dir: Path):
     """Train the head on a frozen base; returns the float32 validation features (or None)."""
-    from toolkit.model import head_part
+    from toolkit.model import feature_norm, features_part, head_part
 
     config, num_classes = ctx.config, len(data.classes)
     t0 = time.perf_counter()
@@ -169,6 +182,12 @@ def frozen_phase(ctx: FitContext, data: LoadedDataset, precision: str, augmenter
             compile_model(ctx.model, config.optim.lr, config)
         train_ds = image_dataset(data.train, num_classes, config.optim.batch_size, True, config.optim.seed, augmenter)
         val_ds = image_dataset(data.val, num_classes, config.optim.batch_size, False, config.optim.seed)
+        if feature_norm(head_part(ctx.model)) is not None:  # one extra pass: the head's inputs have no cache here
+            path = features_dir / "features-train-statistics.npy"
+            feats = extract_features(
+                features_part(ctx.model), data.train.images, path, config.optim.batch_size, np.float16, "statistics"
+            )
+            standardise_head(ctx, head_part(ctx.model), lambda epoch: [feats])
         fit_phase(
             ctx,
             Phase("frozen", ctx.model, train_ds, val_ds, ctx.state.completed_epochs, config.optim.epochs),
@@ -182,10 +201,11 @@ def frozen_phase(ctx: FitContext, data: LoadedDataset, precision: str, augmenter
     if shares_cut_features(ctx, augmenter):  # blocks 1-4 once for both phases
         folder = cut_folder(ctx, features_dir)
         stores = cut_stores(ctx, data, augmenter, precision, folder)
-        train_ds, val_feats = frozen_features_from_cut(ctx, data, stores, folder)
-        callbacks = []
+        train_ds, val_feats, views = frozen_features_from_cut(ctx, data, stores, folder)
+        callbacks, rows = [], lambda epoch: list(views)
     else:
-        train_ds, val_feats, callbacks = _frozen_features(ctx, data, precision, augmenter, features_dir)
+        train_ds, val_feats, callbacks, rows = _frozen_features(ctx, data, precision, augmenter, features_dir)
+    standardise_head(ctx, head, rows)
     val_ds = plain_feature_dataset(val_feats, data.val.labels, num_classes, config.optim.batch_size)
     if config.data.aug_views and augmenter is not None:
         ctx.log(f"precomputed {config.data.aug_views} augmented views of {len(data.train)} training images")
@@ -197,7 +217,7 @@ def frozen_phase(ctx: FitContext, data: LoadedDataset, precision: str, augmenter
 
 
 def _frozen_features(ctx: FitContext, data: LoadedDataset, precision: str, augmenter, features_dir: Path):
-    """(training dataset, float32 validation features, callbacks) of the head's input, from images."""
+    """(training dataset, float32 validation features, callbacks, rows) of the head's input, from images."""
     from toolkit.model import build_feature_extractor, features_part
 
     config, num_classes = ctx.config, len(data.classes)
@@ -215,8 +235,24 @@ def _frozen_features(ctx: FitContext, data: LoadedDataset, precision: str, augme
     # The multi-worker loop opens each epoch's iterator after the callbacks itself, and its
     # repeated, sharded dataset reads a varying number of batches per epoch.
     strict = config.strategy != "multiworker"
-    train_ds, callbacks = training_features(extractor, source, augmenter, config.data.aug_views, strict)
-    return train_ds, val_feats, callbacks
+    train_ds, callbacks, rows = training_features(extractor, source, augmenter, config.data.aug_views, strict)
+    return train_ds, val_feats, callbacks, rows
+
+
+def standardise_head(ctx: FitContext, head, rows: Callable[[int], list]) -> None:
+    """Set the head's `feature_norm` from the features its first epoch trains on (no layer: nothing to do).
+
+    Computed at every start of the frozen phase; a resumed epoch's BackupAndRestore
+    then puts back the statistics the run started with.
+    """
+    from toolkit.model import feature_norm, pre_norm, set_feature_statistics
+
+    if feature_norm(head) is None:
+        return
+    stores = rows(ctx.state.completed_epochs)
+    mean, variance = feature_statistics(pre_norm(head), stores, ctx.config.optim.batch_size)
+    set_feature_statistics(head, mean, variance)
+    ctx.log(f"head inputs standardised with the mean and variance of {len(mean):,} training features")
 
 
 def finetune_phase(ctx: FitContext, data: LoadedDataset, augmenter, precision: str, features_dir: Path) -> None:
