@@ -8,7 +8,7 @@ otherwise. Test is 25%, stratified by class and module type (mono/poly); the spl
 to `benchmarks/elpv_split.csv` (committed: file names only), so every machine trains and tests on the
 same cells. Validation is carved from the training part only, by `toolkit train`.
 
-Usage: python benchmarks/elpv.py CACHE_DIR   (prints the prepared DATA_DIR: DATA/{train,test}/{class}/)
+Usage: python benchmarks/elpv.py CACHE_DIR [--task grades]   (prints the prepared DATA_DIR: DATA/{train,test}/{class}/)
 """
 
 from __future__ import annotations
@@ -43,15 +43,26 @@ def download(cache: Path) -> Path:
     return wheel
 
 
-def read_labels(wheel: Path) -> list[tuple[str, str, str]]:
-    """(image name, class, module type) per cell, from the package's labels.csv."""
+# The 4-level task: the experts' defect probability 0, 1/3, 2/3 or 1, one folder each (the same cells and split).
+GRADES = {0.0: "defect_0", 0.3333: "defect_1of3", 0.6667: "defect_2of3", 1.0: "defect_1"}
+
+
+def grade(probability: float) -> str:
+    """The 4-level class of a defect probability."""
+    return GRADES[min(GRADES, key=lambda level: abs(level - probability))]
+
+
+def read_labels(wheel: Path, task: str = "binary") -> list[tuple[str, str, str]]:
+    """(image name, class, module type) per cell, from the package's labels.csv; task binary or grades."""
     with zipfile.ZipFile(wheel) as archive:
         text = archive.read("elpv_dataset/data/labels.csv").decode()
     rows = []
     for line in text.splitlines():
         if line.strip():
             path, probability, kind = line.split()
-            rows.append((Path(path).name, CLASSES[0] if float(probability) >= 0.5 else CLASSES[1], kind))
+            p = float(probability)
+            label = grade(p) if task == "grades" else CLASSES[0] if p >= 0.5 else CLASSES[1]
+            rows.append((Path(path).name, label, kind))
     return rows
 
 
@@ -85,12 +96,16 @@ def read_split(rows: list[tuple[str, str, str]]) -> dict[str, str]:
     return {name: value[2] for name, value in stored.items()}
 
 
-def prepare(cache: Path) -> Path:
-    """Extract the images into CACHE/data/{train,test}/{class}/ (once); return that folder."""
+def prepare(cache: Path, task: str = "binary") -> Path:
+    """Extract the images into CACHE/data/{train,test}/{class}/ (once; grades: CACHE/data-grades/); return it.
+
+    Both tasks use the committed binary split (train or test per cell), so a cell is
+    never trained on in one task and tested on in the other.
+    """
     wheel = download(cache)
-    rows = read_labels(wheel)
-    split = read_split(rows)
-    out = cache / "data"
+    split = read_split(read_labels(wheel))
+    rows = read_labels(wheel, task)
+    out = cache / ("data-grades" if task == "grades" else "data")
     done = out / ".complete"
     if done.is_file():
         return out
@@ -106,9 +121,10 @@ def prepare(cache: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("cache", type=Path, help="cache folder outside git (e.g. ~/.cache/toolkit-elpv)")
+    parser.add_argument("--task", choices=("binary", "grades"), default="binary")
     args = parser.parse_args()
-    data = prepare(args.cache.expanduser())
-    counts = {s: {c: len(os.listdir(data / s / c)) for c in CLASSES} for s in ("train", "test")}
+    data = prepare(args.cache.expanduser(), args.task)
+    counts = {s: {c: len(os.listdir(data / s / c)) for c in sorted(os.listdir(data / s))} for s in ("train", "test")}
     print(f"{data}  {counts}", file=sys.stderr)
     print(data)
 
