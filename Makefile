@@ -12,7 +12,7 @@ DEMO_SIZE ?= 224
 # with pip (docs/training.md "Weights"); run.json names the weights actually used.
 WEIGHTS_FLAGS := --weights $(or $(VGG16_WEIGHTS),imagenet)
 
-.PHONY: install system-deps demo test check lint format bench bench-real bench-int8 bench-serve bench-bases clean-demo
+.PHONY: install system-deps demo test check lint format bench bench-real bench-int8 bench-serve bench-bases bench-defaults clean-demo
 
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 ORT_WEB := node_modules/onnxruntime-web/dist/ort.wasm.min.js
@@ -70,6 +70,12 @@ bench-real: $(BIN)/toolkit
 # BASES="mobilenetv3large efficientnetv2b0" measures some and replaces their rows.
 bench-bases: $(BIN)/toolkit
 	$(BIN)/python benchmarks/bases.py $(BASES)
+
+# `toolkit train DATA` with no flags before and after the defaults changed (#37), on the demo, ELPV binary and the
+# ELPV 4-level grading: test accuracy, balanced accuracy, per-class recall, chosen epoch, export gates; writes
+# benchmarks/DEFAULTS.md (~4 h on 2 cores; DEFAULTS_SETS=demo measures one set and replaces its rows).
+bench-defaults: $(BIN)/toolkit
+	ELPV_CACHE=$(ELPV_CACHE) $(BIN)/python benchmarks/defaults.py $(DEFAULTS_SETS) --weights $(or $(VGG16_WEIGHTS),imagenet)
 
 # int8 side by side (calibration methods, the automatic fix, OpenVINO bf16) on the demo run (make demo first)
 # and on the real-data run that make bench-real leaves in ELPV_CACHE/run; writes benchmarks/INT8.md (~25 min).
