@@ -398,3 +398,22 @@ def test_bf16_fine_tuning_trains_float32_weights_in_bf16_and_saves_a_float32_mod
     before = seen["bf16"][1]
     moved = np.abs(kernels["fp32"] - before).max()
     assert np.abs(kernels["bf16"] - before).max() > 0.5 * moved > 0  # bf16 trained block5 as far as fp32 did
+
+
+def test_class_weights_balance_uneven_classes_and_run_json_records_them(demo_dir, tmp_path):
+    import shutil
+
+    from toolkit.train import train
+
+    data = tmp_path / "uneven"
+    shutil.copytree(demo_dir, data)
+    for image in sorted((data / "train" / "malignant").iterdir())[:6]:  # 12 benign, 6 malignant
+        image.unlink()
+    for setting in ("auto", "none"):
+        train(train_config(data, tmp_path / setting, epochs=1, class_weight=setting), log=lambda _m: None, verbose=0)
+    run = json.loads((tmp_path / "auto" / "run.json").read_text())
+    counts = run["dataset"]["counts"]["train"]
+    total = sum(counts.values())
+    assert run["class_weights"] == pytest.approx({name: total / (2 * n) for name, n in counts.items()})
+    assert run["class_weights"]["malignant"] > 1 > run["class_weights"]["benign"]
+    assert json.loads((tmp_path / "none" / "run.json").read_text())["class_weights"] is None

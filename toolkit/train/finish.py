@@ -136,6 +136,10 @@ def make_result(ctx: FitContext, facts: RunFacts, evaluation: Evaluation | None,
     )
 
 
+def _named(weights: dict[int, float], classes: list[str]) -> dict[str, float]:
+    return {name: weights[i] for i, name in enumerate(classes)}
+
+
 def write_run_json(ctx: FitContext, facts: RunFacts, result: TrainResult) -> None:
     config: TrainConfig = ctx.config
     best_row = next((r for r in read_history_csv(ctx.run_dir / HISTORY) if r["epoch"] == ctx.state.best_epoch), {})
@@ -155,6 +159,7 @@ def write_run_json(ctx: FitContext, facts: RunFacts, result: TrainResult) -> Non
             "skipped": len(report.skipped),
         },
         "parameters": {"total": facts.parameters[0], "trainable": facts.parameters[1]},
+        "class_weights": None if ctx.class_weight is None else _named(ctx.class_weight, report.classes),
         "strategy": {"name": config.strategy, "replicas": facts.replicas},
         "best_epoch": ctx.state.best_epoch,
         "best_monitor_value": ctx.state.best_value,

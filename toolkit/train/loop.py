@@ -330,6 +330,9 @@ def _context(config: TrainConfig, run_dir: Path, chief: bool, data: LoadedDatase
     history = read_history_csv(run_dir / HISTORY) if resume else []
     auto_weights = config.optim.class_weight == "auto"
     class_weight = balanced_class_weights(data.train.labels, len(data.classes)) if auto_weights else None
+    if class_weight:
+        weights = ", ".join(f"{name} {class_weight[i]:.2f}" for i, name in enumerate(data.classes))
+        log(f"class weights (balanced: each class weighs as much as the others in the loss): {weights}")
     ctx = FitContext(config, run_dir, chief, strategy, model, state, history, class_weight, verbose, log)
     return ctx, weights_info, precision, warnings
 
