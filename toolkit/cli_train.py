@@ -98,7 +98,9 @@ def train(
     lr: Annotated[float, FitOpt(help="Adam learning rate.")] = TRAIN.lr,
     weight_decay: Annotated[float, FitOpt(help="AdamW weight decay (0: Adam).")] = TRAIN.weight_decay,
     label_smoothing: Annotated[float, FitOpt(help="Label smoothing of the cross-entropy.")] = TRAIN.label_smoothing,
-    class_weight: Annotated[ClassWeight, FitOpt(help="auto: balanced, for imbalanced data.")] = TRAIN.class_weight,
+    class_weight: Annotated[
+        ClassWeight, FitOpt(help="balanced: each class weighs the same; auto: balanced for more than two classes.")
+    ] = TRAIN.class_weight,
     monitor: Annotated[
         Monitor, FitOpt(metavar="METRIC", help=f"Picks the best epoch: {', '.join(Monitor)}.")
     ] = TRAIN.monitor,

@@ -53,3 +53,31 @@ def test_a_config_json_from_before_the_grouping_loads():
 def test_validate_refuses_each_impossible_setting_in_one_line(flat, message):
     with pytest.raises(DatasetError, match=message):
         TrainConfig.from_flat(data_dir="d", out="o", **flat).validate()
+
+
+def test_class_weight_auto_balances_more_than_two_classes_only():
+    import numpy as np
+
+    from toolkit.train.fit import class_weights
+
+    three = np.array([0] * 6 + [1] * 3 + [2])
+    assert class_weights("auto", three, 3) == pytest.approx({0: 10 / 18, 1: 10 / 9, 2: 10 / 3})
+    assert class_weights("auto", np.array([0, 0, 0, 1]), 2) is None  # two classes: the operating point's job
+    assert class_weights("balanced", np.array([0, 0, 0, 1]), 2) == pytest.approx({0: 2 / 3, 1: 2.0})
+    assert class_weights("none", three, 3) is None
+
+
+def test_a_run_stored_before_the_defaults_changed_resumes_with_its_own_settings(tmp_path):
+    """config.json without feature_norm: no such layer, and its class_weight auto meant balanced then."""
+    import json
+
+    from toolkit.train.loop import prepare_run_dir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    old = TrainConfig.from_flat(data_dir="d", out=str(run)).to_flat()
+    del old["feature_norm"]
+    for stored, expected in (("auto", "balanced"), ("none", "none")):
+        (run / "config.json").write_text(json.dumps({**old, "class_weight": stored}))
+        _, config = prepare_run_dir(TrainConfig.from_flat(data_dir="d", out=str(run)), True, True, {"data_dir"})
+        assert config.head.normalize is False and config.optim.class_weight == expected

@@ -409,11 +409,11 @@ def test_class_weights_balance_uneven_classes_and_run_json_records_them(demo_dir
     shutil.copytree(demo_dir, data)
     for image in sorted((data / "train" / "malignant").iterdir())[:6]:  # 12 benign, 6 malignant
         image.unlink()
-    for setting in ("auto", "none"):
+    for setting in ("balanced", "auto"):  # auto: none for two classes (the operating point's job)
         train(train_config(data, tmp_path / setting, epochs=1, class_weight=setting), log=lambda _m: None, verbose=0)
-    run = json.loads((tmp_path / "auto" / "run.json").read_text())
+    run = json.loads((tmp_path / "balanced" / "run.json").read_text())
     counts = run["dataset"]["counts"]["train"]
     total = sum(counts.values())
     assert run["class_weights"] == pytest.approx({name: total / (2 * n) for name, n in counts.items()})
     assert run["class_weights"]["malignant"] > 1 > run["class_weights"]["benign"]
-    assert json.loads((tmp_path / "none" / "run.json").read_text())["class_weights"] is None
+    assert json.loads((tmp_path / "auto" / "run.json").read_text())["class_weights"] is None

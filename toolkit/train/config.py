@@ -29,10 +29,18 @@ class Monitor(StrEnum):
 
 
 class ClassWeight(StrEnum):
-    """auto: balanced class weights, for imbalanced data."""
+    """How classes weigh in the loss: balanced (each class as much as the others), none, or auto.
 
-    none = "none"
+    auto: balanced for more than two classes, none for two. With K classes the
+    prediction is the argmax, and on uneven data an unweighted head never predicts
+    the small ones (ELPV grades: recall 1.4% and 0%); with two, the operating point
+    (--operating-point) trades the two errors, and weights would only move the 0.5
+    threshold at the cost of accuracy (ELPV binary: 84.6% -> 82.0%, benchmarks/DEFAULTS.md).
+    """
+
     auto = "auto"
+    balanced = "balanced"
+    none = "none"
 
 
 class Schedule(StrEnum):
@@ -87,7 +95,7 @@ class OptimConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0  # AdamW's decoupled weight decay (0: plain Adam)
     label_smoothing: float = 0.0
-    class_weight: ClassWeight = ClassWeight.none
+    class_weight: ClassWeight = ClassWeight.auto
     monitor: Monitor = Monitor.val_accuracy  # what the user judges the model by; val_loss picked epoch 1 on ELPV
     patience: int = 0
     seed: int = 0

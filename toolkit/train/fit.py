@@ -111,6 +111,13 @@ def balanced_class_weights(labels: np.ndarray, num_classes: int) -> dict[int, fl
     return {i: float(len(labels) / (num_classes * c)) if c else 0.0 for i, c in enumerate(counts)}
 
 
+def class_weights(setting: str, labels: np.ndarray, num_classes: int) -> dict[int, float] | None:
+    """The loss's class weights for `--class-weight` (see `ClassWeight`): balanced or None."""
+    if setting == "balanced" or (setting == "auto" and num_classes > 2):
+        return balanced_class_weights(labels, num_classes)
+    return None
+
+
 def compile_model(model, lr: float, config: TrainConfig | None = None) -> None:
     """Adam (AdamW with `config.optim.weight_decay`), cross-entropy (with `config.optim.label_smoothing`), the logged metrics."""
     import keras

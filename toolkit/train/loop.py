@@ -59,7 +59,7 @@ from toolkit.train.finish import RunFacts, final_metrics, make_result, write_run
 from toolkit.train.fit import (
     FitContext,
     Phase,
-    balanced_class_weights,
+    class_weights,
     compile_model,
     cosine_schedule,
     fit_phase,
@@ -71,7 +71,9 @@ def _resumed_config(config: TrainConfig, saved: Path, explicit: set[str] | None)
     """The stored config, refusing (not ignoring) settings given now that differ from it; --epochs may grow."""
     try:
         raw = read_json_file(saved, "run config")
-        raw.setdefault("feature_norm", False)  # runs stored before the setting existed have no such layer
+        if "feature_norm" not in raw:  # stored before the defaults changed (#37): no such layer, auto meant balanced
+            raw["feature_norm"] = False
+            raw["class_weight"] = {"auto": "balanced"}.get(raw.get("class_weight"), raw.get("class_weight", "none"))
         try:
             stored = TrainConfig.from_flat(**raw)
         except TypeError as exc:
@@ -328,8 +330,7 @@ def _context(config: TrainConfig, run_dir: Path, chief: bool, data: LoadedDatase
         log(f"frozen-base precision: {precision}" + (" (auto)" if config.base.precision == "auto" else ""))
     state = TrainState.load(run_dir / STATE) if resume else TrainState()
     history = read_history_csv(run_dir / HISTORY) if resume else []
-    auto_weights = config.optim.class_weight == "auto"
-    class_weight = balanced_class_weights(data.train.labels, len(data.classes)) if auto_weights else None
+    class_weight = class_weights(config.optim.class_weight, data.train.labels, len(data.classes))
     if class_weight:
         weights = ", ".join(f"{name} {class_weight[i]:.2f}" for i, name in enumerate(data.classes))
         log(f"class weights (balanced: each class weighs as much as the others in the loss): {weights}")
