@@ -128,3 +128,17 @@ def test_the_cut_and_the_layers_above_it_compose_to_the_whole_model(base, block)
     np.testing.assert_allclose(
         build_upper_model(model, block)(cut, training=False), model(x, training=False), atol=1e-6
     )
+
+
+@pytest.mark.parametrize("head", ["flatten", "gap", "gap+gmp", "mlp"])
+def test_every_head_counts_the_flops_its_graph_has_and_standardises_its_inputs(head):
+    """head_flops (the bench's floors) against the layers built; feature_norm sits right before the head's layers."""
+    from toolkit.bases.flops import head_flops, model_flops
+    from toolkit.model import build_head, feature_norm
+
+    built = build_head((7, 7, 64), 3, head, 0.3, normalize=True)
+    assert head_flops((7, 7, 64), 3, head) == pytest.approx(model_flops(built), rel=0.02)
+    norm = feature_norm(built)
+    assert norm is not None and not norm.trainable
+    assert norm.input.shape[-1] == {"flatten": 7 * 7 * 64, "gap": 64}.get(head, 128)
+    assert feature_norm(build_head((7, 7, 64), 3, head, 0.3)) is None

@@ -86,7 +86,7 @@ def train(
         BasePrecision, BaseOpt(help="Compute precision of the cached frozen-base passes.")
     ] = TRAIN.precision,
     head: Annotated[
-        Head, HeadOpt(help="flatten (Flatten+Dense) or pooled: gap, gmp, gap+gmp (+Dropout+Dense).")
+        Head, HeadOpt(help="flatten (Flatten+Dense); pooled: gap, gmp, gap+gmp (+Dropout+Dense); mlp (+Dense 512).")
     ] = TRAIN.head,
     dropout: Annotated[float, HeadOpt(help="Dropout before the pooled heads' Dense layer.")] = TRAIN.dropout,
     feature_norm: Annotated[

@@ -14,6 +14,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from toolkit.bases import DEFAULT_BASE, BaseSpec, Preprocessing, get_base, spec_for_layer
+from toolkit.bases.flops import HIDDEN_UNITS
 from toolkit.errors import ModelError, WeightsError
 from toolkit.keras_io import IMAGENET_BGR_MEAN
 from toolkit.weights import WeightsInfo, WeightsRequest, imagenet_base
@@ -23,12 +24,14 @@ IMAGENET_RGB_MEAN, IMAGENET_RGB_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.22
 
 
 class Head(StrEnum):
-    """The new head: flatten (Flatten+Dense, the tutorial's) or pooled: gap, gmp, gap+gmp (+Dropout+Dense)."""
+    """The new head: flatten (Flatten+Dense, the tutorial's), pooled: gap, gmp, gap+gmp (+Dropout+Dense),
+    or mlp: gap+gmp, then one hidden layer (fastai's head: Dense 512 + ReLU + BatchNorm + Dropout)."""
 
     flatten = "flatten"
     gap = "gap"
     gmp = "gmp"
     gap_gmp = "gap+gmp"
+    mlp = "mlp"
 
 
 def _keras():
@@ -110,7 +113,9 @@ def build_head(feature_shape: tuple[int, ...], num_classes: int, head: str, drop
     overfits a few thousand images); the pooled heads keep one number per channel:
     `gap` averages (how much of a pattern), `gmp` takes the maximum (whether a small
     defect appears anywhere), `gap+gmp` concatenates both. Dropout comes before the
-    Dense layer on the pooled heads.
+    Dense layer on the pooled heads. `mlp` is gap+gmp with one hidden layer between
+    (dropout/2, Dense 512 + ReLU, BatchNormalization, dropout), fastai's head: enough
+    capacity to separate grades that one linear layer on frozen features cannot.
 
     `normalize` standardises the head's inputs with the training features' mean and
     variance (`set_feature_statistics`), as a frozen `BatchNormalization` named
@@ -126,13 +131,17 @@ def build_head(feature_shape: tuple[int, ...], num_classes: int, head: str, drop
         x = keras.layers.Flatten(name="flatten")(inputs)
     else:
         pooled = []
-        if head in ("gap", "gap+gmp"):
+        if head in ("gap", "gap+gmp", "mlp"):
             pooled.append(keras.layers.GlobalAveragePooling2D(name="gap")(inputs))
-        if head in ("gmp", "gap+gmp"):
+        if head in ("gmp", "gap+gmp", "mlp"):
             pooled.append(keras.layers.GlobalMaxPooling2D(name="gmp")(inputs))
         x = pooled[0] if len(pooled) == 1 else keras.layers.Concatenate(name="gap_gmp")(pooled)
     if normalize:
         x = keras.layers.BatchNormalization(center=False, scale=False, name=FEATURE_NORM, trainable=False)(x)
+    if head == "mlp":
+        x = keras.layers.Dropout(dropout / 2, name="hidden_dropout")(x)
+        x = keras.layers.Dense(HIDDEN_UNITS, activation="relu", name="hidden")(x)
+        x = keras.layers.BatchNormalization(name="hidden_norm")(x)
     if head != "flatten":
         x = keras.layers.Dropout(dropout, name="dropout")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", name="probs", dtype="float32")(x)

@@ -42,10 +42,15 @@ def base_flops(spec, image_size: int, built=None) -> tuple[float, tuple[int, ...
     return _COUNTED[key]
 
 
+HIDDEN_UNITS = 512  # the mlp head's hidden layer (model.build_head), as fastai's create_head; counted here
+
+
 def head_flops(feature_shape: tuple[int, ...], num_classes: int, head: str) -> float:
-    """The head's Dense layer: all features when flattened, one (gap, gmp) or two (gap+gmp) per channel pooled."""
+    """The head's Dense layers: all features when flattened, one (gap, gmp) or two (gap+gmp, mlp) per channel pooled."""
     channels = feature_shape[-1]
-    inputs = {"flatten": math.prod(feature_shape), "gap+gmp": 2 * channels}.get(head, channels)
+    inputs = {"flatten": math.prod(feature_shape), "gap+gmp": 2 * channels, "mlp": 2 * channels}.get(head, channels)
+    if head == "mlp":
+        return 2.0 * (inputs * HIDDEN_UNITS + HIDDEN_UNITS * num_classes)
     return 2.0 * inputs * num_classes
 
 
