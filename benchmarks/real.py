@@ -33,6 +33,9 @@ RECIPE = [  # fmt: skip
     "300",  # ELPV's native resolution: thin cracks survive
     "--head",
     "gap+gmp",
+    "--dropout",  # the head as REAL.md measured it, before the defaults changed (DEFAULTS.md)
+    "0.3",
+    "--no-feature-norm",
     "--monitor",
     "val_accuracy",
     "--aug-views",

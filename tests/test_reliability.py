@@ -51,8 +51,15 @@ def _one_line(result, code: int, needle: str) -> None:
 
 
 def _flip(path: Path, at: float = 0.5) -> None:
+    """Flip one byte inside the weights, so that the file still parses (an ONNX file: its largest tensor)."""
     data = bytearray(path.read_bytes())
-    data[int(len(data) * at)] ^= 0xFF  # inside the weights: the file still parses
+    start, length = 0, len(data)
+    if path.suffix == ".onnx":
+        import onnx
+
+        raw = max((t.raw_data for t in onnx.load(str(path)).graph.initializer), key=len)
+        start, length = data.find(raw), len(raw)
+    data[start + int(length * at)] ^= 0xFF
     path.write_bytes(bytes(data))
 
 

@@ -71,7 +71,7 @@ def test_a_run_stored_before_the_defaults_changed_resumes_with_its_own_settings(
     """config.json without feature_norm: no such layer, and its class_weight auto meant balanced then."""
     import json
 
-    from toolkit.train.loop import prepare_run_dir
+    from toolkit.train.resume import prepare_run_dir
 
     run = tmp_path / "run"
     run.mkdir()

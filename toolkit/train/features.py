@@ -287,3 +287,16 @@ def training_features(extractor, source: FeatureSource, augmenter, aug_views: in
         return dataset, [], lambda epoch: list(stored)
     fresh = EpochFeatures(forward, source, s.folder / "features-train-epoch.npy", strict=strict)
     return fresh.dataset(), [fresh.callback()], lambda epoch: [fresh.prime(epoch)]
+
+
+def standardise_head(head, stores: list, batch_size: int, log) -> None:
+    """Set the head's `feature_norm` from the features its first epoch trains on (`stores`: every view).
+
+    Computed at every start of the frozen phase; a resumed epoch's BackupAndRestore
+    then puts back the statistics the run started with.
+    """
+    from toolkit.model import pre_norm, set_feature_statistics
+
+    mean, variance = feature_statistics(pre_norm(head), stores, batch_size)
+    set_feature_statistics(head, mean, variance)
+    log(f"head inputs standardised with the mean and variance of {len(mean):,} training features")

@@ -24,20 +24,18 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.data import LoadedDataset, load_dataset, write_data_report
-from toolkit.errors import Interrupted, ToolkitError, TrainingError
-from toolkit.fileio import folder_lock, remove_stale_temporaries, write_json_atomic
+from toolkit.errors import Interrupted, ToolkitError
+from toolkit.fileio import folder_lock, remove_stale_temporaries
 from toolkit.hardware import is_chief, make_strategy, resolve_precision, tf_config, worker_tag
 from toolkit.operating_point import resolve_positive_class
 from toolkit.run_folder import (
     BEST,
     CACHE_DIR,
-    CONFIG,
     DATA_REPORT,
     HISTORY,
     STATE,
     TrainState,
     read_history_csv,
-    read_json_file,
 )
 from toolkit.tf_setup import import_tensorflow
 from toolkit.train.config import TrainConfig, TrainResult
@@ -51,8 +49,8 @@ from toolkit.train.cut import (
 from toolkit.train.features import (
     FeatureSource,
     extract_features,
-    feature_statistics,
     plain_feature_dataset,
+    standardise_head,
     training_features,
 )
 from toolkit.train.finish import RunFacts, final_metrics, make_result, write_run_json
@@ -65,58 +63,7 @@ from toolkit.train.fit import (
     fit_phase,
     image_dataset,
 )
-
-
-def _resumed_config(config: TrainConfig, saved: Path, explicit: set[str] | None) -> TrainConfig:
-    """The stored config, refusing (not ignoring) settings given now that differ from it; --epochs may grow."""
-    try:
-        raw = read_json_file(saved, "run config")
-        if "feature_norm" not in raw:  # stored before the defaults changed (#37): no such layer, auto meant balanced
-            raw["feature_norm"] = False
-            raw["class_weight"] = {"auto": "balanced"}.get(raw.get("class_weight"), raw.get("class_weight", "none"))
-        try:
-            stored = TrainConfig.from_flat(**raw)
-        except TypeError as exc:
-            raise TrainingError(f"{saved} is damaged ({exc}); start a new run with another --out") from None
-    except TypeError as exc:
-        raise TrainingError(f"{saved} is not a toolkit run config ({exc})") from None
-    now, before = config.to_flat(), stored.to_flat()
-    names = explicit if explicit is not None else set(now) - {"out"}
-    differing = []
-    for name in sorted(names - {"epochs", "out"}):
-        given, kept = now[name], before[name]
-        if name in ("data_dir", "cache_dir") and given and kept:
-            given, kept = str(Path(given).resolve()), str(Path(kept).resolve())
-        if given != kept:
-            differing.append(f"{name} {given} (stored: {kept})")
-    if differing:
-        raise TrainingError(
-            "--resume continues with the run's stored settings, and these differ: "
-            + "; ".join(differing)
-            + ". Drop them, or start a new run with another --out"
-        )
-    if explicit is None or "epochs" in explicit:
-        stored.optim.epochs = max(stored.optim.epochs, config.optim.epochs)
-    return stored
-
-
-def prepare_run_dir(
-    config: TrainConfig, resume: bool, chief: bool, explicit: set[str] | None = None
-) -> tuple[Path, TrainConfig]:
-    """Create the run folder (or reopen it with `resume`) and store config.json."""
-    run_dir = Path(config.out)
-    saved = run_dir / CONFIG
-    if resume:
-        if not saved.is_file():
-            raise TrainingError(f"nothing to resume in {run_dir} (no config.json)")
-        return run_dir, _resumed_config(config, saved, explicit)
-    # A folder "holds a run" once an epoch finished; a start that failed earlier (bad data) is simply redone.
-    if (run_dir / BEST).exists() or (run_dir / STATE).exists():
-        raise TrainingError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if chief:
-        write_json_atomic(saved, config.to_flat())
-    return run_dir, config
+from toolkit.train.resume import prepare_run_dir
 
 
 def load_training_data(config: TrainConfig, cache_dir: Path, log) -> LoadedDataset:
@@ -189,7 +136,7 @@ def frozen_phase(ctx: FitContext, data: LoadedDataset, precision: str, augmenter
             feats = extract_features(
                 features_part(ctx.model), data.train.images, path, config.optim.batch_size, np.float16, "statistics"
             )
-            standardise_head(ctx, head_part(ctx.model), lambda epoch: [feats])
+            standardise_head(head_part(ctx.model), [feats], config.optim.batch_size, ctx.log)
         fit_phase(
             ctx,
             Phase("frozen", ctx.model, train_ds, val_ds, ctx.state.completed_epochs, config.optim.epochs),
@@ -207,7 +154,8 @@ def frozen_phase(ctx: FitContext, data: LoadedDataset, precision: str, augmenter
         callbacks, rows = [], lambda epoch: list(views)
     else:
         train_ds, val_feats, callbacks, rows = _frozen_features(ctx, data, precision, augmenter, features_dir)
-    standardise_head(ctx, head, rows)
+    if feature_norm(head) is not None:
+        standardise_head(head, rows(ctx.state.completed_epochs), config.optim.batch_size, ctx.log)
     val_ds = plain_feature_dataset(val_feats, data.val.labels, num_classes, config.optim.batch_size)
     if config.data.aug_views and augmenter is not None:
         ctx.log(f"precomputed {config.data.aug_views} augmented views of {len(data.train)} training images")
@@ -239,22 +187,6 @@ def _frozen_features(ctx: FitContext, data: LoadedDataset, precision: str, augme
     strict = config.strategy != "multiworker"
     train_ds, callbacks, rows = training_features(extractor, source, augmenter, config.data.aug_views, strict)
     return train_ds, val_feats, callbacks, rows
-
-
-def standardise_head(ctx: FitContext, head, rows: Callable[[int], list]) -> None:
-    """Set the head's `feature_norm` from the features its first epoch trains on (no layer: nothing to do).
-
-    Computed at every start of the frozen phase; a resumed epoch's BackupAndRestore
-    then puts back the statistics the run started with.
-    """
-    from toolkit.model import feature_norm, pre_norm, set_feature_statistics
-
-    if feature_norm(head) is None:
-        return
-    stores = rows(ctx.state.completed_epochs)
-    mean, variance = feature_statistics(pre_norm(head), stores, ctx.config.optim.batch_size)
-    set_feature_statistics(head, mean, variance)
-    ctx.log(f"head inputs standardised with the mean and variance of {len(mean):,} training features")
 
 
 def finetune_phase(ctx: FitContext, data: LoadedDataset, augmenter, precision: str, features_dir: Path) -> None:
