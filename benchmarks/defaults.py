@@ -138,11 +138,12 @@ def write_report(result: dict) -> None:
     for row in sorted(result["rows"], key=lambda r: (SETS.index(r["set"]), r["recipe"] != "before")):
         recall = ", ".join(f"{k} {v:.0%}" for k, v in row["recall"].items())
         passed = sum(row["gates"].values())
+        failed = ", ".join(name for name, ok in row["gates"].items() if not ok)
         gap = row["val_accuracy_at_best"] - row["test_accuracy"]
         lines.append(
             f"| {row['set']} | {row['recipe']} | {row['test_accuracy']:.1%} | {row['balanced_accuracy']:.1%} | "
             f"{recall} | {row['best_epoch']} of {row['epochs']} | {row['val_accuracy_at_best']:.1%} | "
-            f"{gap:+.1%} | {row['train_s'] / 60:.1f} | {passed}/{len(row['gates'])} | "
+            f"{gap:+.1%} | {row['train_s'] / 60:.1f} | {passed}/{len(row['gates'])}{f' ({failed} failed)' if failed else ''} | "
             f"{'met' if met(row) else 'not met'} |"
         )
     lines += [
@@ -157,7 +158,18 @@ def write_report(result: dict) -> None:
         f"{k} >= {v['accuracy']:.0%}" + (f" (every recall >= {v['min_recall']:.0%})" if "min_recall" in v else "")
         for k, v in TARGETS.items()
     )
-    lines += ["", f"Targets (test accuracy, no flags, every export gate passing): {targets}.", ""]
+    lines += ["", f"Targets (test accuracy, no flags, every export gate passing): {targets}."]
+    missing = [
+        f"{n} {r}" for n in SETS for r in RECIPES if (n, r) not in {(x["set"], x["recipe"]) for x in result["rows"]}
+    ]
+    if missing:
+        lines += ["", f"Not measured yet: {', '.join(missing)} (`make bench-defaults DEFAULTS_SETS=...`)."]
+    lines += [
+        "",
+        "One run per row: its test accuracy moves by several points with the seed. The choice of head, rule",
+        "and weights rests on the study over seeds on features extracted once: [HEADS.md](HEADS.md).",
+        "",
+    ]
     (HERE / "DEFAULTS.md").write_text("\n".join(lines))
 
 

@@ -46,9 +46,9 @@ GATES = {"onnx": 0.98, "tflite": 0.95}
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "tflite"])
-def test_the_fix_turns_a_failing_int8_gate_into_a_pass_and_says_what_it_cost(trained_run, tmp_path, fmt):
+def test_the_fix_turns_a_failing_int8_gate_into_a_pass_and_says_what_it_cost(near_tie_run, tmp_path, fmt):
     run = tmp_path / "run"
-    shutil.copytree(trained_run, run)
+    shutil.copytree(near_tie_run, run)
     _razor_thin_operating_point(run)
     gate = ParityOverrides(min_agreement=GATES[fmt])
     base = dict(format=fmt, precisions=["int8"], calib_images=1, overrides=gate)
@@ -112,9 +112,9 @@ def _plant_outlier_channel(run, layer: str, following: str, factor: float = 1000
     model.save(run / "best.keras")
 
 
-def test_a_layer_made_hard_to_quantize_is_ranked_first_and_its_figures_are_consistent(trained_run, tmp_path):
+def test_a_layer_made_hard_to_quantize_is_ranked_first_and_its_figures_are_consistent(near_tie_run, tmp_path):
     run = tmp_path / "run"
-    shutil.copytree(trained_run, run)
+    shutil.copytree(near_tie_run, run)
     _plant_outlier_channel(run, "block3_conv1", "block4_conv1")
     plain = export_run(run, ExportOptions(format="onnx", precisions=["int8"], calib_images=8, diagnose=True))
     assert plain.failed, [a["parity"] for a in plain.manifest["artifacts"]]
