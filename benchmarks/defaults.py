@@ -146,6 +146,7 @@ def write_report(result: dict) -> None:
             f"{gap:+.1%} | {row['train_s'] / 60:.1f} | {passed}/{len(row['gates'])}{f' ({failed} failed)' if failed else ''} | "
             f"{'met' if met(row) else 'not met'} |"
         )
+    lines += [f"- {row['set']} {row['recipe']}: {row['note']}" for row in result["rows"] if row.get("note")]
     lines += [
         "",
         "Validation accuracy per epoch (the training curve; loss and accuracy per epoch in defaults.json):",
