@@ -19,7 +19,6 @@ Usage: python benchmarks/defaults.py [SET ...] [--weights imagenet|PATH]
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import json
 import os
@@ -71,11 +70,10 @@ def data_folder(name: str) -> Path:
 
 
 def curve(run: Path) -> list[dict]:
-    with open(run / "history.csv", newline="") as f:
-        return [
-            {k: round(float(row[k]), 4) for k in ("epoch", "loss", "val_loss", "accuracy", "val_accuracy")}
-            for row in csv.DictReader(f)
-        ]
+    from toolkit.run_folder import read_history_csv
+
+    keys = ("epoch", "loss", "val_loss", "accuracy", "val_accuracy")
+    return [{k: round(row[k], 4) for k in keys} for row in read_history_csv(run / "history.csv")]
 
 
 def measure(name: str, recipe: str, weights: str) -> dict:

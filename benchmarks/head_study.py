@@ -5,7 +5,7 @@ points with its seed; this study extracts the frozen VGG16 features once (clean 
 K augmented views, validation, test: `extract`) and then trains many small heads on them in seconds
 (`heads`), over seeds, scoring every epoch on test so that each best-epoch rule can be compared:
 last epoch, best val_accuracy, best val_loss, val_loss smoothed over 3 epochs, best val_accuracy
-with ties to the lower val_loss. It mirrors the toolkit's heads (feature_norm, mlp) in plain Keras.
+with ties to the lower val_loss. The heads are the toolkit's own (`model.build_head`, feature_norm as `train` sets it).
 
 Usage: python benchmarks/head_study.py extract DATA_DIR OUT [--views 3]
        python benchmarks/head_study.py heads OUT [CONFIG ...] [--task binary|grades] [--seeds 2] [--clean]
@@ -60,28 +60,15 @@ def extract(data_dir: str, out: Path, views: int) -> None:
     np.save(out / "train_views.npy", store)
 
 
-def _head(keras, shape, k, kind, norm, dropout, stats):
-    inputs = keras.Input(shape)
-    if kind == "flatten":
-        x = keras.layers.Flatten()(inputs)
-    else:
-        pools = [keras.layers.GlobalAveragePooling2D()(inputs), keras.layers.GlobalMaxPooling2D()(inputs)]
-        x = keras.layers.Concatenate()(pools)
-    pre = keras.Model(inputs, x)
+def _head(shape, k, kind, norm, dropout, stats):
+    """The toolkit's own head (`model.build_head`), standardised on every stored view as training does."""
+    from toolkit.model import build_head, pre_norm, set_feature_statistics
+    from toolkit.train.features import feature_statistics
+
+    head = build_head(shape, k, kind, dropout, normalize=norm)
     if norm:
-        layer = keras.layers.BatchNormalization(center=False, scale=False, trainable=False)
-        x = layer(x)
-    if kind == "mlp":
-        x = keras.layers.Dropout(dropout / 2)(x)
-        x = keras.layers.Dense(512, activation="relu")(x)
-        x = keras.layers.BatchNormalization()(x)
-    if kind != "flatten":
-        x = keras.layers.Dropout(dropout)(x)
-    model = keras.Model(inputs, keras.layers.Dense(k, activation="softmax")(x))
-    if norm:
-        pooled = np.concatenate([pre.predict(v, verbose=0, batch_size=256) for v in stats]).astype(np.float64)
-        layer.set_weights([pooled.mean(0).astype(np.float32), pooled.var(0).astype(np.float32)])
-    return model
+        set_feature_statistics(head, *feature_statistics(pre_norm(head), stats, 256))
+    return head
 
 
 def _curve(keras, data, seed, kind="gap+gmp", norm=True, epochs=10, lr=1e-3, sched=None, cw=0.0, dropout=0.3):
@@ -89,7 +76,7 @@ def _curve(keras, data, seed, kind="gap+gmp", norm=True, epochs=10, lr=1e-3, sch
     views, ytr, xv, yv, xt, yt = data
     k = int(ytr.max()) + 1
     keras.utils.set_random_seed(seed)
-    model = _head(keras, xv.shape[1:], k, kind, norm, dropout, list(views))
+    model = _head(tuple(xv.shape[1:]), k, kind, norm, dropout, list(views))
     rate = keras.optimizers.schedules.CosineDecay(lr, int(np.ceil(len(ytr) / 32)) * epochs) if sched else lr
     model.compile(keras.optimizers.Adam(rate), "categorical_crossentropy", metrics=["accuracy"])
     counts = np.bincount(ytr, minlength=k)

@@ -49,6 +49,24 @@ def _explicit_options(ctx: typer.Context) -> set[str]:
     return {name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"}
 
 
+def _run_folder(out: Path | None, resume: bool) -> Path:
+    """--out, or models/<timestamp> for a new run (a resumed run must name its folder)."""
+    if out is not None:
+        return out
+    if resume:
+        raise ToolkitError("--resume needs --out RUN_DIR")
+    import datetime
+
+    return Path("models") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def _config(ctx: typer.Context, data_dir: Path, out: Path, cache_dir: Path | None, precision) -> TrainConfig:
+    """The TrainConfig of the parsed options, by their flat names."""
+    paths = {"data_dir": str(data_dir), "out": str(out), "cache_dir": str(cache_dir) if cache_dir else None}
+    given = {k: (v.value if isinstance(v, Enum) else v) for k, v in ctx.params.items() if k in FLAT}
+    return TrainConfig.from_flat(**{**given, "precision": precision.value, **paths})
+
+
 @user_errors
 def train(
     ctx: typer.Context,
@@ -141,15 +159,7 @@ def train(
     from toolkit.train import train as run_training
 
     use_progress(quiet or json_output)
-    if out is None:
-        if resume:
-            raise ToolkitError("--resume needs --out RUN_DIR")
-        import datetime
-
-        out = Path("models") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    paths = {"data_dir": str(data_dir), "out": str(out), "cache_dir": str(cache_dir) if cache_dir else None}
-    given = {k: (v.value if isinstance(v, Enum) else v) for k, v in ctx.params.items() if k in FLAT}
-    config = TrainConfig.from_flat(**{**given, "precision": base_precision.value, **paths})
+    config = _config(ctx, data_dir, _run_folder(out, resume), cache_dir, base_precision)
     explicit = _explicit_options(ctx) - {"out", "resume", "quiet", "json_output", "wait"}
     explicit = {"precision" if name == "base_precision" else name for name in explicit} | {"data_dir"}
     log = (lambda _m: None) if json_output else typer.echo

@@ -96,11 +96,16 @@ def extract_features(
     return np.load(out_path, mmap_mode="r", allow_pickle=False)
 
 
-def map_features(model, inputs: np.ndarray, store: np.ndarray, batch_size: int, description: str) -> None:
-    """Fill `store` with `model` applied to stored features `inputs` (e.g. block5 on cached block4 outputs)."""
+def float_forward(model):
+    """`model` in inference as one traced function of a float32 batch of any size."""
     tf = import_tensorflow()
     signature = [tf.TensorSpec((None, *model.input.shape[1:]), tf.float32)]
-    forward = tf.function(lambda x: model(x, training=False), input_signature=signature)
+    return tf.function(lambda x: model(x, training=False), input_signature=signature)
+
+
+def map_features(model, inputs: np.ndarray, store: np.ndarray, batch_size: int, description: str) -> None:
+    """Fill `store` with `model` applied to stored features `inputs` (e.g. block5 on cached block4 outputs)."""
+    forward = float_forward(model)
     with phase(description, len(inputs)) as advance:
         for start in range(0, len(inputs), batch_size):
             batch = np.asarray(inputs[start : start + batch_size], dtype=np.float32)
@@ -113,9 +118,7 @@ def feature_statistics(model, arrays, batch_size: int, description: str = "featu
 
     Sums accumulate in float64, batch by batch, so stores larger than memory work.
     """
-    tf = import_tensorflow()
-    signature = [tf.TensorSpec((None, *model.input.shape[1:]), tf.float32)]
-    forward = tf.function(lambda x: model(x, training=False), input_signature=signature)
+    forward = float_forward(model)
     total, squares, count = 0.0, 0.0, 0
     with phase(description, sum(len(a) for a in arrays)) as advance:
         for array in arrays:
