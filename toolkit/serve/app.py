@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import re
 import time
 
 import numpy as np
@@ -39,6 +40,7 @@ from toolkit.serve.protocol import (
 VERSION = "1"  # one model, one version: the file served
 PLATFORMS = {"onnx": "onnxruntime_onnx", "tflite": "tensorflow_lite", "openvino": "openvino", "keras": "keras"}
 EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "metrics"]
+DIGITS = re.compile(r"[0-9]{1,9}")  # ASCII only: str.isdigit() accepts "²", which int() refuses
 
 
 @dataclasses.dataclass
@@ -118,9 +120,9 @@ def _check_model(request: Request, state: _State) -> None:
 
 async def _body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it passes `limit` bytes (before and after decoding)."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise ProtocolError(f"the body ({declared} bytes) exceeds the {limit} byte limit", 413)
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
+        raise ProtocolError(f"the body ({declared[:20]} bytes) exceeds the {limit} byte limit", 413)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -209,8 +211,8 @@ async def classify(request: Request, state: _State) -> Response:
     if not body:
         raise ProtocolError("empty body: send the image file's bytes")
     top_k = request.query_params.get("top_k", "0")
-    if not top_k.isdigit():
-        raise ProtocolError(f"top_k must be a whole number, got {top_k!r}")
+    if not DIGITS.fullmatch(top_k):
+        raise ProtocolError(f"top_k must be a whole number (up to 9 digits), got {top_k[:20]!r}")
     first = state.model.first
     pixels = await asyncio.to_thread(load_image_array, body, first.image_size)
     probs = await state.batcher.submit(pixels[None])

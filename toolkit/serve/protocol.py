@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import struct
 import zlib
 
@@ -80,6 +81,8 @@ def parse_infer_request(body: bytes, header_length: str | None, signature: Model
         request = json.loads(header)
     except (ValueError, UnicodeDecodeError):
         raise ProtocolError("the request is not valid JSON") from None
+    except RecursionError:  # e.g. 100,000 nested brackets: the parser's stack, not the server's problem
+        raise ProtocolError("the request's JSON is nested too deeply") from None
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
         raise ProtocolError('the request must be a JSON object with an "inputs" list')
     if len(request["inputs"]) != 1:
@@ -87,7 +90,7 @@ def parse_infer_request(body: bytes, header_length: str | None, signature: Model
     tensor = request["inputs"][0]
     if not isinstance(tensor, dict):
         raise ProtocolError("each input must be a JSON object")
-    pixels = _input_pixels(tensor, binary, signature)
+    pixels = _input_pixels(tensor, binary, signature, len(header))
     parameters = request.get("parameters") if isinstance(request.get("parameters"), dict) else {}
     return InferRequest(_request_id(request), pixels, _requested_outputs(request, parameters))
 
@@ -109,7 +112,7 @@ def _request_id(request: dict) -> str | None:
     return str(rid) if rid is not None else None
 
 
-def _input_pixels(tensor: dict, binary: bytes, signature: ModelSignature) -> np.ndarray:
+def _input_pixels(tensor: dict, binary: bytes, signature: ModelSignature, json_bytes: int) -> np.ndarray:
     name, datatype, shape = tensor.get("name"), tensor.get("datatype"), tensor.get("shape")
     if name != INPUT:
         raise ProtocolError(f'unknown input {name!r}: this model takes "{INPUT}"')
@@ -124,7 +127,9 @@ def _input_pixels(tensor: dict, binary: bytes, signature: ModelSignature) -> np.
         or shape[1:] != expected
     ):
         raise ProtocolError(f'input "{INPUT}" must have shape [N, {", ".join(map(str, expected))}], got {shape}')
-    count = int(np.prod(shape))
+    count = math.prod(shape)  # a Python int: a shape of [2**62 + 1, ...] must not wrap around as int64 would
+    if count > len(binary) + json_bytes:  # every value needs at least one byte, in JSON or binary
+        raise ProtocolError(f'input "{INPUT}" shape {shape} claims {count} values, more than the body holds')
     parameters = tensor.get("parameters") if isinstance(tensor.get("parameters"), dict) else {}
     if "binary_data_size" in parameters:
         size = parameters["binary_data_size"]
@@ -144,7 +149,7 @@ def _json_pixels(data, shape: list[int], count: int) -> np.ndarray:
         raise ProtocolError(f'input "{INPUT}" has neither "data" nor parameters.binary_data_size')
     try:
         values = np.asarray(data)
-    except ValueError:
+    except (ValueError, TypeError, OverflowError, RecursionError):
         raise ProtocolError(f'input "{INPUT}" data is ragged: every row must have the same length') from None
     if values.dtype.kind not in "iu" or values.size != count:
         raise ProtocolError(f'input "{INPUT}" data must be {count} integers for shape {shape}')

@@ -1,0 +1,46 @@
+"""A served model without a model file: a real `Classifier` over a backend that computes its answer from the
+pixels (and can be told to be slow), so the app's routes run in-process in milliseconds."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from toolkit.runtime import Classifier, foreign_facts
+from toolkit.runtime.base import Backend
+from toolkit.serve.app import ServedModel, build_app
+from toolkit.serve.options import ServeOptions
+
+SIZE = (8, 8)
+LABELS = ("cat", "dog")
+
+
+class StubBackend(Backend):
+    """Probability of "dog" = the first pixel's value / 255; each run sleeps `delay` seconds first."""
+
+    kind = "onnx"
+    image_size = SIZE
+
+    def __init__(self, delay: float = 0.0):
+        self.delay = delay
+        self.runs = 0
+        self.started = threading.Event()  # set when a run begins (tests that stop the server mid-run)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        self.started.set()
+        time.sleep(self.delay)
+        self.runs += 1
+        dog = batch.reshape(len(batch), -1)[:, 0].astype(np.float32) / 255.0
+        return np.stack([1.0 - dog, dog], axis=1)
+
+
+def stub_classifier(delay: float = 0.0) -> Classifier:
+    return Classifier(StubBackend(delay), foreign_facts(LABELS, SIZE, "0..255"), "argument", Path("stub.onnx"))
+
+
+def stub_app(options: ServeOptions | None = None, delay: float = 0.0):
+    """The ASGI app serving one stub model named "stub"."""
+    return build_app(ServedModel("stub", [stub_classifier(delay)]), options or ServeOptions())
