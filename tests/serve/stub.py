@@ -16,10 +16,12 @@ from toolkit.serve.options import ServeOptions
 
 SIZE = (8, 8)
 LABELS = ("cat", "dog")
+FAIL = 99
 
 
 class StubBackend(Backend):
-    """Probability of "dog" = the first pixel's value / 255; each run sleeps `delay` seconds first."""
+    """Probability of "dog" = the first pixel's value / 255; each run sleeps `delay` seconds first; a batch
+    whose first pixel is `FAIL` raises, as a model failing on its input would."""
 
     kind = "onnx"
     image_size = SIZE
@@ -33,6 +35,8 @@ class StubBackend(Backend):
         self.started.set()
         time.sleep(self.delay)
         self.runs += 1
+        if (batch.reshape(len(batch), -1)[:, 0] == FAIL).any():
+            raise RuntimeError("the model failed")
         dog = batch.reshape(len(batch), -1)[:, 0].astype(np.float32) / 255.0
         return np.stack([1.0 - dog, dog], axis=1)
 

@@ -3,8 +3,10 @@ never a 5xx, and the server answers the next request as before."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import logging
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -12,7 +14,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from starlette.testclient import TestClient
 
-from tests.serve.stub import SIZE, stub_app
+from tests.serve.stub import FAIL, SIZE, stub_app
 
 INFER = "/v2/models/stub/infer"
 CLASSIFY = "/v2/models/stub/classify"
@@ -112,3 +114,41 @@ def test_no_malformed_body_gets_a_5xx(client, request, binary, header_length):
     assert answer.status_code < 500, answer.text
     if answer.status_code != 200:
         assert answer.json()["error"]
+
+
+async def _send_half_then_hang_up(app) -> list[dict]:
+    """One raw ASGI request whose client disconnects after the first chunk of its body: what the app sends."""
+    messages = iter([{"type": "http.request", "body": b'{"inputs": [', "more_body": True}, {"type": "http.disconnect"}])
+    sent: list[dict] = []
+
+    async def receive():
+        return next(messages)
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+        "path": INFER, "raw_path": INFER.encode(), "query_string": b"", "root_path": "",
+        "headers": [(b"content-length", b"1000")], "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 8000),
+        "app": app,
+    }  # fmt: skip
+    await app(scope, receive, send)
+    return sent
+
+
+def test_a_client_that_hangs_up_mid_body_is_counted_499_not_5xx():
+    app = stub_app()
+    sent = asyncio.run(_send_half_then_hang_up(app))
+    assert sent[0]["status"] == 499
+    text = app.state.toolkit.metrics.render().decode()
+    assert 'code="499"' in text and 'code="5' not in text
+
+
+def test_every_5xx_is_logged_with_the_request_id_the_client_sees(client, caplog):
+    caplog.set_level(logging.ERROR, logger="toolkit.serve")
+    answer = client.post(INFER, json=_infer_body(value=FAIL), headers={"X-Request-ID": "trace-42"})
+    assert answer.status_code == 500 and answer.headers["X-Request-ID"] == "trace-42"
+    assert [r.getMessage() for r in caplog.records if "trace-42" in r.getMessage() and "500" in r.getMessage()]
+    other = client.post(INFER, json=_infer_body(), headers={"X-Request-ID": "not plain \u00e9".encode("latin-1")})
+    assert other.status_code == 200 and len(other.headers["X-Request-ID"]) == 32  # replaced by a fresh id

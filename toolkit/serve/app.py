@@ -12,13 +12,15 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import logging
 import re
 import time
+import uuid
 
 import numpy as np
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -41,6 +43,9 @@ VERSION = "1"  # one model, one version: the file served
 PLATFORMS = {"onnx": "onnxruntime_onnx", "tflite": "tensorflow_lite", "openvino": "openvino", "keras": "keras"}
 EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "metrics"]
 DIGITS = re.compile(r"[0-9]{1,9}")  # ASCII only: str.isdigit() accepts "²", which int() refuses
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")  # a client's X-Request-ID is kept when it is this plain
+CLIENT_CLOSED = 499  # nginx's code for a client that hung up before its answer: counted, never a 5xx
+log = logging.getLogger("toolkit.serve")
 
 
 @dataclasses.dataclass
@@ -76,8 +81,17 @@ def _error(message: str, status: int) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
+def _request_id(request: Request) -> str:
+    given = request.headers.get("x-request-id", "")
+    return given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+
+
 def _measured(route: str):
-    """Times the handler, turns the errors a client can cause into JSON answers, and counts the answer."""
+    """Times the handler, turns the errors a client can cause into JSON answers, and counts the answer.
+
+    Every answer carries an `X-Request-ID` (the client's, or a new one); every 5xx is logged with it, so a
+    client's report can be found in the server's log.
+    """
 
     def wrap(handler):
         @functools.wraps(handler)
@@ -87,6 +101,8 @@ def _measured(route: str):
             state.metrics.in_flight.inc()
             try:
                 response = await handler(request, state)
+            except ClientDisconnect:  # nobody will read the answer; the client's doing, not the server's
+                response = _error("the client closed the connection before its request was read", CLIENT_CLOSED)
             except ProtocolError as exc:
                 response = _error(str(exc), exc.status)
             except ImageTooLargeError as exc:
@@ -101,6 +117,11 @@ def _measured(route: str):
                 response = _error(f"internal error ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})", 500)
             finally:
                 state.metrics.in_flight.dec()
+            request_id = _request_id(request)
+            response.headers["X-Request-ID"] = request_id
+            if response.status_code >= 500:
+                log.error("request %s: %s %s answered %d: %s", request_id, request.method, request.url.path,
+                          response.status_code, bytes(response.body).decode(errors="replace"))  # fmt: skip
             state.metrics.observe_request(route, response.status_code, time.perf_counter() - start)
             return response
 

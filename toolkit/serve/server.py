@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import re
 import signal
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -94,6 +96,7 @@ def serve(
     uvicorn = _import_server()
     from toolkit.serve.app import ServedModel, build_app
 
+    _log_to_stderr()
     copies = load_copies(Path(model), options, loader)
     name = options.model_name or Path(model).stem
     if not NAME.match(name):
@@ -120,6 +123,17 @@ def serve(
             uvicorn.Server(config).run(sockets=[sock])
         finally:
             sock.close()
+
+
+def _log_to_stderr() -> None:
+    """The app's own log (every 5xx, with its request id) on stderr, once per process."""
+    logger = logging.getLogger("toolkit.serve")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 @contextlib.contextmanager
