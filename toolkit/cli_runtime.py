@@ -105,8 +105,11 @@ def serve(
     threads: Annotated[int | None, Opt(min=1, help="Threads per worker (default: cores / workers).")] = SERVE.threads,
     verify: VerifyFlag = SERVE.verify,
     max_body_mb: Annotated[float, Opt(help="Larger request bodies get 413.")] = SERVE.max_body_mb,
+    drain_s: Annotated[
+        float, Opt(help="On SIGTERM/SIGINT, readiness answers 503 this long before the listener closes.")
+    ] = SERVE.drain_s,
     graceful_timeout_s: Annotated[
-        float, Opt(help="On SIGTERM/SIGINT, finish in-flight requests for at most this long.")
+        float, Opt(help="Then finish in-flight requests for at most this long (later ones get 503).")
     ] = SERVE.graceful_timeout_s,
 ) -> None:
     """Serve a model over HTTP on the Open Inference Protocol (KServe v2), with /classify and /metrics."""

@@ -29,6 +29,7 @@ from toolkit.errors import DatasetError, ImageTooLargeError, ProtocolError, Serv
 from toolkit.imaging import load_image_array
 from toolkit.runtime import Classifier
 from toolkit.serve.batcher import DynamicBatcher
+from toolkit.serve.lifecycle import Lifecycle
 from toolkit.serve.metrics import ServerMetrics
 from toolkit.serve.options import ServeOptions
 from toolkit.serve.protocol import (
@@ -75,6 +76,8 @@ class _State:
         self.batcher = DynamicBatcher(
             model.classifiers, options.max_batch_size, options.max_wait_ms, self.metrics.observe_batch
         )
+        self.lifecycle = Lifecycle()
+        self.lifecycle.on_expire(self.batcher.abandon)
 
 
 def _error(message: str, status: int) -> JSONResponse:
@@ -99,8 +102,17 @@ def _measured(route: str):
             state: _State = request.app.state.toolkit
             start = time.perf_counter()
             state.metrics.in_flight.inc()
+            task = asyncio.current_task()
+            state.lifecycle.track(task)
             try:
                 response = await handler(request, state)
+            except asyncio.CancelledError:
+                if not state.lifecycle.expired:
+                    raise
+                task.uncancel()  # cut short by the graceful timeout: answered, as every other request is
+                response = _error(
+                    "the server is shutting down: the request did not finish in its graceful timeout", 503
+                )
             except ClientDisconnect:  # nobody will read the answer; the client's doing, not the server's
                 response = _error("the client closed the connection before its request was read", CLIENT_CLOSED)
             except ProtocolError as exc:
@@ -117,6 +129,7 @@ def _measured(route: str):
                 response = _error(f"internal error ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})", 500)
             finally:
                 state.metrics.in_flight.dec()
+                state.lifecycle.untrack(task)
             request_id = _request_id(request)
             response.headers["X-Request-ID"] = request_id
             if response.status_code >= 500:
@@ -165,7 +178,7 @@ async def live(request: Request, state: _State) -> Response:
 
 @_measured("ready")
 async def ready(request: Request, state: _State) -> Response:
-    if state.batcher.closed:
+    if state.lifecycle.stopping or state.batcher.closed:
         return JSONResponse({"ready": False}, status_code=503)
     return JSONResponse({"ready": True})
 
@@ -173,7 +186,7 @@ async def ready(request: Request, state: _State) -> Response:
 @_measured("model_ready")
 async def model_ready(request: Request, state: _State) -> Response:
     _check_model(request, state)
-    is_ready = not state.batcher.closed
+    is_ready = not (state.lifecycle.stopping or state.batcher.closed)
     return JSONResponse({"name": state.model.name, "ready": is_ready}, status_code=200 if is_ready else 503)
 
 

@@ -38,6 +38,7 @@ class DynamicBatcher:
         self._queue: asyncio.Queue[Job | None] = asyncio.Queue()
         self._tasks: list[asyncio.Task] = []
         self._closed = False
+        self._abandoned = False  # past the graceful timeout: no further model runs
 
     @property
     def closed(self) -> bool:
@@ -53,6 +54,10 @@ class DynamicBatcher:
         future = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(Job(pixels, future))
         return await future
+
+    def abandon(self) -> None:
+        """Stop between model runs: a long request split into many runs ends at the next one (ServerClosingError)."""
+        self._closed = self._abandoned = True
 
     async def close(self) -> None:
         """Finish everything queued, then stop the workers (graceful shutdown)."""
@@ -103,6 +108,8 @@ class DynamicBatcher:
         """Model runs of at most max_batch_size images (an oversized request is split), each one observed."""
         out = []
         for i in range(0, len(pixels), self.max_batch_size):
+            if self._abandoned:
+                raise ServerClosingError("the server is shutting down: the graceful timeout passed")
             chunk = pixels[i : i + self.max_batch_size]
             start = time.perf_counter()
             out.append(classifier.predict_arrays(chunk, self.max_batch_size))

@@ -19,7 +19,8 @@ class ServeOptions:
     threads: int | None = None  # intra-op threads per worker (default: the cores shared among the workers)
     verify: bool = True
     max_body_mb: float = 32.0  # a request body (after any gzip/deflate decoding) above this gets 413
-    graceful_timeout_s: float = 30.0  # on SIGTERM/SIGINT: finish in-flight requests for at most this long
+    drain_s: float = 1.0  # on SIGTERM/SIGINT: readiness answers 503 this long before the listener closes
+    graceful_timeout_s: float = 30.0  # then: finish in-flight requests for at most this long
 
     @property
     def max_body_bytes(self) -> int:

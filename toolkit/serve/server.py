@@ -2,13 +2,15 @@
 
 The socket is bound here, before uvicorn starts, so a taken port or a wrong address is
 one line and exit 2 instead of a log page; `--port 0` takes any free port and the
-line printed names the one chosen. On SIGTERM or SIGINT uvicorn stops accepting,
-lets in-flight requests finish (at most `graceful_timeout_s`), then the app's
-lifespan drains the batch queue, and `serve` returns.
+line printed names the one chosen. On SIGTERM or SIGINT the shutdown follows
+`toolkit.serve.lifecycle`: readiness 503 for `drain_s`, then uvicorn stops accepting
+and lets in-flight requests finish (at most `graceful_timeout_s`, after which they
+are answered 503), the app's lifespan drains the batch queue, and `serve` returns.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -44,6 +46,8 @@ def check_options(options: ServeOptions) -> None:
         raise ServeError("--workers must be at least 1")
     if not 0 <= options.port <= 65535:
         raise ServeError(f"--port must be 0..65535, got {options.port}")
+    if options.drain_s < 0 or options.graceful_timeout_s < 0:
+        raise ServeError("--drain-s and --graceful-timeout-s must be 0 or more")
     if options.max_body_mb <= 0:
         raise ServeError("--max-body-mb must be more than 0")
     if options.model_name is not None and not NAME.match(options.model_name):
@@ -93,7 +97,7 @@ def serve(
 ) -> None:
     """Serve `model` until SIGTERM/SIGINT; `on_listening` is told the address once the socket is bound."""
     check_options(options)
-    uvicorn = _import_server()
+    _import_server()  # a missing [serve] extra is one line before any model loads
     from toolkit.serve.app import ServedModel, build_app
 
     _log_to_stderr()
@@ -111,18 +115,41 @@ def serve(
         f"batches of up to {options.max_batch_size} within {options.max_wait_ms:g} ms"
     )
     on_listening(Listening(f"http://{shown}:{port}", name, description))
+    with _stop_signals_end_cleanly():
+        try:
+            make_server(app, options).run(sockets=[sock])
+        finally:
+            sock.close()
+
+
+# uvicorn's own graceful timeout runs this much longer than ours, so that requests past ours are
+# answered 503 by the app before uvicorn would cancel them with a plain-text 500 and a traceback.
+UVICORN_MARGIN_S = 5.0
+
+
+def make_server(app, options: ServeOptions):
+    """The uvicorn server for `app`, with the documented shutdown sequence (`toolkit.serve.lifecycle`)."""
+    uvicorn = _import_server()
+
+    class DrainingServer(uvicorn.Server):
+        async def shutdown(self, sockets=None) -> None:
+            lifecycle = app.state.toolkit.lifecycle
+            lifecycle.begin()  # readiness 503 while the listener still accepts
+            await asyncio.sleep(options.drain_s)
+            expiry = asyncio.get_running_loop().call_later(options.graceful_timeout_s, lifecycle.expire)
+            try:
+                await super().shutdown(sockets)
+            finally:
+                expiry.cancel()
+
     config = uvicorn.Config(
         app,
         log_level="warning",
         access_log=False,
         lifespan="on",
-        timeout_graceful_shutdown=options.graceful_timeout_s,
+        timeout_graceful_shutdown=options.graceful_timeout_s + UVICORN_MARGIN_S,
     )
-    with _stop_signals_end_cleanly():
-        try:
-            uvicorn.Server(config).run(sockets=[sock])
-        finally:
-            sock.close()
+    return DrainingServer(config)
 
 
 def _log_to_stderr() -> None:
