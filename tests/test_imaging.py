@@ -108,3 +108,83 @@ def test_fuzzed_bytes_decode_or_raise_dataset_error(noise, position, value):
         except DatasetError:
             continue
         assert out.shape == (8, 8, 3)
+
+
+def _encoded(mode: str, size: tuple[int, int], fmt: str, oriented: bool = False) -> bytes:
+    """A flat image of `mode`, encoded (decoding needs its full size in memory whatever its content)."""
+    width, height = size
+    img = Image.fromarray(np.full((height, width), 1000, np.uint16)) if mode == "I;16" else Image.new(mode, size)
+    out = io.BytesIO()
+    extra = {}
+    if oriented:
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        extra["exif"] = exif
+    if mode == "P":
+        extra["transparency"] = 0
+    img.save(out, format=fmt, **extra)
+    return out.getvalue()
+
+
+_PEAK = """
+import gc, sys
+from toolkit.imaging import load_image_array
+def status(key):
+    return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(key))
+data = open(sys.argv[1], "rb").read()
+gc.collect()
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current resident size
+before = status("VmRSS:")
+load_image_array(data, (224, 224))
+print(status("VmHWM:") - before)
+"""
+
+
+@pytest.mark.parametrize(
+    "mode, size, fmt, oriented",
+    [
+        ("RGB", (2500, 2500), "PNG", False),
+        ("RGBA", (2500, 2500), "PNG", False),
+        ("P", (2500, 2500), "PNG", False),
+        ("I;16", (2500, 2500), "PNG", False),
+        ("RGB", (2500, 2500), "JPEG", True),
+        ("CMYK", (2500, 2500), "JPEG", False),
+        ("RGBA", (4200, 4200), "PNG", False),  # reduced early: 17.6 megapixels
+        ("RGB", (6000, 4000), "JPEG", False),  # decoded at 1/4 scale (draft)
+    ],
+)
+def test_decode_cost_bounds_the_peak_memory(tmp_path, mode, size, fmt, oriented):
+    """The estimate a server reserves before decoding is at least the real peak (RSS of a fresh process),
+    and not so loose that the budget would refuse what it could decode (at most 1.5x)."""
+    import subprocess
+    import sys
+
+    data = _encoded(mode, size, fmt, oriented)
+    path = tmp_path / "image.bin"
+    path.write_bytes(data)
+    run = subprocess.run([sys.executable, "-c", _PEAK, str(path)], capture_output=True, text=True, check=True)
+    measured, estimated = int(run.stdout), imaging.decode_cost(data, (224, 224))
+    assert measured <= estimated <= 1.5 * measured + (8 << 20), (measured, estimated)
+
+
+def test_images_under_the_reduction_threshold_decode_exactly_as_a_full_decode():
+    data = _encoded("RGBA", (1200, 900), "PNG")
+    full = Image.open(io.BytesIO(data))
+    full.load()
+    background = Image.new("RGBA", full.size, (255, 255, 255, 255))
+    expected = imaging.resize_rgb(Image.alpha_composite(background, full).convert("RGB"), 64)
+    assert np.array_equal(load_image_array(data, 64), expected)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_large_images_reduced_early_stay_close_to_a_full_decode(fmt):
+    rng = np.random.default_rng(0)
+    smooth = np.asarray(Image.fromarray(rng.integers(0, 255, (40, 60, 3), np.uint8)).resize((6000, 4000)))
+    out = io.BytesIO()
+    Image.fromarray(smooth).save(out, format=fmt)
+    data = out.getvalue()
+    reduced = load_image_array(data, (224, 224)).astype(int)
+    full = imaging.resize_rgb(load_rgb(data), (224, 224)).astype(int)  # no size hint: no reduction
+    if fmt == "JPEG":  # decoded at a quarter of the size: the estimate never holds the full size
+        assert imaging.decode_cost(data, (224, 224)) < 6000 * 4000 * 4
+    assert np.abs(reduced - full).mean() < 2.0

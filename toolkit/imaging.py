@@ -8,6 +8,7 @@ records in `data_report.json` and the runtime reports per image.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import warnings
@@ -24,6 +25,15 @@ from toolkit.errors import DatasetError, ImageTooLargeError
 # claim 50,000 x 50,000 pixels and would need gigabytes once decoded. Pillow's
 # own guard only warns below 2x its limit, so we check the header ourselves.
 MAX_PIXELS = 64_000_000
+
+# Images above this many pixels are reduced early, before any conversion: JPEGs decode at 1/2, 1/4 or
+# 1/8 scale (Pillow's draft), other formats are box-reduced by an integer factor right after decoding,
+# always to at least REDUCE_MARGIN times the model's input; the bilinear resize then does the rest.
+# Below it (every usual photo and dataset image) the pixels are exactly those of a full decode.
+REDUCE_ABOVE_PIXELS = 16_000_000
+REDUCE_MARGIN = 4
+# Modes Pillow can box-reduce; others (palette, 1-bit, 16-bit) convert at full size.
+REDUCIBLE = frozenset({"L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "I", "F"})
 
 # The resize every path uses. Pillow's bilinear filter antialiases when
 # downscaling, which TF's resize does not by default; keeping one function is
@@ -73,27 +83,41 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
         mode = img.mode
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
+        rgba = img if mode == "RGBA" else img.convert("RGBA")  # no copy when it already is (memory, not pixels)
         # Transparent regions become white, as every image viewer shows them.
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+        composited = Image.alpha_composite(background, rgba)
+        del background, rgba
+        return composited.convert("RGB")
     return img.convert("RGB")
 
 
-def load_rgb(source: ImageSource) -> Image.Image:
-    """Fully decode `source` into an 8-bit RGB image with EXIF orientation applied."""
+def load_rgb(source: ImageSource, reduce_for: Sequence[int] | None = None) -> Image.Image:
+    """Fully decode `source` into an 8-bit RGB image with EXIF orientation applied.
+
+    `reduce_for` (height, width): the size the image is headed for; an image above
+    REDUCE_ABOVE_PIXELS is then reduced while it decodes (JPEG) or right after, so that
+    its conversions never need its full size in memory again.
+    """
     if isinstance(source, np.ndarray):
         return Image.fromarray(_array_to_uint8_rgb(source))
+    with _decoding_errors():
+        img = _open(source)
+        _check_pixels(img)
+        _draft(img, reduce_for)
+        img.load()  # decode everything now, inside this error handling
+        img = _reduced(img, reduce_for)
+        ImageOps.exif_transpose(img, in_place=True)  # in place: no full-size copy of an upright image
+        return _to_rgb(img)
+
+
+@contextlib.contextmanager
+def _decoding_errors():
+    """Every decoding problem as a DatasetError with a short reason (Pillow raises many types for corrupt data)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = _open(source)
-            width, height = img.size
-            if width * height > MAX_PIXELS:
-                raise ImageTooLargeError(f"image too large ({width}x{height} pixels; limit {MAX_PIXELS})")
-            img.load()  # decode everything now, inside this error handling
-            img = ImageOps.exif_transpose(img)
-            return _to_rgb(img)
+            yield
     except DatasetError:
         raise
     except FileNotFoundError as exc:
@@ -102,9 +126,39 @@ def load_rgb(source: ImageSource) -> Image.Image:
         raise DatasetError("not an image Pillow can read") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLargeError("decompression bomb refused") from exc
-    except Exception as exc:  # Pillow raises many types for corrupt data
+    except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DatasetError(f"cannot decode image: {reason}") from exc
+
+
+def _check_pixels(img: Image.Image) -> None:
+    width, height = img.size
+    if width * height > MAX_PIXELS:
+        raise ImageTooLargeError(f"image too large ({width}x{height} pixels; limit {MAX_PIXELS})")
+
+
+def _reduction(size: tuple[int, int], reduce_for: Sequence[int] | None) -> int:
+    """The integer factor a large image shrinks by before conversion (1: none), orientation-independent."""
+    width, height = size
+    if not reduce_for or width * height <= REDUCE_ABOVE_PIXELS:
+        return 1
+    wanted = REDUCE_MARGIN * max(int(reduce_for[0]), int(reduce_for[1]))
+    return max(1, min(width, height) // wanted)
+
+
+def _draft(img: Image.Image, reduce_for: Sequence[int] | None) -> None:
+    """JPEG: decode a large image at 1/2..1/8 scale directly (the decoder never holds the full size)."""
+    factor = _reduction(img.size, reduce_for)
+    if factor > 1 and img.format == "JPEG":
+        width, height = img.size
+        img.draft(img.mode, (width // factor, height // factor))
+
+
+def _reduced(img: Image.Image, reduce_for: Sequence[int] | None) -> Image.Image:
+    factor = _reduction(img.size, reduce_for)
+    if factor > 1 and img.mode in REDUCIBLE:
+        return img.reduce(factor)
+    return img
 
 
 def _array_to_uint8_rgb(arr: np.ndarray) -> np.ndarray:
@@ -129,9 +183,46 @@ def resize_rgb(img: Image.Image, size: int | Sequence[int]) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8).reshape(height, width, 3)
 
 
+def _pair(size: int | Sequence[int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
 def load_image_array(source: ImageSource, size: int | Sequence[int]) -> np.ndarray:
     """Decode, orient, convert and resize one image: the single path to model pixels."""
-    return resize_rgb(load_rgb(source), size)
+    return resize_rgb(load_rgb(source, reduce_for=_pair(size)), size)
+
+
+# Bytes per pixel of a decoded image in Pillow's memory (multi-band modes take 4 bytes a pixel).
+_STORED = {"1": 1, "L": 1, "P": 1, "I;16": 2}
+# Bytes per pixel that `_to_rgb` allocates on top of the decoded image, at its peak, by mode (other
+# modes: one RGB copy); measured with `tests/test_imaging.py::test_decode_cost_bounds_the_peak_memory`.
+_CONVERSION = {"RGB": 0, "RGBA": 8, "LA": 12, "PA": 12, "P": 16, "1": 4, "L": 4, "I": 10, "F": 14, "I;16": 16}
+_PREMULTIPLIED = frozenset({"RGBA", "LA"})  # Image.reduce makes a full-size premultiplied copy of these
+
+
+def decode_cost(source: bytes | bytearray | memoryview, size: int | Sequence[int]) -> int:
+    """Bytes of memory `load_image_array(source, size)` will need at its peak, read from the header alone.
+
+    A server reserves this much of its decode budget before decoding, so a small file that
+    claims many pixels is refused or queued instead of decoded. Raises what decoding would
+    for a file that is not an image or is over MAX_PIXELS.
+    """
+    with _decoding_errors():
+        img = _open(source)
+        _check_pixels(img)
+        _draft(img, _pair(size))
+        orientation = img.getexif().get(0x0112, 1)
+    return _cost(img.size, "I;16" if img.mode.startswith("I;16") else img.mode, orientation != 1, _pair(size))
+
+
+def _cost(size: tuple[int, int], mode: str, oriented: bool, out: tuple[int, int]) -> int:
+    width, height = size
+    pixels, stored = width * height, _STORED.get(mode, 4)
+    factor = _reduction(size, out) if mode in REDUCIBLE else 1
+    decoded = pixels * stored + (pixels * 4 if factor > 1 and mode in _PREMULTIPLIED else 0)
+    after = (pixels // factor**2) * (stored * oriented + _CONVERSION.get(mode, 4))  # at the size conversion sees
+    resize = 4 * out[1] * (height // factor) + 4 * out[0] * out[1]  # the resize's first pass and its output
+    return decoded + after + resize + (4 << 20)
 
 
 def image_extensions() -> frozenset[str]:
