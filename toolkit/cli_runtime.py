@@ -105,6 +105,15 @@ def serve(
     threads: Annotated[int | None, Opt(min=1, help="Threads per worker (default: cores / workers).")] = SERVE.threads,
     verify: VerifyFlag = SERVE.verify,
     max_body_mb: Annotated[float, Opt(help="Larger request bodies get 413.")] = SERVE.max_body_mb,
+    max_decode_mb: Annotated[
+        float, Opt(help="Memory all requests may hold at once while read and decoded (beyond: 413 or 503).")
+    ] = SERVE.max_decode_mb,
+    header_timeout_s: Annotated[
+        float, Opt(help="Close a connection whose request head has not arrived in this long.")
+    ] = SERVE.header_timeout_s,
+    body_timeout_s: Annotated[
+        float, Opt(help="A request body not received in this long gets 408.")
+    ] = SERVE.body_timeout_s,
     drain_s: Annotated[
         float, Opt(help="On SIGTERM/SIGINT, readiness answers 503 this long before the listener closes.")
     ] = SERVE.drain_s,

@@ -79,9 +79,13 @@ class ClusterError(ToolkitError):
 class ProtocolError(ToolkitError):
     """A request `toolkit serve` cannot accept; `status` is the 4xx (or 5xx) it is answered with, as JSON."""
 
-    def __init__(self, message: str, status: int = 400):
+    def __init__(self, message: str, status: int = 400, retry_after_s: int | None = None):
         super().__init__(message)
         self.status = status
+        self.retry_after_s = retry_after_s  # sent as Retry-After (503: busy, try again shortly)
+
+    def __reduce__(self):  # raised in a parser process, it crosses back with its status
+        return type(self), (str(self), self.status, self.retry_after_s)
 
 
 class ServerClosingError(ToolkitError):

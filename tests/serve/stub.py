@@ -3,6 +3,7 @@ pixels (and can be told to be slow), so the app's routes run in-process in milli
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from toolkit.runtime import Classifier, foreign_facts
 from toolkit.runtime.base import Backend
 from toolkit.serve.app import ServedModel, build_app
 from toolkit.serve.options import ServeOptions
+from toolkit.serve.server import bind, make_server
 
 SIZE = (8, 8)
 LABELS = ("cat", "dog")
@@ -48,3 +50,23 @@ def stub_classifier(delay: float = 0.0) -> Classifier:
 def stub_app(options: ServeOptions | None = None, delay: float = 0.0):
     """The ASGI app serving one stub model named "stub"."""
     return build_app(ServedModel("stub", [stub_classifier(delay)]), options or ServeOptions())
+
+
+@contextlib.contextmanager
+def serving(options: ServeOptions, delay: float = 0.0):
+    """uvicorn serving a stub app on a free loopback port; stop with `server.should_exit = True` (as SIGTERM)."""
+    app = stub_app(options, delay)
+    sock = bind("127.0.0.1", 0)
+    server = make_server(app, options)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "never started"
+        time.sleep(0.01)
+    try:
+        yield server, f"http://127.0.0.1:{sock.getsockname()[1]}", app
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()

@@ -4,38 +4,16 @@ running when the graceful timeout expires gets a JSON 503, with no traceback."""
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 
 import httpx
 import pytest
 
-from tests.serve.stub import SIZE, stub_app
+from tests.serve.stub import SIZE, serving
 from toolkit.serve.options import ServeOptions
-from toolkit.serve.server import bind, make_server
 
 BODY = {"inputs": [{"name": "image", "datatype": "UINT8", "shape": [1, *SIZE, 3], "data": [51] * 192}]}
-
-
-@contextlib.contextmanager
-def serving(options: ServeOptions, delay: float = 0.0):
-    """uvicorn serving a stub app on a free loopback port; stop with `server.should_exit = True` (as SIGTERM)."""
-    app = stub_app(options, delay)
-    sock = bind("127.0.0.1", 0)
-    server = make_server(app, options)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "never started"
-        time.sleep(0.01)
-    try:
-        yield server, f"http://127.0.0.1:{sock.getsockname()[1]}", app
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
 
 
 def _infer(url: str, out: list) -> None:

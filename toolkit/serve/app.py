@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import os
 import re
 import time
 import uuid
@@ -20,24 +21,27 @@ import uuid
 import numpy as np
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from toolkit import __version__
 from toolkit.errors import DatasetError, ImageTooLargeError, ProtocolError, ServerClosingError, ToolkitError
-from toolkit.imaging import load_image_array
+from toolkit.imaging import decode_cost, load_image_array
 from toolkit.runtime import Classifier
 from toolkit.serve.batcher import DynamicBatcher
+from toolkit.serve.budget import JSON_BYTES_FACTOR, DecodeBudget
 from toolkit.serve.lifecycle import Lifecycle
 from toolkit.serve.metrics import ServerMetrics
+from toolkit.serve.offload import INLINE_JSON_BYTES, Offload, json_bytes
 from toolkit.serve.options import ServeOptions
 from toolkit.serve.protocol import (
     HEADER_LENGTH,
     ModelSignature,
     decode_body,
     encode_infer_response,
-    parse_infer_request,
 )
 
 VERSION = "1"  # one model, one version: the file served
@@ -78,6 +82,9 @@ class _State:
         )
         self.lifecycle = Lifecycle()
         self.lifecycle.on_expire(self.batcher.abandon)
+        self.budget = DecodeBudget(options.max_decode_bytes)
+        cores = os.cpu_count() or 1
+        self.offload = Offload(threads=cores, processes=max(1, min(2, cores // 2)))
 
 
 def _error(message: str, status: int) -> JSONResponse:
@@ -117,6 +124,8 @@ def _measured(route: str):
                 response = _error("the client closed the connection before its request was read", CLIENT_CLOSED)
             except ProtocolError as exc:
                 response = _error(str(exc), exc.status)
+                if exc.retry_after_s is not None:
+                    response.headers["Retry-After"] = str(exc.retry_after_s)
             except ImageTooLargeError as exc:
                 response = _error(f"image refused: {exc}", 413)
             except DatasetError as exc:
@@ -152,18 +161,41 @@ def _check_model(request: Request, state: _State) -> None:
         raise ProtocolError(f"model {name!r} has no version {version!r} (only {VERSION!r})", 404)
 
 
-async def _body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes `limit` bytes (before and after decoding)."""
+def _declared_length(request: Request) -> int | None:
     declared = request.headers.get("content-length", "")
-    if declared.isascii() and declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
-        raise ProtocolError(f"the body ({declared[:20]} bytes) exceeds the {limit} byte limit", 413)
+    return int(declared) if declared.isascii() and declared.isdigit() and len(declared) <= 18 else None
+
+
+def _body_reservation(request: Request, limit: int) -> int:
+    """What reading the body may hold: its declared length (the limit when unknown), twice when it will inflate."""
+    declared = _declared_length(request)
+    raw = min(declared, limit) if declared is not None else limit
+    encoded = (request.headers.get("content-encoding") or "identity").strip().lower() != "identity"
+    return raw + (limit if encoded else 0)
+
+
+async def _body(request: Request, state: _State) -> bytes:
+    """The request body, refused with 413 as soon as it passes the limit (before and after decoding) and
+    with 408 when it does not arrive within the body timeout; inflation runs off the event loop."""
+    limit = state.options.max_body_bytes
+    declared = _declared_length(request)
+    if declared is not None and declared > limit:
+        raise ProtocolError(f"the body ({declared} bytes) exceeds the {limit} byte limit", 413)
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ProtocolError(f"the body exceeds the {limit} byte limit", 413)
-        chunks.append(chunk)
-    return decode_body(b"".join(chunks), request.headers.get("content-encoding"), limit)
+    try:
+        async with asyncio.timeout(state.options.body_timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise ProtocolError(f"the body exceeds the {limit} byte limit", 413)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ProtocolError(f"the body did not arrive within {state.options.body_timeout_s:g} s", 408) from None
+    body = b"".join(chunks)
+    encoding = request.headers.get("content-encoding")
+    if (encoding or "identity").strip().lower() == "identity":
+        return body
+    return await state.offload.in_thread(decode_body, body, encoding, limit)
 
 
 @_measured("server_metadata")
@@ -228,9 +260,14 @@ async def model_config(request: Request, state: _State) -> Response:
 @_measured("infer")
 async def infer(request: Request, state: _State) -> Response:
     _check_model(request, state)
-    body = await _body(request, state.options.max_body_bytes)
-    parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH), state.model.signature)
-    probs = await state.batcher.submit(parsed.pixels)
+    async with state.budget.hold(_body_reservation(request, state.options.max_body_bytes), "the body"):
+        body = await _body(request, state)
+        header_length = request.headers.get(HEADER_LENGTH)
+        size = json_bytes(body, header_length)
+        async with state.budget.hold(JSON_BYTES_FACTOR * size if size > INLINE_JSON_BYTES else 0, "the JSON"):
+            parsed = await state.offload.parse_infer(body, header_length, state.model.signature)
+        del body
+        probs = await state.batcher.submit(parsed.pixels)
     first = state.model.first
     labels = [first.labels[i] for i in first.decide(probs)]
     content, headers, media = encode_infer_response(state.model.name, parsed, probs, labels)
@@ -241,14 +278,18 @@ async def infer(request: Request, state: _State) -> Response:
 async def classify(request: Request, state: _State) -> Response:
     """One encoded image (JPEG, PNG, ...) as the body; the label at the model's operating point."""
     _check_model(request, state)
-    body = await _body(request, state.options.max_body_bytes)
-    if not body:
-        raise ProtocolError("empty body: send the image file's bytes")
     top_k = request.query_params.get("top_k", "0")
     if not DIGITS.fullmatch(top_k):
         raise ProtocolError(f"top_k must be a whole number (up to 9 digits), got {top_k[:20]!r}")
     first = state.model.first
-    pixels = await asyncio.to_thread(load_image_array, body, first.image_size)
+    async with state.budget.hold(_body_reservation(request, state.options.max_body_bytes), "the body"):
+        body = await _body(request, state)
+        if not body:
+            raise ProtocolError("empty body: send the image file's bytes")
+        cost = await state.offload.in_thread(decode_cost, body, first.image_size)  # from the header alone
+        async with state.budget.hold(cost, "the image"):
+            pixels = await state.offload.in_thread(load_image_array, body, first.image_size)
+        del body
     probs = await state.batcher.submit(pixels[None])
     prediction = first.to_prediction(np.asarray(probs[0]))
     answer = {
@@ -293,8 +334,12 @@ def build_app(model: ServedModel, options: ServeOptions) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         state.batcher.start()
-        yield
-        await state.batcher.close()
+        state.offload.start()
+        try:
+            yield
+        finally:
+            await state.batcher.close()
+            state.offload.close()
 
     routes = [
         Route("/v2", server_metadata),
@@ -308,6 +353,7 @@ def build_app(model: ServedModel, options: ServeOptions) -> Starlette:
         Route("/metrics", metrics),
     ]
     handlers = {HTTPException: _http_error, Exception: _internal_error}
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
+    middleware = [Middleware(GZipMiddleware, minimum_size=1024)]  # answers Accept-Encoding: gzip
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers, middleware=middleware)
     app.state.toolkit = state
     return app

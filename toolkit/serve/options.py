@@ -19,9 +19,16 @@ class ServeOptions:
     threads: int | None = None  # intra-op threads per worker (default: the cores shared among the workers)
     verify: bool = True
     max_body_mb: float = 32.0  # a request body (after any gzip/deflate decoding) above this gets 413
+    max_decode_mb: float = 1024.0  # memory all requests together may hold while read and decoded (else 413/503)
+    header_timeout_s: float = 10.0  # a connection that has not sent a request's headers in this long is closed
+    body_timeout_s: float = 60.0  # a request body not received in this long gets 408
     drain_s: float = 1.0  # on SIGTERM/SIGINT: readiness answers 503 this long before the listener closes
     graceful_timeout_s: float = 30.0  # then: finish in-flight requests for at most this long
 
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 1024 * 1024)
+
+    @property
+    def max_decode_bytes(self) -> int:
+        return int(self.max_decode_mb * 1024 * 1024)

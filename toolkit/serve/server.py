@@ -50,6 +50,10 @@ def check_options(options: ServeOptions) -> None:
         raise ServeError("--drain-s and --graceful-timeout-s must be 0 or more")
     if options.max_body_mb <= 0:
         raise ServeError("--max-body-mb must be more than 0")
+    if options.max_decode_mb < options.max_body_mb:
+        raise ServeError("--max-decode-mb must be at least --max-body-mb (a body is held while it is decoded)")
+    if options.header_timeout_s <= 0 or options.body_timeout_s <= 0:
+        raise ServeError("--header-timeout-s and --body-timeout-s must be more than 0")
     if options.model_name is not None and not NAME.match(options.model_name):
         raise ServeError(f"--model-name {options.model_name!r}: use letters, digits, '_', '.', '-' (up to 128)")
 
@@ -128,8 +132,31 @@ UVICORN_MARGIN_S = 5.0
 
 
 def make_server(app, options: ServeOptions):
-    """The uvicorn server for `app`, with the documented shutdown sequence (`toolkit.serve.lifecycle`)."""
+    """The uvicorn server for `app`, with the documented shutdown sequence (`toolkit.serve.lifecycle`)
+    and a header-read timeout."""
     uvicorn = _import_server()
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeoutProtocol(H11Protocol):
+        """Closes a connection that has not sent a whole request head within `header_timeout_s`: uvicorn
+        bounds idle keep-alive connections, not a client that opens one and trickles its headers."""
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._await_head()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._await_head()
+
+        def _await_head(self) -> None:
+            cycle = self.cycle  # a new request replaces it once its head has arrived
+            self.loop.call_later(options.header_timeout_s, self._head_deadline, cycle)
+
+        def _head_deadline(self, cycle) -> None:
+            waiting = self.cycle is cycle and (cycle is None or cycle.response_complete)  # no request began since
+            if waiting and not self.transport.is_closing():
+                self.transport.close()
 
     class DrainingServer(uvicorn.Server):
         async def shutdown(self, sockets=None) -> None:
@@ -148,6 +175,7 @@ def make_server(app, options: ServeOptions):
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=options.graceful_timeout_s + UVICORN_MARGIN_S,
+        http=HeaderTimeoutProtocol,
     )
     return DrainingServer(config)
 
