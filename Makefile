@@ -12,7 +12,7 @@ DEMO_SIZE ?= 224
 # with pip (docs/training.md "Weights"); run.json names the weights actually used.
 WEIGHTS_FLAGS := --weights $(or $(VGG16_WEIGHTS),imagenet)
 
-.PHONY: install system-deps demo test check lint format bench bench-real bench-int8 bench-serve bench-bases bench-defaults clean-demo
+.PHONY: install system-deps demo test check lint format bench bench-real bench-int8 bench-serve bench-serve-hostile bench-bases bench-defaults clean-demo
 
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 ORT_WEB := node_modules/onnxruntime-web/dist/ort.wasm.min.js
@@ -91,6 +91,12 @@ bench-int8: $(BIN)/toolkit
 bench-serve: $(BIN)/toolkit
 	test -f $(DEMO_RUN)/export/manifest.json || { echo "run make demo first"; exit 2; }
 	$(BIN)/python benchmarks/serve.py $(DEMO_RUN) $(DEMO_DATA)
+
+# 16 clients sending valid and hostile requests (JSON bombs, 64-megapixel PNGs, hang-ups, ...): 5xx count,
+# liveness latency, peak memory; writes benchmarks/SERVE_HOSTILE.md (~2 min).
+bench-serve-hostile: $(BIN)/toolkit
+	test -f $(DEMO_RUN)/export/manifest.json || { echo "run make demo first"; exit 2; }
+	$(BIN)/python benchmarks/serve_hostile.py $(DEMO_RUN) $(DEMO_DATA)
 
 # Both cores: pytest-xdist workers, each with its own session fixtures (the tiny base makes them seconds);
 # tests that must not overlap (Ray, the serving load test, the lock races) share one worker (loadgroup).

@@ -155,7 +155,8 @@ print(status("VmHWM:") - before)
 )
 def test_decode_cost_bounds_the_peak_memory(tmp_path, mode, size, fmt, oriented):
     """The estimate a server reserves before decoding is at least the real peak (RSS of a fresh process),
-    and not so loose that the budget would refuse what it could decode (at most 1.5x)."""
+    and not so loose that the budget would refuse what it could decode: at most 2.1x (a PNG counts as
+    rotated, since reading its orientation could need the whole decode)."""
     import subprocess
     import sys
 
@@ -164,7 +165,7 @@ def test_decode_cost_bounds_the_peak_memory(tmp_path, mode, size, fmt, oriented)
     path.write_bytes(data)
     run = subprocess.run([sys.executable, "-c", _PEAK, str(path)], capture_output=True, text=True, check=True)
     measured, estimated = int(run.stdout), imaging.decode_cost(data, (224, 224))
-    assert measured <= estimated <= 1.5 * measured + (8 << 20), (measured, estimated)
+    assert measured <= estimated <= 2.1 * measured + (8 << 20), (measured, estimated)
 
 
 def test_images_under_the_reduction_threshold_decode_exactly_as_a_full_decode():

@@ -211,8 +211,26 @@ def decode_cost(source: bytes | bytearray | memoryview, size: int | Sequence[int
         img = _open(source)
         _check_pixels(img)
         _draft(img, _pair(size))
-        orientation = img.getexif().get(0x0112, 1)
-    return _cost(img.size, "I;16" if img.mode.startswith("I;16") else img.mode, orientation != 1, _pair(size))
+        oriented = _may_rotate(img)
+    return _cost(img.size, "I;16" if img.mode.startswith("I;16") else img.mode, oriented, _pair(size))
+
+
+# Formats whose EXIF sits before the pixels, so that reading it decodes nothing.
+_EXIF_IN_HEADER = frozenset({"JPEG", "MPO", "TIFF", "WEBP"})
+
+
+def _may_rotate(img: Image.Image) -> bool:
+    """Whether exif_transpose may rotate the image, without decoding it: Pillow's PNG getexif() decodes the
+    whole image to find an eXIf chunk after the pixels, so such formats count as rotated unless the header
+    already said otherwise."""
+    if img.format in _EXIF_IN_HEADER:
+        return img.getexif().get(0x0112, 1) != 1
+    raw = img.info.get("exif")
+    if raw is None:
+        return True
+    exif = Image.Exif()
+    exif.load(raw)
+    return exif.get(0x0112, 1) != 1
 
 
 def _cost(size: tuple[int, int], mode: str, oriented: bool, out: tuple[int, int]) -> int:

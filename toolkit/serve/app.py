@@ -166,14 +166,6 @@ def _declared_length(request: Request) -> int | None:
     return int(declared) if declared.isascii() and declared.isdigit() and len(declared) <= 18 else None
 
 
-def _body_reservation(request: Request, limit: int) -> int:
-    """What reading the body may hold: its declared length (the limit when unknown), twice when it will inflate."""
-    declared = _declared_length(request)
-    raw = min(declared, limit) if declared is not None else limit
-    encoded = (request.headers.get("content-encoding") or "identity").strip().lower() != "identity"
-    return raw + (limit if encoded else 0)
-
-
 async def _body(request: Request, state: _State) -> bytes:
     """The request body, refused with 413 as soon as it passes the limit (before and after decoding) and
     with 408 when it does not arrive within the body timeout; inflation runs off the event loop."""
@@ -195,7 +187,8 @@ async def _body(request: Request, state: _State) -> bytes:
     encoding = request.headers.get("content-encoding")
     if (encoding or "identity").strip().lower() == "identity":
         return body
-    return await state.offload.in_thread(decode_body, body, encoding, limit)
+    async with state.budget.hold(limit, "the decompressed body"):
+        return await state.offload.in_thread(decode_body, body, encoding, limit)
 
 
 @_measured("server_metadata")
@@ -260,14 +253,13 @@ async def model_config(request: Request, state: _State) -> Response:
 @_measured("infer")
 async def infer(request: Request, state: _State) -> Response:
     _check_model(request, state)
-    async with state.budget.hold(_body_reservation(request, state.options.max_body_bytes), "the body"):
-        body = await _body(request, state)
-        header_length = request.headers.get(HEADER_LENGTH)
-        size = json_bytes(body, header_length)
-        async with state.budget.hold(JSON_BYTES_FACTOR * size if size > INLINE_JSON_BYTES else 0, "the JSON"):
-            parsed = await state.offload.parse_infer(body, header_length, state.model.signature)
-        del body
-        probs = await state.batcher.submit(parsed.pixels)
+    body = await _body(request, state)
+    header_length = request.headers.get(HEADER_LENGTH)
+    size = json_bytes(body, header_length)
+    async with state.budget.hold(JSON_BYTES_FACTOR * size if size > INLINE_JSON_BYTES else 0, "the JSON"):
+        parsed = await state.offload.parse_infer(body, header_length, state.model.signature)
+    del body
+    probs = await state.batcher.submit(parsed.pixels)
     first = state.model.first
     labels = [first.labels[i] for i in first.decide(probs)]
     content, headers, media = encode_infer_response(state.model.name, parsed, probs, labels)
@@ -282,14 +274,13 @@ async def classify(request: Request, state: _State) -> Response:
     if not DIGITS.fullmatch(top_k):
         raise ProtocolError(f"top_k must be a whole number (up to 9 digits), got {top_k[:20]!r}")
     first = state.model.first
-    async with state.budget.hold(_body_reservation(request, state.options.max_body_bytes), "the body"):
-        body = await _body(request, state)
-        if not body:
-            raise ProtocolError("empty body: send the image file's bytes")
-        cost = await state.offload.in_thread(decode_cost, body, first.image_size)  # from the header alone
-        async with state.budget.hold(cost, "the image"):
-            pixels = await state.offload.in_thread(load_image_array, body, first.image_size)
-        del body
+    body = await _body(request, state)
+    if not body:
+        raise ProtocolError("empty body: send the image file's bytes")
+    cost = await state.offload.in_thread(decode_cost, body, first.image_size)  # from the header alone
+    async with state.budget.hold(cost, "the image"):
+        pixels = await state.offload.in_thread(load_image_array, body, first.image_size)
+    del body
     probs = await state.batcher.submit(pixels[None])
     prediction = first.to_prediction(np.asarray(probs[0]))
     answer = {

@@ -63,7 +63,11 @@ class Offload:
         self._warming: asyncio.Future | None = None
 
     def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(max_workers=self.process_count, mp_context=multiprocessing.get_context("spawn"))
+        return ProcessPoolExecutor(
+            max_workers=self.process_count,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=return_freed_memory,  # a parse's lists are freed at once, not kept by the process
+        )
 
     def start(self) -> None:
         """Start the parser processes in the background (the server answers meanwhile)."""
