@@ -315,7 +315,12 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
-    return _error(f"internal error ({type(exc).__name__}); the server goes on", 500)
+    """A failure outside every route's own handling: JSON like every other answer, logged with its request id."""
+    request_id = _request_id(request)
+    log.error("request %s: %s %s answered 500: %s", request_id, request.method, request.url.path, type(exc).__name__)
+    response = _error(f"internal error ({type(exc).__name__}); the server goes on", 500)
+    response.headers["X-Request-ID"] = request_id
+    return response
 
 
 def build_app(model: ServedModel, options: ServeOptions) -> Starlette:
