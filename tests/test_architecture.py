@@ -83,6 +83,7 @@ LAYERS = [
         [
             "toolkit.data*",
             "toolkit.metrics",
+            "toolkit.calibration",
             "toolkit.operating_point",
             "toolkit.parity",
             "toolkit.hardware",

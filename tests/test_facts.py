@@ -46,6 +46,10 @@ def test_every_artifact_carries_the_same_record_as_its_manifest(exported_run):
     assert first["decision"]["positive_class"] == labels["positive_class"]
     assert first["input"] == {"height": 32, "width": 32, "channels": 3, "pixel_range": "0..255", "layout": "NHWC"}
     assert first["base"] == "tiny" and first["source_sha256"] == manifest["source"]["sha256"]
+    assert first["score_calibration"] == labels["score_calibration"]  # the temperature, in every artifact
+    assert first["score_calibration"]["method"] == "temperature" and clf.info.calibrated
+    for entry in manifest["artifacts"]:  # each artifact's calibration beside Keras's
+        assert {"ece", "reference_ece", "brier", "reference_brier", "ece_increase_ci95"} <= set(entry["parity"])
     assert manifest["facts"] == first
 
 
@@ -99,12 +103,20 @@ def test_record_round_trips_and_damage_is_one_line():
         decision={"positive_class": "malignant", "threshold": 0.3, "criterion": "sensitivity=0.95"},
         preprocessing="raw",
         toolkit_version="0.3.0",
-        extra={"temperature": 1.7},
+        score_calibration={"method": "temperature", "temperature": 1.7, "fitted_on": "validation"},
+        extra={"future": 1},
     )
     again = ModelFacts.loads(facts.dumps(), "x")
-    assert again == facts and again.image_size == (48, 64) and again.extra == {"temperature": 1.7}
+    assert again == facts and again.image_size == (48, 64) and again.calibrated and again.extra == {"future": 1}
+    older = {k: v for k, v in facts.to_json().items() if k != "score_calibration"}  # exported before #42
+    assert (
+        ModelFacts.from_json(older, "x").score_calibration is None and not ModelFacts.from_json(older, "x").calibrated
+    )
     newer = dict(facts.to_json(), future_key=1)  # a newer writer's extra keys do not stop an older reader
     assert ModelFacts.from_json(newer, "x") == facts
+    broken_temperature = dict(facts.to_json(), score_calibration={"method": "temperature", "temperature": -1})
+    with pytest.raises(RuntimeModelError, match="score_calibration"):
+        ModelFacts.from_json(broken_temperature, "x")
     for bad in ("[1, 2]", '{"labels": "ab"}', '{"labels": ["a"], "input": {"height": 0, "width": 1}}', "{not json"):
         with pytest.raises(RuntimeModelError, match="model.py|model-facts record"):
             ModelFacts.loads(bad, "model.py")

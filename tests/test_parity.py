@@ -105,3 +105,36 @@ def test_agreement_is_judged_at_the_operating_point():
     assert compare_outputs(reference, candidate, labels, t).top1_agreement == 1.0
     at_point = compare_outputs(reference, candidate, labels, t, Decision(["a", "b"], "b", 0.3).predict)
     assert at_point.top1_agreement == 0.5 and not at_point.passed
+
+
+def _sharpened(probs: np.ndarray, power: float) -> np.ndarray:
+    """The same decisions, more confident: what a quantizer that distorts confidence would output."""
+    p = probs.astype(np.float64) ** power
+    return (p / p.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def _calibrated_probs(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0, 1.5, (n, 3))
+    probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    labels = np.array([rng.choice(3, p=p) for p in probs])
+    return probs.astype(np.float32), labels
+
+
+@pytest.mark.parametrize("precision", ["float32", "float16", "bf16", "int8"])
+def test_an_artifact_that_distorts_confidence_fails_the_ece_gate_with_its_figures(precision):
+    ref, labels = _calibrated_probs(600)
+    distorted = _sharpened(ref, 4.0)  # no decision changes; the probabilities claim far more than they know
+    overrides = ParityOverrides(max_abs_diff=1.0)  # so that only calibration is judged here
+    record = compare_outputs(ref, distorted, labels, thresholds_for(precision, overrides))
+    assert record.flips == 0 and record.ece > record.reference_ece + 0.1
+    assert not record.passed and record.failures[-1].startswith("ECE "), record.failures
+    assert record.ece_increase_ci95[0] > 0.03 and record.brier > record.reference_brier
+    relaxed = thresholds_for(precision, ParityOverrides(max_abs_diff=1.0, max_ece_increase=0.5))
+    assert compare_outputs(ref, distorted, labels, relaxed).passed
+
+
+def test_a_slight_confidence_change_within_chance_passes():
+    ref, labels = _calibrated_probs(60, seed=3)
+    record = compare_outputs(ref, _sharpened(ref, 1.15), labels, thresholds_for("int8"))
+    assert record.ece >= 0 and record.ece_increase_ci95[0] <= 0.03 and record.passed, record.failures

@@ -79,6 +79,28 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(np.exp(best.x))
 
 
+def _bin_index(confidence: np.ndarray, bins: int) -> np.ndarray:
+    """The bin of each confidence: (lower, upper], the first bin also taking 0."""
+    return np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
+
+
+def top_label(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(confidence, correct) per image: what ECE is computed from."""
+    probs = np.asarray(probs, np.float64)
+    return probs.max(axis=1), probs.argmax(axis=1) == np.asarray(labels, int)
+
+
+def ece_of(confidence: np.ndarray, correct: np.ndarray, bins: int = BINS) -> np.ndarray:
+    """ECE of each row of `confidence`/`correct` (1-D: one set of images; 2-D: many, e.g. bootstrap resamples)."""
+    confidence, correct = np.atleast_2d(confidence), np.atleast_2d(correct).astype(np.float64)
+    rows, n = confidence.shape
+    index = _bin_index(confidence, bins)
+    flat = (np.arange(rows)[:, None] * bins + index).ravel()
+    size = rows * bins
+    gap = np.bincount(flat, weights=(correct - confidence).ravel(), minlength=size).reshape(rows, bins)
+    return np.abs(gap).sum(axis=1) / n
+
+
 def measure(probs: np.ndarray, labels: np.ndarray, bins: int = BINS) -> Calibration:
     """ECE (with its bins), Brier score and log loss of `probs` against integer `labels`."""
     probs, labels = np.asarray(probs, np.float64), np.asarray(labels, int)
@@ -88,7 +110,7 @@ def measure(probs: np.ndarray, labels: np.ndarray, bins: int = BINS) -> Calibrat
     confidence, predicted = probs.max(axis=1), probs.argmax(axis=1)
     correct = predicted == labels
     edges = np.linspace(0.0, 1.0, bins + 1)
-    index = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)  # (lower, upper]
+    index = _bin_index(confidence, bins)
     table, ece = [], 0.0
     for b in range(bins):
         members = index == b

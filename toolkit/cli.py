@@ -144,6 +144,9 @@ def export(
     max_accuracy_drop: Annotated[float | None, Opt(help="Relax the int8 accuracy drop (0..1).")] = (
         EXPORT.overrides.max_accuracy_drop
     ),
+    max_ece_increase: Annotated[
+        float | None, Opt(min=0, max=1, help="Relax the bound on an artifact's ECE increase over Keras's (0..1).")
+    ] = EXPORT.overrides.max_ece_increase,
     wait: WaitFlag = EXPORT.wait,
     quiet: QuietFlag = False,
     json_output: JsonFlag = False,
@@ -157,7 +160,7 @@ def export(
     from toolkit.parity import ParityOverrides
 
     use_progress(quiet or json_output)
-    overrides = ParityOverrides(max_diff, min_agreement, max_accuracy_drop)
+    overrides = ParityOverrides(max_diff, min_agreement, max_accuracy_drop, max_ece_increase)
     data_dir = str(data) if data else None
     options = _options(ExportOptions, ctx.params, precisions=precision, data_dir=data_dir, overrides=overrides)
     report = export_run(run_dir, options)

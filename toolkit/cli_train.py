@@ -17,6 +17,7 @@ from typing import Annotated
 import typer
 
 from toolkit.bases import base_names, cuts_help
+from toolkit.calibration import ScoreCalibration
 from toolkit.cli_flags import Arg, Opt
 from toolkit.console import echo_json, use_progress, user_errors
 from toolkit.errors import ToolkitError
@@ -144,6 +145,10 @@ def train(
         str | None,
         DecideOpt(help="sensitivity=S, specificity=S or threshold=T, chosen on validation."),
     ] = TRAIN.operating_point,
+    score_calibration: Annotated[
+        ScoreCalibration,
+        DecideOpt(help="temperature: fit one temperature on validation and fold it into the last layer."),
+    ] = TRAIN.score_calibration,
     out: Annotated[Path | None, RunOpt(help="Run folder (default models/<timestamp>).")] = None,
     strategy: Annotated[Strategy, RunOpt(help="multiworker reads TF_CONFIG.")] = TRAIN.strategy,
     resume: Annotated[bool, RunOpt(help="Continue an interrupted run in --out (only --epochs may change).")] = False,

@@ -76,6 +76,8 @@ def print_export_table(manifest: dict) -> None:
         "agreement (flips/N)",
         "accuracy",
         "keras acc",
+        "ECE (keras)",
+        "Brier (keras)",
         "parity",
     ):
         table.add_column(column, justify="right" if column not in ("format", "precision") else "left")
@@ -89,9 +91,11 @@ def print_export_table(manifest: dict) -> None:
             f"{p['top1_agreement']:.1%} ({p.get('flips', 0)}/{p['images']})",
             f"{p['accuracy']:.1%}",
             f"{p['reference_accuracy']:.1%}",
+            f"{p.get('ece', 0):.1%} ({p.get('reference_ece', 0):.1%})",
+            f"{p.get('brier', 0):.3f} ({p.get('reference_brier', 0):.3f})",
             "[green]pass[/green]" if p["passed"] else "[red]FAIL[/red]",
         )
-    Console(width=max(Console().width, 110)).print(table)
+    Console(width=max(Console().width, 140)).print(table)
     for a in manifest.get("artifacts", []):
         if "int8_fix" in a:
             typer.echo(int8_fix_line(a))
@@ -222,6 +226,8 @@ def print_train_result(result: TrainResult) -> None:
         typer.echo(
             f"test accuracy {result.test_accuracy:.3f} (held out, evaluated once; see metrics.json); {result.test_summary}"
         )
+    if result.calibration_summary:
+        typer.echo(f"calibrated scores, {result.calibration_summary} (reliability.png)")
     if result.decision is not None:
         d = result.decision
         typer.echo(

@@ -5,8 +5,11 @@ the TFLite metadata, OpenVINO `rt_info`, the web bundle's `bundle.json`) and int
 manifest entry beside it, and read back by the runtime from the file alone. A `.tflite`
 copied into an app without its manifest still knows its labels and operating point.
 
-`extra` is room for what later features add (a calibration temperature, extra outputs);
-readers ignore keys they do not know, so an older runtime still loads a newer record.
+`score_calibration` says what was done to the scores: {"method": "temperature", "temperature": T,
+"fitted_on": "validation"} (folded into the last layer, so the outputs already are calibrated),
+{"method": "none"}, or null for a model exported before calibration existed.
+`extra` is room for what later features add (extra outputs); readers ignore keys they do not
+know, so an older runtime still loads a newer record.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ class ModelFacts:
     output: str = OUTPUT_PROBABILITIES
     source_sha256: str | None = None  # the best.keras the artifact was converted from
     content_sha256: str | None = None  # this file's content, the record excluded (`toolkit.runtime.digest`)
+    score_calibration: dict | None = None  # what was done to the scores (module docstring)
     extra: dict = dataclasses.field(default_factory=dict)
     schema: int = SCHEMA
 
@@ -69,6 +73,11 @@ class ModelFacts:
     @property
     def image_size(self) -> tuple[int, int]:
         return (self.input.height, self.input.width)
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the probabilities were calibrated (a temperature folded into the model)."""
+        return bool(self.score_calibration) and self.score_calibration.get("method") == "temperature"
 
     @classmethod
     def from_json(cls, data: Any, where: str) -> ModelFacts:
@@ -93,6 +102,7 @@ class ModelFacts:
                 output=str(data.get("output", OUTPUT_PROBABILITIES)),
                 source_sha256=data.get("source_sha256"),
                 content_sha256=data.get("content_sha256"),
+                score_calibration=parse_score_calibration(data.get("score_calibration"), where),
                 extra=dict(data.get("extra") or {}),
                 schema=int(data.get("schema", SCHEMA)),
             )
@@ -111,6 +121,27 @@ class ModelFacts:
         except ValueError as exc:
             raise RuntimeModelError(f"{where}: the model-facts record is not JSON ({exc})") from None
         return cls.from_json(data, where)
+
+
+def parse_score_calibration(value: Any, where: str) -> dict | None:
+    """A stored score-calibration record, checked: None, {"method": "none"} or a positive finite temperature."""
+    if value is None:
+        return None
+    method = value.get("method") if isinstance(value, dict) else None
+    if method == "none":
+        return dict(value)
+    temperature = value.get("temperature") if isinstance(value, dict) else None
+    if (
+        method != "temperature"
+        or not isinstance(temperature, int | float)
+        or isinstance(temperature, bool)
+        or not 0 < temperature < float("inf")
+    ):
+        raise RuntimeModelError(
+            f"{where}: score_calibration must be {{'method': 'none'}} or {{'method': 'temperature', "
+            f"'temperature': T > 0}}, got {value!r}"
+        )
+    return dict(value)
 
 
 def _decision(value: Any) -> dict | None:

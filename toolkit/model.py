@@ -20,6 +20,7 @@ from toolkit.keras_io import IMAGENET_BGR_MEAN
 from toolkit.weights import WeightsInfo, WeightsRequest, imagenet_base
 
 FEATURE_NORM = "feature_norm"  # the head's standardisation layer (build_head)
+OUTPUT_LAYER = "probs"  # the head's last layer: Dense + softmax (temperature scaling divides its weights)
 IMAGENET_RGB_MEAN, IMAGENET_RGB_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # torch mode, on 0..1
 
 
@@ -144,7 +145,7 @@ def build_head(feature_shape: tuple[int, ...], num_classes: int, head: str, drop
         x = keras.layers.BatchNormalization(name="hidden_norm")(x)
     if head != "flatten":
         x = keras.layers.Dropout(dropout, name="dropout")(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="probs", dtype="float32")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name=OUTPUT_LAYER, dtype="float32")(x)
     return keras.Model(inputs, outputs, name="head")
 
 
@@ -181,6 +182,15 @@ def features_part(model):
 
 def head_part(model):
     return model.get_layer("head")
+
+
+def fold_temperature(model, temperature: float) -> None:
+    """Divide the last layer's kernel and bias by `temperature`: the model then outputs softmax(logits / T),
+    the calibrated probabilities, and so does every artifact converted from it (no extra op anywhere)."""
+    import numpy as np
+
+    layer = head_part(model).get_layer(OUTPUT_LAYER)
+    layer.set_weights([np.asarray(w, np.float64) / temperature for w in layer.get_weights()])
 
 
 def feature_norm(head):

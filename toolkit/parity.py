@@ -35,6 +35,11 @@ INT8_MAX_ACCURACY_DROP = 0.01
 # model, which passed the 1e-4 gate, so a wrong weight or preprocessing step is caught there.
 BF16_MAX_ABS_DIFF = 0.25
 BF16_MIN_AGREEMENT = 0.99
+# Calibration: an artifact may not make the probabilities less trustworthy than Keras's. Every precision is
+# judged on the increase of its ECE (toolkit.calibration.BINNING) over Keras's on the validation images,
+# with a paired bootstrap interval; the bound is justified in docs/export.md from the measured increases.
+MAX_ECE_INCREASE = 0.03
+BOOTSTRAP_RESAMPLES = 1000
 PRECISION_FAMILY = {"float32": "float32", "float16": "float16", "bf16": "bf16", "dynamic": "int8", "int8": "int8"}
 
 
@@ -43,6 +48,7 @@ class Thresholds:
     max_abs_diff: float | None
     min_agreement: float
     max_accuracy_drop: float | None
+    max_ece_increase: float | None = MAX_ECE_INCREASE
 
 
 @dataclasses.dataclass
@@ -52,6 +58,7 @@ class ParityOverrides:
     max_abs_diff: float | None = None
     min_agreement: float | None = None
     max_accuracy_drop: float | None = None
+    max_ece_increase: float | None = None
 
 
 CONFIDENCE = 0.95
@@ -59,7 +66,9 @@ DECISION_RULE = (
     "max |diff| must not exceed its bound on any image; a minimum agreement fails only when the one-sided "
     "95% Clopper-Pearson upper bound of the agreement is below it, and a maximum accuracy drop only when the "
     "one-sided 95% lower bound of the paired drop on the validation images (Newcombe's interval; McNemar's "
-    "exact test is recorded beside it) is above it: a gate fails on what the images show beyond chance"
+    "exact test is recorded beside it) is above it, and a maximum ECE increase only when the one-sided 95% "
+    "lower bound of the increase over Keras's ECE on the validation images (a paired bootstrap) is above it: "
+    "a gate fails on what the images show beyond chance"
 )
 
 
@@ -82,6 +91,11 @@ class ParityRecord:
     discordant: dict[str, int] = dataclasses.field(default_factory=dict)  # worse: Keras right, artifact wrong
     mcnemar_p: float = 1.0  # exact two-sided McNemar test of the accuracy difference
     parts: dict[str, dict] = dataclasses.field(default_factory=dict)  # images and flips per part of the set
+    ece: float = 0.0  # the artifact's, on the validation part (toolkit.calibration.BINNING)
+    reference_ece: float = 0.0
+    ece_increase_ci95: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.0])  # paired bootstrap
+    brier: float = 0.0
+    reference_brier: float = 0.0
     decision_rule: str = DECISION_RULE
 
 
@@ -181,6 +195,7 @@ def thresholds_for(precision: str, overrides: ParityOverrides | None = None) -> 
         overrides.max_accuracy_drop
         if overrides.max_accuracy_drop is not None and t.max_accuracy_drop is not None
         else t.max_accuracy_drop,
+        overrides.max_ece_increase if overrides.max_ece_increase is not None else t.max_ece_increase,
     )
 
 
@@ -233,6 +248,8 @@ def compare_outputs(
         mcnemar_p=mcnemar_p(table),
         parts={name: {"images": int(m.sum()), "flips": int((~agree[m]).sum())} for name, m in parts.items()},
     )
+    if finite:
+        _calibration_of(record, reference[held_out], candidate[held_out], labels[held_out])
     record.failures += _failures(record, int(agree.sum()), table)
     record.passed = not record.failures
     return record
@@ -257,7 +274,50 @@ def _failures(record: ParityRecord, agreeing: int, table: PairedTable) -> list[s
                 f"accuracy drop {100 * record.accuracy_drop:.2f} points ({table.worse} worse, {table.better} better of "
                 f"{record.accuracy_images}; at least {100 * lower:.2f} at 95% confidence) > {100 * t.max_accuracy_drop:g}"
             )
+    if t.max_ece_increase is not None and record.ece_increase_ci95[0] > t.max_ece_increase + 1e-12:
+        failures.append(
+            f"ECE {100 * record.ece:.1f}% against Keras's {100 * record.reference_ece:.1f}% (an increase of at least "
+            f"{100 * record.ece_increase_ci95[0]:.1f} points at 95% confidence) > {100 * t.max_ece_increase:g} points"
+        )
     return failures
+
+
+def _calibration_of(record: ParityRecord, reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray) -> None:
+    """ECE and Brier of Keras and of the artifact on the labelled images, and the one-sided 95% interval of the
+    ECE increase: a paired bootstrap over the images (each resample takes the same images for both)."""
+    from scipy.stats import bootstrap
+
+    from toolkit.calibration import ece_of, measure, top_label
+
+    if len(labels) == 0:
+        return
+    mine, keras = measure(candidate, labels), measure(reference, labels)
+    record.ece, record.reference_ece, record.brier, record.reference_brier = (
+        mine.ece,
+        keras.ece,
+        mine.brier,
+        keras.brier,
+    )
+    if len(labels) < 2:
+        record.ece_increase_ci95 = [mine.ece - keras.ece] * 2
+        return
+    cand_conf, cand_right = top_label(candidate, labels)
+    ref_conf, ref_right = top_label(reference, labels)
+
+    def increase(index: np.ndarray, axis: int = -1) -> np.ndarray:  # index: (resamples, images)
+        return ece_of(cand_conf[index], cand_right[index]) - ece_of(ref_conf[index], ref_right[index])
+
+    result = bootstrap(
+        (np.arange(len(labels)),),
+        increase,
+        vectorized=True,
+        batch=200,
+        n_resamples=BOOTSTRAP_RESAMPLES,
+        confidence_level=1 - 2 * (1 - CONFIDENCE),  # the two-sided 90% interval's ends: one-sided 95% bounds
+        method="percentile",
+        random_state=np.random.default_rng(0),
+    )
+    record.ece_increase_ci95 = [float(result.confidence_interval.low), float(result.confidence_interval.high)]
 
 
 def _shape_mismatch(reference: np.ndarray, candidate: np.ndarray, n: int, thresholds: Thresholds) -> ParityRecord:

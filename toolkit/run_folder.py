@@ -19,6 +19,7 @@ import numpy as np
 
 from toolkit.data import ImageArrays, SplitOptions, load_dataset
 from toolkit.errors import DatasetError, ModelError
+from toolkit.facts import parse_score_calibration
 from toolkit.fileio import atomic_path, write_json_atomic, write_text_atomic, write_with
 from toolkit.layout import (  # noqa: F401  (the run folder's names, re-exported for its writers)
     BENCH_DIR,
@@ -131,11 +132,14 @@ class RunData:
     val: ImageArrays
 
 
-def labels_payload(labels: list[str], decision: Decision | None) -> dict:
-    """labels.json: the class names in output order, and for two classes the decision rule."""
+def labels_payload(labels: list[str], decision: Decision | None, score_calibration: dict | None = None) -> dict:
+    """labels.json: the class names in output order, for two classes the decision rule, and what was done
+    to the scores (`toolkit.calibration`: {"method": "temperature", "temperature": T} or {"method": "none"})."""
     payload: dict = {"labels": labels}
     if decision is not None:
         payload.update(decision.to_json())
+    if score_calibration is not None:
+        payload["score_calibration"] = score_calibration
     return payload
 
 
@@ -147,6 +151,7 @@ class RunFolder:
     config: dict
     labels: list[str]
     decision: Decision | None = None
+    score_calibration: dict | None = None  # None: a run made before calibration existed
 
     @property
     def best(self) -> Path:
@@ -215,6 +220,8 @@ def load_run(run_dir: str | Path, need_model: bool = True) -> RunFolder:
         raise ModelError(f"{path} has no {BEST}; train first (toolkit train DATA_DIR --out {path})")
     if not (path / LABELS).is_file() or not (path / CONFIG).is_file():
         raise ModelError(f"{path} is not a complete run folder ({LABELS} and {CONFIG} are needed)")
-    labels, decision = parse_labels_payload(read_json_file(path / LABELS, "labels file"), str(path / LABELS))
+    payload = read_json_file(path / LABELS, "labels file")
+    labels, decision = parse_labels_payload(payload, str(path / LABELS))
     config = check_config(read_json_file(path / CONFIG, "run config"), path / CONFIG)
-    return RunFolder(path, config, labels, decision)
+    stored = payload.get("score_calibration") if isinstance(payload, dict) else None
+    return RunFolder(path, config, labels, decision, parse_score_calibration(stored, str(path / LABELS)))

@@ -282,6 +282,7 @@ def model_facts(run: RunFolder, source_sha: str) -> ModelFacts:
         toolkit_version=__version__,
         base=run.base,
         source_sha256=source_sha,
+        score_calibration=run.score_calibration,
     )
 
 

@@ -7,6 +7,7 @@ from enum import StrEnum
 
 from toolkit.bases import DEFAULT_BASE, get_base
 from toolkit.bases.spec import REGISTRY
+from toolkit.calibration import ScoreCalibration
 from toolkit.data import SplitOptions
 from toolkit.errors import DatasetError, ModelError
 from toolkit.hardware import BasePrecision, Strategy
@@ -115,6 +116,8 @@ class FineTuneConfig:
 class DecisionConfig:
     positive_class: str | None = None  # two classes: the finding (default: the label that sorts second)
     operating_point: str | None = None  # "sensitivity=0.95", "specificity=0.9" or "threshold=0.3"
+    # temperature: fitted on validation after training and folded into the last layer (toolkit.calibration)
+    score_calibration: ScoreCalibration = ScoreCalibration.temperature
 
 
 # The command line's (and config.json's) flat names -> (group, field): one table, read both ways.
@@ -150,6 +153,7 @@ FLAT_NAMES: dict[str, tuple[str, str]] = {
     "fine_tune_from": ("fine_tune", "cut"),
     "positive_class": ("decision", "positive_class"),
     "operating_point": ("decision", "operating_point"),
+    "score_calibration": ("decision", "score_calibration"),
 }
 RUN_FIELDS = ("out", "strategy")  # how and where the run goes, outside the groups
 
@@ -278,6 +282,7 @@ class TrainConfig:
             ("--head", self.head.kind, Head),
             ("--class-weight", self.optim.class_weight, ClassWeight),
             ("--fine-tune-schedule", self.fine_tune.schedule, Schedule),
+            ("--score-calibration", self.decision.score_calibration, ScoreCalibration),
         ):
             if value not in tuple(enum):
                 raise DatasetError(f"{flag} must be one of {_choices(enum)}")
@@ -304,3 +309,4 @@ class TrainResult:
     decision: Decision | None = None
     val_summary: str = ""  # balanced accuracy and per-class recall (metrics.recall_summary)
     test_summary: str = ""
+    calibration_summary: str = ""  # the temperature and ECE/Brier/log loss before -> after (calibration.summary)

@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 
 from toolkit import __version__
+from toolkit import calibration as cal
 from toolkit.data import DataReport, LoadedDataset
 from toolkit.errors import TrainingError
 from toolkit.fileio import write_json_atomic
 from toolkit.keras_io import load_keras_model, predict_in_batches
 from toolkit.metrics import Metrics, classification_metrics, plot_confusion, plot_roc, recall_summary
-from toolkit.model import head_part
+from toolkit.model import fold_temperature, head_part
 from toolkit.operating_point import Decision, choose_threshold, parse_operating_point, resolve_positive_class
 from toolkit.run_folder import (
     BEST,
@@ -25,6 +26,7 @@ from toolkit.run_folder import (
     labels_payload,
     plot_curves,
     read_history_csv,
+    save_model_atomic,
     write_history_csv,
 )
 from toolkit.train.config import TrainConfig, TrainResult
@@ -51,6 +53,7 @@ class Evaluation:
     val: Metrics
     test: Metrics | None
     decision: Decision | None
+    calibration: dict | None = None  # metrics.json's "calibration": the temperature, before/after per split
 
 
 def choose_decision(config: TrainConfig, classes: list[str], probs: np.ndarray, labels: np.ndarray):
@@ -78,10 +81,13 @@ def _report(ctx: FitContext, name: str, probs, labels, decision, classes) -> Met
 
 
 def final_metrics(ctx: FitContext, data: LoadedDataset, val_features=None) -> Evaluation:
-    """The saved model's metrics: validation picks the threshold, the test split is evaluated once, here.
+    """The saved model's metrics: validation picks the temperature and the threshold, the test split is
+    evaluated once, here.
 
     With a frozen float32 base, the saved model's output on validation is its head
     applied to the cached float32 validation features, so no second pass is needed.
+    With `--score-calibration temperature` the temperature fitted on validation is folded
+    into best.keras before the test split is seen; the threshold is chosen on calibrated scores.
     """
     best_path = ctx.run_dir / BEST
     if not best_path.is_file():
@@ -92,22 +98,74 @@ def final_metrics(ctx: FitContext, data: LoadedDataset, val_features=None) -> Ev
         val_probs = predict_in_batches(head_part(best), val_features, batch)
     else:
         val_probs = predict_in_batches(best, data.val.images, batch)
+    temperature = _calibrate(ctx, best, val_probs, data.val.labels)
+    if temperature is not None:
+        val_probs = cal.apply_temperature(val_probs, temperature)
     decision = choose_decision(ctx.config, classes, val_probs, data.val.labels)
     val = _report(ctx, "validation", val_probs, data.val.labels, decision, classes)
-    test = None
+    test, test_probs = None, None
     if data.test is not None:
-        test_probs = predict_in_batches(best, data.test.images, batch)
+        test_probs = predict_in_batches(best, data.test.images, batch)  # best is calibrated by now
         test = _report(ctx, "test", test_probs, data.test.labels, decision, classes)
+    calibration = _calibration_report(ctx, temperature, val_probs, test_probs, data)
     payload = {**dataclasses.asdict(val), "split": "validation", "val_source": data.split.val_source}
     if decision is not None:
         payload["operating_point"] = _operating_point(decision, val, test)
     if test is not None:
         payload["test"] = dataclasses.asdict(test)
-    write_json_atomic(ctx.run_dir / LABELS, labels_payload(classes, decision))
+    payload["calibration"] = calibration
+    write_json_atomic(ctx.run_dir / LABELS, labels_payload(classes, decision, _stored_calibration(temperature)))
     write_json_atomic(ctx.run_dir / METRICS, payload)
     write_history_csv(ctx.history, ctx.run_dir / HISTORY)
     plot_curves(ctx.history, ctx.run_dir / CURVES)
-    return Evaluation(val, test, decision)
+    return Evaluation(val, test, decision, calibration)
+
+
+def _calibrate(ctx: FitContext, best, val_probs: np.ndarray, labels: np.ndarray) -> float | None:
+    """Fit the temperature on validation and fold it into best.keras (written anew); None: not asked."""
+    if ctx.config.decision.score_calibration != cal.ScoreCalibration.temperature or len(labels) == 0:
+        return None
+    temperature = cal.fit_temperature(val_probs, labels)
+    fold_temperature(best, temperature)
+    save_model_atomic(best, ctx.run_dir / BEST)
+    return temperature
+
+
+def _stored_calibration(temperature: float | None) -> dict:
+    """What labels.json (and so every artifact's model-facts record) says of the scores."""
+    if temperature is None:
+        return {"method": cal.ScoreCalibration.none.value}
+    return {"method": cal.ScoreCalibration.temperature.value, "temperature": temperature, "fitted_on": "validation"}
+
+
+def _calibration_report(ctx: FitContext, temperature: float | None, val_probs, test_probs, data) -> dict:
+    """ECE, Brier and log loss before and after, per split, with reliability.png (and reliability_test.png)."""
+    report: dict = {**_stored_calibration(temperature), "binning": cal.BINNING}
+    splits = [("validation", val_probs, data.val.labels)]
+    if test_probs is not None:
+        splits.append(("test", test_probs, data.test.labels))
+    for name, probs, labels in splits:
+        before_probs = probs if temperature is None else cal.apply_temperature(probs, 1.0 / temperature)
+        before = cal.measure(before_probs, labels)
+        after = cal.measure(probs, labels) if temperature is not None else None
+        report[name] = {"before": dataclasses.asdict(before), "after": dataclasses.asdict(after) if after else None}
+        suffix = "" if name == "validation" else f"_{name}"
+        title = f"{name.capitalize()}: " + (f"temperature {temperature:.2f}" if temperature else "not calibrated")
+        cal.plot_reliability(before, after, ctx.run_dir / f"reliability{suffix}.png", title)
+    return report
+
+
+def calibration_summary(calibration: dict | None) -> str:
+    """The console's line: the temperature and what it changed on each split."""
+    if not calibration or calibration.get("method") != cal.ScoreCalibration.temperature:
+        return ""
+    parts = []
+    for name in ("validation", "test"):
+        if calibration.get(name) and calibration[name]["after"]:
+            split = calibration[name]
+            before, after = cal.Calibration(**split["before"]), cal.Calibration(**split["after"])
+            parts.append(f"{name} {cal.summary(before, after)}")
+    return f"temperature {calibration['temperature']:.2f}: " + "; ".join(parts)
 
 
 def _operating_point(decision: Decision, val: Metrics, test: Metrics | None) -> dict:
@@ -133,6 +191,7 @@ def make_result(ctx: FitContext, facts: RunFacts, evaluation: Evaluation | None,
         decision=evaluation.decision if evaluation else None,
         val_summary=recall_summary(evaluation.val) if evaluation else "",
         test_summary=recall_summary(evaluation.test) if evaluation and evaluation.test else "",
+        calibration_summary=calibration_summary(evaluation.calibration) if evaluation else "",
     )
 
 

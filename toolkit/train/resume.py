@@ -21,6 +21,7 @@ def _resumed_config(config: TrainConfig, saved: Path, explicit: set[str] | None)
         if "feature_norm" not in raw:  # stored before the defaults changed (#37): no such layer, auto meant balanced
             raw["feature_norm"] = False
             raw["class_weight"] = {"auto": "balanced"}.get(raw.get("class_weight"), raw.get("class_weight", "none"))
+        raw.setdefault("score_calibration", "none")  # stored before calibration (#42) existed
         try:
             stored = TrainConfig.from_flat(**raw)
         except TypeError as exc:
