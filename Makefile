@@ -12,7 +12,7 @@ DEMO_SIZE ?= 224
 # with pip (docs/training.md "Weights"); run.json names the weights actually used.
 WEIGHTS_FLAGS := --weights $(or $(VGG16_WEIGHTS),imagenet)
 
-.PHONY: install system-deps demo test check lint format bench bench-real bench-int8 bench-serve bench-serve-hostile bench-bases bench-defaults clean-demo
+.PHONY: install system-deps demo test check lint format bench bench-real bench-int8 bench-serve bench-serve-hostile bench-calibration bench-bases bench-defaults clean-demo
 
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 ORT_WEB := node_modules/onnxruntime-web/dist/ort.wasm.min.js
@@ -65,6 +65,18 @@ bench: $(BIN)/toolkit
 ELPV_CACHE ?= $(HOME)/.cache/toolkit-elpv
 bench-real: $(BIN)/toolkit
 	$(BIN)/python benchmarks/real.py --cache $(ELPV_CACHE) --weights $(or $(VGG16_WEIGHTS),imagenet)
+
+# Temperature scaling (#42) on the demo trained with the defaults (as `toolkit train DATA`) and on the ELPV run of
+# `make bench-real` when it is there: temperature, ECE/Brier/log loss before and after, every artifact's ECE
+# against Keras's; writes benchmarks/CALIBRATION.md (~20 min on 2 cores for the demo).
+CALIBRATION_RUN ?= $(HOME)/.cache/toolkit-calibration/demo
+bench-calibration: $(BIN)/toolkit
+	$(BIN)/toolkit demo-data $(DEMO_DATA) --image-size $(DEMO_SIZE) --per-class 200
+	rm -rf $(CALIBRATION_RUN)
+	$(BIN)/toolkit train $(DEMO_DATA) --out $(CALIBRATION_RUN) --quiet $(WEIGHTS_FLAGS)
+	$(BIN)/toolkit export $(CALIBRATION_RUN) --quiet || test $$? -eq 1
+	$(BIN)/python benchmarks/calibration.py demo=$(CALIBRATION_RUN) \
+		$(if $(wildcard $(ELPV_CACHE)/run/export/manifest.json),elpv=$(ELPV_CACHE)/run)
 
 # Every base network (toolkit bases) with random weights at 224 px: export --format all, then bench at batch 1:
 # size and latency per format, GFLOP counted on the graph; writes benchmarks/BASES.md (~60 min, 2 cores).

@@ -46,16 +46,19 @@ def test_predict_reports_bad_images_and_still_predicts_the_rest(exported_run, tm
     assert result.exit_code == 2
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert [line["image"] for line in lines] == [str(good[0]), str(good[1])]
-    assert set(lines[0]) == {"image", "label", "score", "probabilities"}
+    assert set(lines[0]) == {"image", "label", "score", "probabilities", "calibrated"}
+    assert lines[0]["calibrated"] is True  # the fixture's run is calibrated (the default)
     assert "broken.jpg" in result.stderr
     folder = good[0].parent
     ok = runner.invoke(app, ["predict", str(model), str(folder), "--top-k", "2"])
     assert ok.exit_code == 0
     rows = [line.split("\t") for line in ok.stdout.splitlines() if "\t" in line]
     assert [Path(r[0]).name for r in rows] == sorted(p.name for p in folder.iterdir())
-    for _path, ranked in rows:
+    for _path, ranked, scores in rows:
         (first, p1), (second, p2) = [item.rsplit(" ", 1) for item in ranked.split(", ")]
         assert {first, second} == {"benign", "malignant"} and float(p1) >= float(p2)
+        assert scores == "calibrated"
+    assert "probabilities calibrated (temperature" in ok.stderr
 
 
 def test_predict_missing_or_corrupt_model_exits_2(tmp_path):
@@ -85,6 +88,10 @@ def test_evaluate_writes_metrics_and_confusion(exported_run, tmp_path):
         assert metrics["accuracy"] == entry["parity"]["accuracy"]
         assert {"auc", "per_class", "confusion_matrix", "sensitivity", "specificity"} <= set(metrics)
         assert (out / "confusion.png").read_bytes()[:4] == b"\x89PNG" and (out / "roc.png").is_file()
+        calibration = json.loads((out / "metrics.json").read_text())["calibration"]
+        assert calibration["ece"] == pytest.approx(entry["parity"]["ece"], abs=1e-6)  # the gate's figure, again
+        assert (out / "reliability.png").is_file() and "calibration: ECE" in result.stdout
+        assert "probabilities calibrated (temperature" in result.stdout
     keras_result = runner.invoke(app, ["evaluate", str(exported_run / "best.keras"), str(data)])
     assert keras_result.exit_code == 0 and "accuracy" in keras_result.stdout
 

@@ -38,6 +38,7 @@ RENAMED = {
         "max_diff": (ParityOverrides, "max_abs_diff"),
         "min_agreement": (ParityOverrides, "min_agreement"),
         "max_accuracy_drop": (ParityOverrides, "max_accuracy_drop"),
+        "max_ece_increase": (ParityOverrides, "max_ece_increase"),
     },
     "bench": {
         "format": (BenchOptions, "formats"),

@@ -162,6 +162,8 @@ def test_choosing_a_file_in_the_page_shows_the_runtimes_label(web_run, served, b
     page.set_input_files("#file", str(path))
     page.wait_for_function("document.getElementById('status').textContent === 'Done.'")
     assert page.inner_text("#result") == expected.label
+    temperature = json.loads((web_run / "labels.json").read_text())["score_calibration"]["temperature"]
+    assert f"Probabilities are calibrated (temperature {temperature:.2f}" in page.inner_text("#calibration")
     page.close()
 
 

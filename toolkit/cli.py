@@ -190,7 +190,7 @@ def evaluate(
     json_output: JsonFlag = False,
 ) -> None:
     """Accuracy, AUC, per-class precision/recall/F1 and the confusion matrix at the model's operating point."""
-    from toolkit.evaluate import evaluate_model, format_metrics
+    from toolkit.evaluate import evaluate_model, format_calibration, format_metrics
 
     use_progress(quiet or json_output)
     classifier = load_classifier(
@@ -200,6 +200,7 @@ def evaluate(
     if json_output:
         return _echo_json(result)
     typer.echo(format_metrics(result.metrics))
+    typer.echo(format_calibration(result))
     if result.skipped:
         typer.echo(f"{len(result.skipped)} files skipped (unreadable or not images)", err=True)
     if out:

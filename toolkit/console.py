@@ -23,6 +23,7 @@ from toolkit.errors import ToolkitError
 
 if TYPE_CHECKING:
     from toolkit.bench import BenchReport
+    from toolkit.facts import ModelFacts
     from toolkit.runtime import Prediction
     from toolkit.train import TrainResult
 
@@ -60,9 +61,13 @@ def print_predictions(classifier, paths: list, problems: list[str], options, jso
             typer.echo(f"error: {path}: {error}", err=True)
             failed += 1
         else:
-            print_prediction(path, prediction, options.top_k, json_output)
+            print_prediction(path, prediction, options.top_k, json_output, classifier.info)
     if not json_output:
-        typer.echo(f"[{classifier.format} on {classifier.provider}; labels from {classifier.label_source}]", err=True)
+        typer.echo(
+            f"[{classifier.format} on {classifier.provider}; labels from {classifier.label_source}; "
+            f"probabilities {classifier.info.score_note}]",
+            err=True,
+        )
     return failed
 
 
@@ -241,13 +246,15 @@ def print_train_result(result: TrainResult) -> None:
     typer.echo(f"run folder: {result.run_dir} (best.keras, run.json, metrics.json, curves.png, roc.png)")
 
 
-def print_prediction(path: Path, prediction: Prediction, top_k: int, as_json: bool) -> None:
+def print_prediction(path: Path, prediction: Prediction, top_k: int, as_json: bool, facts: ModelFacts) -> None:
+    """One image: its ranked probabilities and, beside them, whether they are calibrated."""
     if as_json:
         row = {"image": str(path), "label": prediction.label, "score": prediction.score}
-        typer.echo(json.dumps({**row, "probabilities": prediction.probabilities}))
+        calibrated = facts.calibrated if facts.score_calibration is not None else None
+        typer.echo(json.dumps({**row, "probabilities": prediction.probabilities, "calibrated": calibrated}))
     else:
         ranked = ", ".join(f"{label} {score:.3f}" for label, score in prediction.top_k(top_k))
-        typer.echo(f"{path}\t{ranked}")
+        typer.echo(f"{path}\t{ranked}\t{facts.score_note.split(' (')[0]}")
 
 
 INTERNAL_ERROR = 3

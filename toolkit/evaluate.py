@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from toolkit.calibration import Calibration, measure, plot_reliability
 from toolkit.data import SkippedFile, load_labelled_folder
 from toolkit.fileio import write_json_atomic
 from toolkit.metrics import Metrics, classification_metrics, plot_confusion, plot_roc, recall_summary
@@ -27,6 +28,8 @@ class EvaluationResult:
     provider: str
     metrics: Metrics
     skipped: list[SkippedFile]
+    calibration: Calibration | None = None  # ECE, Brier, log loss of the model's probabilities on this folder
+    score_note: str = ""  # what the model's record says of its probabilities (calibrated or not)
 
 
 def evaluate_model(
@@ -41,7 +44,11 @@ def evaluate_model(
     decision = classifier.decision or default_decision(labels)
     metrics = classification_metrics(probs, arrays.labels, labels, decision)
     model_path = classifier.path
-    result = EvaluationResult(str(model_path), classifier.format, classifier.provider, metrics, arrays.skipped)
+    calibration = measure(probs, arrays.labels)
+    result = EvaluationResult(
+        str(model_path), classifier.format, classifier.provider, metrics, arrays.skipped, calibration,
+        classifier.info.score_note,
+    )  # fmt: skip
     if out is not None:
         out = Path(out)
         payload = dataclasses.asdict(result)
@@ -50,7 +57,17 @@ def evaluate_model(
         plot_confusion(metrics, out / "confusion.png", title=title)
         if decision is not None:
             plot_roc(probs, arrays.labels, decision, out / "roc.png", title=title)
+        plot_reliability(calibration, None, out / "reliability.png", title)
     return result
+
+
+def format_calibration(result: EvaluationResult) -> str:
+    """One line: how far the probabilities on this folder can be read as frequencies."""
+    c = result.calibration
+    return (
+        f"calibration: ECE {100 * c.ece:.1f}% (15 equal-width bins), Brier {c.brier:.4f}, log loss {c.log_loss:.4f}; "
+        f"probabilities {result.score_note}"
+    )
 
 
 def format_metrics(m: Metrics) -> str:

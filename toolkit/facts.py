@@ -79,6 +79,15 @@ class ModelFacts:
         """Whether the probabilities were calibrated (a temperature folded into the model)."""
         return bool(self.score_calibration) and self.score_calibration.get("method") == "temperature"
 
+    @property
+    def score_note(self) -> str:
+        """What the probabilities are, in a few words, for people who read them beside a label."""
+        if self.calibrated:
+            return f"calibrated (temperature {self.score_calibration['temperature']:.2f}, fitted on validation)"
+        if self.score_calibration is None:
+            return "calibration unknown (exported before calibration was recorded)"
+        return "not calibrated"
+
     @classmethod
     def from_json(cls, data: Any, where: str) -> ModelFacts:
         """Parse a stored record; a record of the wrong shape is a one-line error naming `where`."""

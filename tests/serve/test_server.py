@@ -96,7 +96,7 @@ def test_classify_answers_what_local_predict_says(exported_run):
             body = answer.json()
             assert (body["label"], body["probabilities"]) == (expected.label, expected.probabilities)
             assert [k["label"] for k in body["top_k"]] == [k for k, _ in expected.top_k(2)]
-            assert body["decision"] == load(model).info.decision
+            assert body["decision"] == load(model).info.decision and body["calibrated"] is load(model).info.calibrated
 
 
 def test_bad_requests_get_json_errors_and_the_server_goes_on(exported_run):

@@ -43,6 +43,8 @@ def test_run_folder_is_complete_and_self_describing(trained_run):
     assert run["parameters"]["trainable"] < run["parameters"]["total"]
     assert "tensorflow" in run["versions"] and "keras" in run["versions"]
     labels = json.loads((trained_run / "labels.json").read_text())
+    calibration = labels.pop("score_calibration")  # its own tests: tests/train/test_calibration.py
+    assert calibration["method"] == "temperature"
     assert labels == {
         "labels": ["benign", "malignant"],
         "positive_class": "malignant",

@@ -290,6 +290,7 @@ async def classify(request: Request, state: _State) -> Response:
         "index": prediction.index,
         "probabilities": prediction.probabilities,
         "decision": first.info.decision,
+        "calibrated": first.info.calibrated,  # whether the probabilities were calibrated (a folded temperature)
     }
     if int(top_k):
         answer["top_k"] = [{"label": k, "probability": p} for k, p in prediction.top_k(int(top_k))]

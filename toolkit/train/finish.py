@@ -165,7 +165,10 @@ def calibration_summary(calibration: dict | None) -> str:
             split = calibration[name]
             before, after = cal.Calibration(**split["before"]), cal.Calibration(**split["after"])
             parts.append(f"{name} {cal.summary(before, after)}")
-    return f"temperature {calibration['temperature']:.2f}: " + "; ".join(parts)
+    temperature = calibration["temperature"]
+    edge = min(abs(temperature - bound) / bound for bound in cal.T_RANGE) < 0.01
+    warning = " (at the edge of the fit's range: too few validation images, or a model near chance)" if edge else ""
+    return f"temperature {temperature:.2f}{warning}: " + "; ".join(parts)
 
 
 def _operating_point(decision: Decision, val: Metrics, test: Metrics | None) -> dict:
