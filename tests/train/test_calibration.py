@@ -70,3 +70,26 @@ def test_score_calibration_none_leaves_the_scores_alone(demo_dir, tmp_path):
     report = _json(out / "metrics.json")["calibration"]
     assert report["method"] == "none" and report["validation"]["after"] is None
     assert result.calibration_summary == ""
+
+
+def test_three_classes_are_calibrated_too(demo_dir, tmp_path):
+    import shutil
+
+    from toolkit.train import train
+
+    data = tmp_path / "three"
+    shutil.copytree(demo_dir, data)
+    for split in ("train", "test"):  # a third class: the benign images, flipped (so they are not duplicates)
+        from PIL import Image, ImageOps
+
+        (data / split / "atypical").mkdir()
+        for image in sorted((data / split / "benign").iterdir()):
+            ImageOps.mirror(Image.open(image)).save(data / split / "atypical" / image.name)
+    out = tmp_path / "run"
+    result = train(train_config(data, out, epochs=2), log=lambda _m: None, verbose=0)
+    labels = _json(out / "labels.json")
+    assert labels["labels"] == ["atypical", "benign", "malignant"] and "positive_class" not in labels
+    assert labels["score_calibration"]["method"] == "temperature"
+    report = _json(out / "metrics.json")["calibration"]["validation"]
+    assert report["after"]["log_loss"] <= report["before"]["log_loss"] + 1e-9
+    assert result.calibration_summary.startswith("temperature ")
