@@ -75,13 +75,13 @@ def test_score_calibration_none_leaves_the_scores_alone(demo_dir, tmp_path):
 def test_three_classes_are_calibrated_too(demo_dir, tmp_path):
     import shutil
 
+    from PIL import Image, ImageOps
+
     from toolkit.train import train
 
     data = tmp_path / "three"
     shutil.copytree(demo_dir, data)
     for split in ("train", "test"):  # a third class: the benign images, flipped (so they are not duplicates)
-        from PIL import Image, ImageOps
-
         (data / split / "atypical").mkdir()
         for image in sorted((data / split / "benign").iterdir()):
             ImageOps.mirror(Image.open(image)).save(data / split / "atypical" / image.name)
