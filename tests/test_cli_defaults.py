@@ -12,8 +12,11 @@ import typer.main
 
 from toolkit.batch import BatchOptions, Engine
 from toolkit.bench.types import BenchFormat, BenchOptions
+from toolkit.calibration import ScoreCalibration
 from toolkit.cli import app
+from toolkit.data.check import CheckOptions
 from toolkit.data.demo import DemoDataConfig
+from toolkit.data.folders import SplitOptions
 from toolkit.evaluate import EvaluateOptions
 from toolkit.export.base import Calibration, ExportTarget, Precision
 from toolkit.export.pipeline import ExportOptions
@@ -55,6 +58,7 @@ OWNERS = {
     "predict": [PredictOptions, LoadOptions, BatchOptions],
     "serve": [ServeOptions],
     "evaluate": [EvaluateOptions, LoadOptions],
+    "check": [CheckOptions, SplitOptions],
 }
 CHOICES = {
     ("train", "base_precision"): BasePrecision,
@@ -63,6 +67,7 @@ CHOICES = {
     ("train", "class_weight"): ClassWeight,
     ("train", "fine_tune_schedule"): Schedule,
     ("train", "strategy"): Strategy,
+    ("train", "score_calibration"): ScoreCalibration,
     ("export", "format"): ExportTarget,
     ("export", "calibration"): Calibration,
     ("predict", "device"): Device,

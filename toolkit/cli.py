@@ -31,7 +31,9 @@ from toolkit.cli_flags import options_from as _options
 from toolkit.console import OneLineErrors, load_classifier, set_debug, use_progress, user_errors
 from toolkit.console import csv_choices as _csv
 from toolkit.console import echo_json as _echo_json
+from toolkit.data.check import CheckOptions
 from toolkit.data.demo import DemoDataConfig
+from toolkit.data.folders import SplitOptions
 from toolkit.errors import ParityError
 from toolkit.evaluate import EvaluateOptions
 from toolkit.export.base import Calibration, ExportTarget, Precision
@@ -45,6 +47,8 @@ LOAD = LoadOptions()
 EVALUATE = EvaluateOptions()
 BENCH = BenchOptions()
 DEMO = DemoDataConfig()
+CHECK = CheckOptions()
+SPLIT = SplitOptions()
 
 app = typer.Typer(
     cls=OneLineErrors,
@@ -82,6 +86,46 @@ def demo_data(
     for split, per in counts.items():
         typer.echo(f"{split}: " + ", ".join(f"{k} {v}" for k, v in per.items()))
     typer.echo(f"wrote {out_dir}")
+
+
+@app.command("check")
+@user_errors
+def check(
+    data_dir: Annotated[Path, Arg(help="Data folder, laid out as for toolkit train.")],
+    out: Annotated[Path | None, Opt(help="Write check_report.json and samples.png into this folder.")] = None,
+    strict: Annotated[
+        bool, Opt(help="Exit 1 when a test image duplicates a training or validation image.")
+    ] = CHECK.strict,
+    val_split: Annotated[float, Opt(min=0, max=0.9, help="As toolkit train: validation share.")] = SPLIT.val_split,
+    test_split: Annotated[float, Opt(min=0, max=0.9, help="As toolkit train: test share.")] = SPLIT.test_split,
+    seed: Annotated[int, Opt(help="As toolkit train: the split's seed.")] = SPLIT.seed,
+    near_bits: Annotated[int, Opt(min=0, max=64, help="Perceptual-hash bits within which images are compared.")] = (
+        CHECK.near_bits
+    ),
+    near_mad: Annotated[
+        float, Opt(min=0, max=255, help="Mean grey-level difference at or below which they are duplicates.")
+    ] = CHECK.near_mad,
+    samples_per_class: Annotated[int, Opt(min=1, help="Images per class in samples.png.")] = CHECK.samples_per_class,
+    quiet: QuietFlag = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Check a data set before training: counts, unreadable files, sizes, duplicates and leaks across splits."""
+    from toolkit.console import print_check_report
+    from toolkit.data.check import check_dataset, write_report, write_samples
+
+    use_progress(quiet or json_output)
+    split_options = SplitOptions(val_split, test_split, seed)
+    options = CheckOptions(near_bits, near_mad, samples_per_class, strict=strict)
+    report = check_dataset(data_dir, split_options, options)
+    if out is not None:
+        write_report(report, out)
+        write_samples(data_dir, split_options, Path(out) / "samples.png", samples_per_class)
+    if json_output:
+        _echo_json(report.to_json())
+    else:
+        print_check_report(report, out)
+    if strict and report.test_leaks:
+        raise typer.Exit(1)
 
 
 @app.command("bases")

@@ -106,6 +106,35 @@ def print_export_table(manifest: dict) -> None:
             typer.echo(int8_fix_line(a))
 
 
+def print_check_report(report, out: Path | None, shown: int = 5) -> None:
+    """`toolkit check`'s summary: counts, sizes, what is wrong, and the first pairs of each leak named."""
+    table = Table(title=f"{report.root} ({report.layout})")
+    table.add_column("split", justify="left")
+    for cls in report.classes:
+        table.add_column(cls, justify="right")
+    for split, counts in report.counts.items():
+        table.add_row(split, *(str(counts[c]) for c in report.classes))
+    Console(width=max(Console().width, 100)).print(table)
+    w, h, a = report.sizes["width"], report.sizes["height"], report.sizes["aspect"]
+    typer.echo(
+        f"sizes: width {w['min']:.0f}..{w['max']:.0f} (median {w['median']:.0f}), height {h['min']:.0f}..{h['max']:.0f} "
+        f"(median {h['median']:.0f}), aspect {a['min']:.2f}..{a['max']:.2f}; imbalance {report.imbalance:.1f}:1 in train"
+    )
+    typer.echo(
+        f"duplicates within a split: {len(report.duplicates)}; across splits: {len(report.leaks)} "
+        f"({', '.join(f'{k} {n}' for k, n in sorted(report.leak_counts.items())) or 'none'}); "
+        f"unreadable files: {len(report.unreadable)}"
+    )
+    for leak in report.leaks[:shown]:
+        typer.echo(f"  {leak.kind} ({leak.split_a} / {leak.split_b}): {leak.a}  ==  {leak.b}")
+    if len(report.leaks) > shown:
+        typer.echo(f"  ... and {len(report.leaks) - shown} more (check_report.json: leaks)")
+    for warning in report.warnings:
+        typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
+    if out is not None:
+        typer.echo(f"wrote check_report.json and samples.png into {out}")
+
+
 def int8_fix_line(entry: dict) -> str:
     """What `--int8-max-drop` did for one artifact, in one line."""
     fix = entry["int8_fix"]
