@@ -148,3 +148,80 @@ def test_parity_sample_is_stratified_seeded_and_complete_when_asked_for_all():
     assert np.array_equal(index, stratified_sample(labels, 8, seed=4))
     assert not np.array_equal(index, stratified_sample(labels, 8, seed=5))
     assert np.array_equal(stratified_sample(labels, None, seed=0), np.arange(40))
+
+
+def _modules(root: Path, modules: int = 14, cells: int = 4) -> Path:
+    """A flat folder of solar-cell-like files named m<module>_c<cell>.png, both classes in every module."""
+    from PIL import Image
+
+    for cls_index, cls in enumerate(("defective", "functional")):
+        folder = root / cls
+        folder.mkdir(parents=True)
+        for m in range(modules):
+            for c in range(cells):
+                Image.new("RGB", (8, 8), (m * 9 % 256, c * 40, cls_index * 200)).save(folder / f"m{m:02d}_c{c}.png")
+    return root
+
+
+def _module_of(path: str) -> str:
+    return Path(path).name.split("_")[0]
+
+
+def test_a_grouped_split_keeps_every_module_on_one_side(tmp_path):
+    from toolkit.data.folders import SplitOptions, discover_dataset
+
+    data = _modules(tmp_path / "flat")
+    grouped = discover_dataset(data, SplitOptions(val_split=0.2, test_split=0.2, group_pattern=r"(m\d+)_"))
+    sides = [{_module_of(f.path) for f in files} for files in (grouped.train, grouped.val, grouped.test)]
+    assert all(sides) and not (sides[0] & sides[1]) and not (sides[0] & sides[2]) and not (sides[1] & sides[2])
+    assert "whole groups" in grouped.val_source
+    assert {f.label for f in grouped.val} == {0, 1} and {f.label for f in grouped.test} == {0, 1}
+    plain = discover_dataset(data, SplitOptions(val_split=0.2, test_split=0.2))  # per file: modules straddle
+    plain_sides = [{_module_of(f.path) for f in files} for files in (plain.train, plain.val, plain.test)]
+    assert plain_sides[0] & (plain_sides[1] | plain_sides[2])
+
+
+def test_groups_from_a_csv_carve_validation_from_train_by_whole_groups(tmp_path):
+    from toolkit.data.folders import SplitOptions, discover_dataset
+
+    data = tmp_path / "split"
+    _modules(data / "train")
+    table = tmp_path / "groups.csv"
+    rows = ["path,group"] + [
+        f"train/{f.parent.name}/{f.name},{_module_of(f.name)}" for f in sorted((data / "train").rglob("*.png"))
+    ]
+    table.write_text("\n".join(rows) + "\n")
+    split = discover_dataset(data, SplitOptions(val_split=0.25, groups=str(table)))
+    train, val = ({_module_of(f.path) for f in files} for files in (split.train, split.val))
+    assert val and not (train & val)
+
+
+@pytest.mark.parametrize(
+    "options, words",
+    [
+        ({"group_pattern": r"(m\d+)_", "groups": "x.csv"}, "give one of them"),
+        ({"group_pattern": r"zz(\d)"}, "does not match"),
+        ({"group_pattern": "("}, "not a regular expression"),
+        ({"groups": "/nonexistent/groups.csv"}, "not found"),
+    ],
+)
+def test_group_options_that_cannot_work_are_one_line_errors(tmp_path, options, words):
+    from toolkit.data.folders import SplitOptions, discover_dataset
+
+    data = _modules(tmp_path / "flat")
+    with pytest.raises(DatasetError, match=words):
+        discover_dataset(data, SplitOptions(**options))
+
+
+def test_the_check_names_groups_that_a_hand_made_test_folder_splits(tmp_path):
+    from toolkit.data.check import check_dataset
+    from toolkit.data.folders import SplitOptions
+
+    data = tmp_path / "split"
+    _modules(data / "train", modules=10)
+    _modules(data / "test", modules=2)  # modules m00 and m01 again: by hand, on both sides
+    report = check_dataset(data, SplitOptions(group_pattern=r"(m\d+)_"))
+    spanning = {g["group"] for g in report.groups_spanning}
+    assert {"m00", "m01"} <= spanning and report.groups == 10
+    assert all("test" in g["splits"] for g in report.groups_spanning if g["group"] in ("m00", "m01"))
+    assert any("span two splits" in w for w in report.warnings)

@@ -99,6 +99,10 @@ def check(
     val_split: Annotated[float, Opt(min=0, max=0.9, help="As toolkit train: validation share.")] = SPLIT.val_split,
     test_split: Annotated[float, Opt(min=0, max=0.9, help="As toolkit train: test share.")] = SPLIT.test_split,
     seed: Annotated[int, Opt(help="As toolkit train: the split's seed.")] = SPLIT.seed,
+    groups: Annotated[str | None, Opt(metavar="CSV", help="As toolkit train: path,group rows.")] = SPLIT.groups,
+    group_pattern: Annotated[
+        str | None, Opt(metavar="REGEX", help="As toolkit train: a group from each path.")
+    ] = SPLIT.group_pattern,
     near_bits: Annotated[int, Opt(min=0, max=64, help="Perceptual-hash bits within which images are compared.")] = (
         CHECK.near_bits
     ),
@@ -114,7 +118,7 @@ def check(
     from toolkit.data.check import check_dataset, write_report, write_samples
 
     use_progress(quiet or json_output)
-    split_options = SplitOptions(val_split, test_split, seed)
+    split_options = SplitOptions(val_split, test_split, seed, groups=groups, group_pattern=group_pattern)
     options = CheckOptions(near_bits, near_mad, samples_per_class, strict=strict)
     report = check_dataset(data_dir, split_options, options)
     if out is not None:

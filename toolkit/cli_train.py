@@ -82,6 +82,12 @@ def train(
         bool,
         DataOpt(help="train/ + test/ only: validate on test/ as the Keras tutorial does (no held-out test)."),
     ] = TRAIN.validate_on_test,
+    groups: Annotated[
+        str | None, DataOpt(metavar="CSV", help="path,group rows: a group never spans two carved splits.")
+    ] = TRAIN.groups,
+    group_pattern: Annotated[
+        str | None, DataOpt(metavar="REGEX", help="Or a group from each path under DATA_DIR (its first group).")
+    ] = TRAIN.group_pattern,
     augment: Annotated[
         bool, DataOpt("--augment/--no-augment", help="Random flip, shift, zoom, rotation.")
     ] = TRAIN.augment,

@@ -188,6 +188,8 @@ class RunFolder:
             self.config.get("test_split", 0.15),
             self.config.get("seed", 0),
             self.config.get("validate_on_test", False),
+            self.config.get("groups"),
+            self.config.get("group_pattern"),
         )
         data = load_dataset(folder, self.image_size, options, self.path / CACHE_DIR)
         if data.classes != self.labels:

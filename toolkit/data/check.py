@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from toolkit.data.folders import DatasetSplit, LabelledFile, SplitOptions, discover_dataset
+from toolkit.data.folders import DatasetSplit, LabelledFile, SplitOptions, discover_dataset, file_groups
 from toolkit.errors import DatasetError, MissingDependencyError
 from toolkit.fileio import write_json_atomic, write_with
 from toolkit.imaging import load_rgb
@@ -79,6 +79,8 @@ class CheckReport:
     leaks: list[Duplicate]  # across splits: a test or validation figure inflated
     leak_counts: dict[str, int]  # "train-test", "train-val", "val-test" -> pairs
     warnings: list[str]
+    groups: int = 0  # with --groups or --group-pattern: how many
+    groups_spanning: list[dict] = dataclasses.field(default_factory=list)  # {"group", "splits"}: on both sides
 
     @property
     def test_leaks(self) -> int:
@@ -219,8 +221,25 @@ def check_dataset(
         leak_counts=leak_counts,
         warnings=[],
     )
+    _group_findings(report, split, split_options, images)
     report.warnings = _warnings(report)
     return report
+
+
+def _group_findings(report: CheckReport, split: DatasetSplit, options: SplitOptions, images: list[_Image]) -> None:
+    """With groups given: how many, and which span two splits (a test/ folder made by hand can hold them)."""
+    everything = [LabelledFile(i.path, i.label) for i in images]
+    groups = file_groups(Path(split.root), everything, options)
+    if groups is None:
+        return
+    sides: dict[str, set[str]] = {}
+    for image in images:
+        sides.setdefault(groups[image.path], set()).add(image.split)
+    report.groups = len(sides)
+    order = {name: k for k, name in enumerate(SPLITS)}
+    report.groups_spanning = [
+        {"group": g, "splits": sorted(s, key=order.__getitem__)} for g, s in sorted(sides.items()) if len(s) > 1
+    ]
 
 
 def _warnings(report: CheckReport) -> list[str]:
@@ -230,6 +249,11 @@ def _warnings(report: CheckReport) -> list[str]:
         out.append(
             f"{n} image pair(s) appear in both {first} and {second}: the {second} figure is inflated "
             "(see 'leaks'; move or remove them, or group related images so that a group stays on one side)"
+        )
+    if report.groups_spanning:
+        out.append(
+            f"{len(report.groups_spanning)} of {report.groups} groups span two splits (see 'groups_spanning'): "
+            "a folder split by hand puts them there; carved splits keep each group whole"
         )
     if report.duplicates:
         out.append(

@@ -59,6 +59,8 @@ class SplitOptions:
     test_split: float = 0.15
     seed: int = 0
     validate_on_test: bool = False
+    groups: str | None = None  # a CSV of path,group: images of one group never span two carved splits
+    group_pattern: str | None = None  # or a regular expression on the path under DATA_DIR (its first group)
 
 
 def _is_candidate(path: Path, extensions: frozenset[str]) -> str | None:
@@ -118,8 +120,10 @@ def _scan_folders(root: Path, folder: Path, classes: list[str], skipped: list[Sk
 
 
 def _stratified_split(
-    files: list[LabelledFile], val_split: float, seed: int
+    files: list[LabelledFile], val_split: float, seed: int, groups: dict[str, str] | None = None
 ) -> tuple[list[LabelledFile], list[LabelledFile]]:
+    if groups is not None:
+        return _grouped_split(files, val_split, seed, groups)
     rng = np.random.default_rng(seed)
     train: list[LabelledFile] = []
     val: list[LabelledFile] = []
@@ -132,6 +136,71 @@ def _stratified_split(
         val.extend(members[i] for i in sorted(order[:n_val]))
         train.extend(members[i] for i in sorted(order[n_val:]))
     return train, val
+
+
+def _grouped_split(
+    files: list[LabelledFile], share: float, seed: int, groups: dict[str, str]
+) -> tuple[list[LabelledFile], list[LabelledFile]]:
+    """Whole groups to one side, classes as even as whole groups allow: one fold of scikit-learn's
+    StratifiedGroupKFold with 1/share folds (0.15: 7 folds, 14%)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    names = [groups[f.path] for f in files]
+    folds = max(2, int(round(1.0 / share)))
+    if len(set(names)) < folds:
+        raise DatasetError(f"{len(set(names))} groups cannot be split {share:.0%} / {1 - share:.0%} by whole groups")
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    labels = [f.label for f in files]
+    train_index, val_index = next(splitter.split(np.zeros(len(files)), labels, names))
+    return [files[i] for i in sorted(train_index)], [files[i] for i in sorted(val_index)]
+
+
+def file_groups(root: Path, files: list[LabelledFile], options: SplitOptions) -> dict[str, str] | None:
+    """Each file's group from `--groups FILE.csv` (path,group; paths under DATA_DIR or absolute) or
+    `--group-pattern REGEX` (its first group, else the whole match, searched in the path under DATA_DIR)."""
+    if options.groups is None and options.group_pattern is None:
+        return None
+    if options.groups is not None and options.group_pattern is not None:
+        raise DatasetError("--groups and --group-pattern: give one of them")
+    relative = {f.path: Path(f.path).relative_to(root).as_posix() for f in files}
+    if options.group_pattern is not None:
+        return _pattern_groups(relative, options.group_pattern)
+    return _csv_groups(root, relative, Path(options.groups))
+
+
+def _pattern_groups(relative: dict[str, str], pattern: str) -> dict[str, str]:
+    import re
+
+    try:
+        regex = re.compile(pattern)
+    except re.error as exc:
+        raise DatasetError(f"--group-pattern {pattern!r} is not a regular expression: {exc}") from None
+    out = {}
+    for path, rel in relative.items():
+        found = regex.search(rel)
+        if found is None:
+            raise DatasetError(f"--group-pattern {pattern!r} does not match {rel}: every image needs a group")
+        out[path] = found.group(1) if regex.groups else found.group(0)
+    return out
+
+
+def _csv_groups(root: Path, relative: dict[str, str], csv_path: Path) -> dict[str, str]:
+    import csv
+
+    if not csv_path.is_file():
+        raise DatasetError(f"--groups file not found: {csv_path}")
+    table: dict[str, str] = {}
+    with open(csv_path, newline="", encoding="utf-8") as handle:
+        for row in csv.reader(handle):
+            if len(row) < 2 or row[0].strip().lower() == "path":
+                continue
+            given = Path(row[0].strip())
+            key = given.resolve().relative_to(root.resolve()).as_posix() if given.is_absolute() else given.as_posix()
+            table[key] = row[1].strip()
+    missing = [rel for rel in relative.values() if rel not in table]
+    if missing:
+        raise DatasetError(f"--groups {csv_path}: no group for {len(missing)} image(s), e.g. {missing[0]}")
+    return {path: table[rel] for path, rel in relative.items()}
 
 
 def stratified_sample(labels: np.ndarray, count: int | None, seed: int) -> np.ndarray:
@@ -165,8 +234,10 @@ def _split_folders(root: Path, options: SplitOptions) -> DatasetSplit:
         val, test, source = test, [], "test/ (--validate-on-test: the tutorial's choice, no held-out test)"
     else:
         _check_share("--val-split", options.val_split)
-        train, val = _stratified_split(train, options.val_split, options.seed)
-        source = f"{options.val_split:.0%} of train/, stratified, seed {options.seed}"
+        groups = file_groups(root, train, options)
+        train, val = _stratified_split(train, options.val_split, options.seed, groups)
+        grouped = ", whole groups" if groups else ""
+        source = f"{options.val_split:.0%} of train/, stratified{grouped}, seed {options.seed}"
     split = DatasetSplit(str(root), classes, "split-folders", train, val, skipped, val_dir.name if val_dir else None)
     split.test, split.val_source = test, source
     return split
@@ -186,13 +257,15 @@ def _flat(root: Path, options: SplitOptions) -> DatasetSplit:
         everything += files
         skipped += skip
     test: list[LabelledFile] = []
+    groups = file_groups(root, everything, options)
     if options.test_split > 0:
-        everything, test = _stratified_split(everything, options.test_split, options.seed)
+        everything, test = _stratified_split(everything, options.test_split, options.seed, groups)
     share = options.val_split / (1.0 - options.test_split)  # of what is left after the test split
-    train, val = _stratified_split(everything, share, options.seed + 1)
+    train, val = _stratified_split(everything, share, options.seed + 1, groups)
     split = DatasetSplit(str(root), classes, "flat", train, val, skipped)
     split.test = test
-    split.val_source = f"{options.val_split:.0%} of the images, stratified, seed {options.seed}"
+    grouped = ", whole groups" if groups else ""
+    split.val_source = f"{options.val_split:.0%} of the images, stratified{grouped}, seed {options.seed}"
     return split
 
 

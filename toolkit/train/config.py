@@ -63,6 +63,8 @@ class DataConfig:
     val_split: float = SplitOptions.val_split
     test_split: float = SplitOptions.test_split  # flat folders only: the held-out test share
     validate_on_test: bool = SplitOptions.validate_on_test  # train/ + test/: validate on test/ as the tutorial does
+    groups: str | None = SplitOptions.groups  # CSV path,group: a group never spans two carved splits
+    group_pattern: str | None = SplitOptions.group_pattern  # or a regex on the path under DATA_DIR
     augment: bool = True
     aug_views: int = 0
     cache_dir: str | None = None
@@ -126,6 +128,8 @@ FLAT_NAMES: dict[str, tuple[str, str]] = {
     "val_split": ("data", "val_split"),
     "test_split": ("data", "test_split"),
     "validate_on_test": ("data", "validate_on_test"),
+    "groups": ("data", "groups"),
+    "group_pattern": ("data", "group_pattern"),
     "augment": ("data", "augment"),
     "aug_views": ("data", "aug_views"),
     "cache_dir": ("data", "cache_dir"),
@@ -213,7 +217,7 @@ class TrainConfig:
 
     def split_options(self) -> SplitOptions:
         d = self.data
-        return SplitOptions(d.val_split, d.test_split, self.optim.seed, d.validate_on_test)
+        return SplitOptions(d.val_split, d.test_split, self.optim.seed, d.validate_on_test, d.groups, d.group_pattern)
 
     def validate(self) -> None:
         """Refuse impossible combinations before any image is decoded: every range is checked here, once."""
