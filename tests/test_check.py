@@ -94,3 +94,16 @@ def test_a_clean_folder_passes_strict_and_distinct_images_are_not_duplicates(tmp
     assert sum(report.counts["test"].values()) > 0
     loose = check_dataset(data, options=CheckOptions(near_mad=255))  # the hash alone
     assert loose.leaks, "the demo set no longer has look-alike lesions; this test needs another source of them"
+
+
+@pytest.mark.slow  # a (tiny) training
+def test_training_runs_the_check_and_warns_of_leaks(planted, tmp_path):
+    from tests.conftest import train_config
+    from toolkit.train import train
+
+    data, _ = planted
+    out = tmp_path / "run"
+    result = train(train_config(data, out, epochs=1), log=lambda _m: None, verbose=0)
+    check = json.loads((out / "data_report.json").read_text())["check"]
+    assert check["test_leaks"] >= 3  # train-test or val-test: which side a source lands on is the split's choice
+    assert any("and test" in w for w in result.warnings)

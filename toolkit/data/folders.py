@@ -365,10 +365,13 @@ def load_dataset(
     return LoadedDataset(split, arrays["train"], arrays["val"], arrays.get("test"), report)
 
 
-def write_data_report(report: DataReport, path: str | os.PathLike[str]) -> None:
+def write_data_report(report: DataReport, path: str | os.PathLike[str], check: dict | None = None) -> None:
+    """data_report.json: counts and skipped files, and `toolkit check`'s findings (duplicates, leaks) when given."""
     payload = dataclasses.asdict(report)
     payload["used"] = report.used
     payload["skipped_count"] = len(report.skipped)
+    if check is not None:
+        payload["check"] = check
     write_json_atomic(path, payload)
 
 

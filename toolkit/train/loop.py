@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.data import LoadedDataset, load_dataset, write_data_report
+from toolkit.data.check import check_dataset
 from toolkit.errors import Interrupted, ToolkitError
 from toolkit.fileio import folder_lock, remove_stale_temporaries
 from toolkit.hardware import is_chief, make_strategy, resolve_precision, tf_config, worker_tag
@@ -321,10 +322,15 @@ def _start(config, resume, chief, explicit, cluster, log, verbose) -> _Started:
         remove_stale_temporaries(run_dir)
     cache_dir = Path(config.data.cache_dir) if config.data.cache_dir else run_dir / CACHE_DIR
     data = load_training_data(config, cache_dir, log)
+    found = []
     if chief:
-        write_data_report(data.report, run_dir / DATA_REPORT)
+        check = check_dataset(config.data.folder, config.split_options())
+        write_data_report(data.report, run_dir / DATA_REPORT, check.to_json())
+        found = check.warnings
+        for warning in found:
+            log(f"data check: {warning} (data_report.json: check)")
     ctx, weights_info, precision, warnings = _context(config, run_dir, chief, data, resume, log, verbose)
-    return _Started(config, ctx, data, cache_dir, weights_info, precision, warnings, start)
+    return _Started(config, ctx, data, cache_dir, weights_info, precision, [*found, *warnings], start)
 
 
 def _train_started(s: _Started, cluster: dict) -> TrainResult:
