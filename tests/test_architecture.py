@@ -99,7 +99,15 @@ LAYERS = [
     ("runtime", ["toolkit.runtime*"]),
     (
         "stages",
-        ["toolkit.train*", "toolkit.export*", "toolkit.bench*", "toolkit.evaluate", "toolkit.batch*", "toolkit.serve*"],
+        [
+            "toolkit.train*",
+            "toolkit.export*",
+            "toolkit.bench*",
+            "toolkit.evaluate",
+            "toolkit.batch*",
+            "toolkit.serve*",
+            "toolkit.card",
+        ],
     ),
     ("cli", ["toolkit.console", "toolkit.cli_flags", "toolkit.cli_runtime", "toolkit.cli_train", "toolkit.cli"]),
 ]

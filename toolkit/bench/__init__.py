@@ -185,4 +185,7 @@ def run_bench(
     if out_dir is not None:
         with folder_lock(out_dir, options.wait):
             write_outputs(report, out_dir)
+        from toolkit.card import write_model_card
+
+        write_model_card(run_dir)  # batch-1 latencies into the card
     return report

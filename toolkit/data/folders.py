@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.data.cache import ImageArrays, SkippedFile, decode_all, load_split_images
+from toolkit.data.groups import grouped_split, path_groups
 from toolkit.errors import DatasetError
 from toolkit.fileio import write_json_atomic
 from toolkit.imaging import image_extensions
@@ -98,6 +99,11 @@ def _class_dirs(folder: Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
 
 
+def file_groups(root: Path, files: list[LabelledFile], options: SplitOptions) -> dict[str, str] | None:
+    """Each file's group under `options` (None: no grouping asked)."""
+    return path_groups(root, [f.path for f in files], options.groups, options.group_pattern)
+
+
 def _find_val_dir(root: Path) -> Path | None:
     for name in VAL_DIR_NAMES:
         candidate = root / name
@@ -123,7 +129,7 @@ def _stratified_split(
     files: list[LabelledFile], val_split: float, seed: int, groups: dict[str, str] | None = None
 ) -> tuple[list[LabelledFile], list[LabelledFile]]:
     if groups is not None:
-        return _grouped_split(files, val_split, seed, groups)
+        return grouped_split(files, val_split, seed, groups)
     rng = np.random.default_rng(seed)
     train: list[LabelledFile] = []
     val: list[LabelledFile] = []
@@ -136,71 +142,6 @@ def _stratified_split(
         val.extend(members[i] for i in sorted(order[:n_val]))
         train.extend(members[i] for i in sorted(order[n_val:]))
     return train, val
-
-
-def _grouped_split(
-    files: list[LabelledFile], share: float, seed: int, groups: dict[str, str]
-) -> tuple[list[LabelledFile], list[LabelledFile]]:
-    """Whole groups to one side, classes as even as whole groups allow: one fold of scikit-learn's
-    StratifiedGroupKFold with 1/share folds (0.15: 7 folds, 14%)."""
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    names = [groups[f.path] for f in files]
-    folds = max(2, int(round(1.0 / share)))
-    if len(set(names)) < folds:
-        raise DatasetError(f"{len(set(names))} groups cannot be split {share:.0%} / {1 - share:.0%} by whole groups")
-    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    labels = [f.label for f in files]
-    train_index, val_index = next(splitter.split(np.zeros(len(files)), labels, names))
-    return [files[i] for i in sorted(train_index)], [files[i] for i in sorted(val_index)]
-
-
-def file_groups(root: Path, files: list[LabelledFile], options: SplitOptions) -> dict[str, str] | None:
-    """Each file's group from `--groups FILE.csv` (path,group; paths under DATA_DIR or absolute) or
-    `--group-pattern REGEX` (its first group, else the whole match, searched in the path under DATA_DIR)."""
-    if options.groups is None and options.group_pattern is None:
-        return None
-    if options.groups is not None and options.group_pattern is not None:
-        raise DatasetError("--groups and --group-pattern: give one of them")
-    relative = {f.path: Path(f.path).relative_to(root).as_posix() for f in files}
-    if options.group_pattern is not None:
-        return _pattern_groups(relative, options.group_pattern)
-    return _csv_groups(root, relative, Path(options.groups))
-
-
-def _pattern_groups(relative: dict[str, str], pattern: str) -> dict[str, str]:
-    import re
-
-    try:
-        regex = re.compile(pattern)
-    except re.error as exc:
-        raise DatasetError(f"--group-pattern {pattern!r} is not a regular expression: {exc}") from None
-    out = {}
-    for path, rel in relative.items():
-        found = regex.search(rel)
-        if found is None:
-            raise DatasetError(f"--group-pattern {pattern!r} does not match {rel}: every image needs a group")
-        out[path] = found.group(1) if regex.groups else found.group(0)
-    return out
-
-
-def _csv_groups(root: Path, relative: dict[str, str], csv_path: Path) -> dict[str, str]:
-    import csv
-
-    if not csv_path.is_file():
-        raise DatasetError(f"--groups file not found: {csv_path}")
-    table: dict[str, str] = {}
-    with open(csv_path, newline="", encoding="utf-8") as handle:
-        for row in csv.reader(handle):
-            if len(row) < 2 or row[0].strip().lower() == "path":
-                continue
-            given = Path(row[0].strip())
-            key = given.resolve().relative_to(root.resolve()).as_posix() if given.is_absolute() else given.as_posix()
-            table[key] = row[1].strip()
-    missing = [rel for rel in relative.values() if rel not in table]
-    if missing:
-        raise DatasetError(f"--groups {csv_path}: no group for {len(missing)} image(s), e.g. {missing[0]}")
-    return {path: table[rel] for path, rel in relative.items()}
 
 
 def stratified_sample(labels: np.ndarray, count: int | None, seed: int) -> np.ndarray:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from toolkit import __version__
+from toolkit.card import write_model_card
 from toolkit.errors import ExportError
 from toolkit.export import onnx_float, onnx_int8, openvino, openvino_int8, tflite, tflite_int8, web
 from toolkit.export.base import Calibration, ExportContext, ExportFormat, ExportTarget, Precision
@@ -267,6 +268,7 @@ def _export_locked(run: RunFolder, formats: list[ExportFormat], options: ExportO
     finally:
         if "work" in ctx.scratch:
             shutil.rmtree(ctx.scratch["work"], ignore_errors=True)
+    write_model_card(export_dir.parent)  # every artifact's gate, size and ECE into the card
     return ExportReport(manifest, failed, export_dir / MANIFEST, diagnosis)
 
 

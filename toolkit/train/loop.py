@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from toolkit.card import write_model_card
 from toolkit.data import LoadedDataset, load_dataset, write_data_report
 from toolkit.data.check import check_dataset
 from toolkit.errors import Interrupted, ToolkitError
@@ -358,6 +359,7 @@ def _train_started(s: _Started, cluster: dict) -> TrainResult:
     result = make_result(ctx, facts, evaluation, time.perf_counter() - s.start)
     result.warnings = s.warnings
     write_run_json(ctx, facts, result)
+    write_model_card(ctx.run_dir)
     return result
 
 
