@@ -34,3 +34,25 @@ def test_the_classes_overlap_in_atypia_so_the_demo_is_not_saturated():
     benign, malignant = rng.beta(*ATYPIA_BETA["benign"], 4000), rng.beta(*ATYPIA_BETA["malignant"], 4000)
     bayes_error = ((benign > 0.5).mean() + (malignant < 0.5).mean()) / 2
     assert 0.005 < bayes_error < 0.1
+
+
+def test_lesions_csv_says_where_every_lesion_is(tmp_path):
+    """The sidecar names every image, and the lesion is where it says: darker inside than around it."""
+    import numpy as np
+    from PIL import Image
+
+    from toolkit.data.demo import DemoDataConfig, read_lesions, write_demo_dataset
+
+    write_demo_dataset(tmp_path, DemoDataConfig(per_class=20, size=96, seed=5))
+    lesions = read_lesions(tmp_path)
+    images = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.jpg"))
+    assert sorted(lesions) == images
+    darker = 0
+    yy, xx = np.mgrid[0:96, 0:96] / 96.0
+    for path, lesion in lesions.items():
+        grey = np.asarray(Image.open(tmp_path / path).convert("L"), np.float32)
+        distance = np.hypot(xx - lesion.cx, yy - lesion.cy)
+        inside = grey[distance < 0.4 * lesion.radius].mean()
+        around = grey[(distance > 1.1 * lesion.radius) & (distance < 1.1 * lesion.radius + 0.1)].mean()
+        darker += inside < around
+    assert darker >= 0.9 * len(lesions), darker

@@ -8,21 +8,38 @@ some melanomas look harmless, as in real dermoscopy: a good classifier lands
 near 90%, not 100%, and the demo can tell a better recipe from a worse one.
 Class-independent nuisances (skin tone, uneven lighting, vignetting, hair,
 ruler marks, size and position) make it learn the lesion, not the photograph.
+
+Where each lesion is, is known: `OUT/lesions.csv` records its centre and radius (as
+fractions of the image side) per image, beside the images and never in them, so a
+heatmap can be checked against where the lesion really is.
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from toolkit.fileio import write_text_atomic
+
 CLASSES = ("benign", "malignant")
+LESIONS_CSV = "lesions.csv"  # path (under OUT), centre x, centre y, radius: fractions of the image side
 SUPERSAMPLE = 2  # draw at 2x and downsample, for antialiased edges
 # Beta(a, b) of the atypia score per class: benign leans low, malignant high, with overlap.
 # Beta(2, 8) vs Beta(8, 2) put the recipe with real weights near 90% (measured: README, "Measured").
 ATYPIA_BETA = {"benign": (2.0, 8.0), "malignant": (8.0, 2.0)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Lesion:
+    """Where a lesion was drawn, as fractions of the image side: its centre and its largest radius."""
+
+    cx: float
+    cy: float
+    radius: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +94,7 @@ def _brown(rng: np.random.Generator, darkness: float) -> tuple[int, int, int]:
 PALETTE = [(40, 25, 20), (20, 15, 15), (95, 100, 120), (150, 60, 55), (170, 120, 85), (90, 55, 35)]
 
 
-def _draw_lesion(rng: np.random.Generator, img: Image.Image, atypia: float) -> None:
+def _draw_lesion(rng: np.random.Generator, img: Image.Image, atypia: float) -> Lesion:
     n = img.size[0]
     radius = n * rng.uniform(0.12, 0.3)
     cx = n * rng.uniform(0.33, 0.67)
@@ -99,6 +116,8 @@ def _draw_lesion(rng: np.random.Generator, img: Image.Image, atypia: float) -> N
     colour = colour.filter(ImageFilter.GaussianBlur(radius * 0.12))
     mask = mask.filter(ImageFilter.GaussianBlur(n * (0.002 + 0.004 * rng.random())))
     img.paste(colour, (0, 0), mask)
+    reach = max(float(np.hypot(px - cx, py - cy)) for px, py in polygon)  # the ragged border's farthest point
+    return Lesion(cx / n, cy / n, reach / n)
 
 
 def _draw_hair(rng: np.random.Generator, img: Image.Image) -> None:
@@ -136,19 +155,19 @@ def _vignette(rng: np.random.Generator, img: Image.Image) -> Image.Image:
     return Image.fromarray((np.asarray(img, np.float32) * (1 - rim[..., None])).astype(np.uint8))
 
 
-def render_lesion(rng: np.random.Generator, size: int, malignant: bool) -> Image.Image:
-    """One synthetic dermoscopy image of `size` x `size` pixels."""
+def render_lesion(rng: np.random.Generator, size: int, malignant: bool) -> tuple[Image.Image, Lesion]:
+    """One synthetic dermoscopy image of `size` x `size` pixels, and where its lesion is."""
     n = size * SUPERSAMPLE
     img = _skin_background(rng, n)
     atypia = float(rng.beta(*ATYPIA_BETA["malignant" if malignant else "benign"]))
-    _draw_lesion(rng, img, atypia)
+    lesion = _draw_lesion(rng, img, atypia)
     if rng.random() < 0.45:
         _draw_hair(rng, img)
     if rng.random() < 0.2:
         _draw_ruler(rng, img)
     if rng.random() < 0.35:
         img = _vignette(rng, img)
-    return img.resize((size, size), Image.Resampling.LANCZOS)
+    return img.resize((size, size), Image.Resampling.LANCZOS), lesion
 
 
 def _remove_previous(out: Path) -> None:
@@ -166,6 +185,7 @@ def write_demo_dataset(out_dir: str | Path, config: DemoDataConfig = DemoDataCon
     out = Path(out_dir)
     _remove_previous(out)
     counts: dict[str, dict[str, int]] = {"train": {}, "test": {}}
+    lesions: list[tuple[str, Lesion]] = []
     n_test = max(1, round(config.per_class * config.test_fraction))
     for class_index, name in enumerate(CLASSES):
         # One generator per class and index keeps every image independent of
@@ -175,7 +195,29 @@ def write_demo_dataset(out_dir: str | Path, config: DemoDataConfig = DemoDataCon
             split = "test" if i < n_test else "train"
             folder = out / split / name
             folder.mkdir(parents=True, exist_ok=True)
-            img = render_lesion(rng, config.size, malignant=name == "malignant")
+            img, lesion = render_lesion(rng, config.size, malignant=name == "malignant")
             img.save(folder / f"{name}_{i:04d}.jpg", quality=config.quality)
+            lesions.append((f"{split}/{name}/{name}_{i:04d}.jpg", lesion))
             counts[split][name] = counts[split].get(name, 0) + 1
+    write_text_atomic(out / LESIONS_CSV, _lesions_csv(lesions))
     return counts
+
+
+def _lesions_csv(rows: list[tuple[str, Lesion]]) -> str:
+    import io
+
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["path", "cx", "cy", "radius"])
+    for path, lesion in rows:
+        writer.writerow([path, f"{lesion.cx:.5f}", f"{lesion.cy:.5f}", f"{lesion.radius:.5f}"])
+    return out.getvalue()
+
+
+def read_lesions(out_dir: str | Path) -> dict[str, Lesion]:
+    """lesions.csv of a demo folder: path under it -> Lesion."""
+    with open(Path(out_dir) / LESIONS_CSV, newline="") as handle:
+        return {
+            row["path"]: Lesion(float(row["cx"]), float(row["cy"]), float(row["radius"]))
+            for row in csv.DictReader(handle)
+        }
