@@ -107,6 +107,7 @@ LAYERS = [
             "toolkit.batch*",
             "toolkit.serve*",
             "toolkit.card",
+            "toolkit.explain",
         ],
     ),
     ("cli", ["toolkit.console", "toolkit.cli_flags", "toolkit.cli_runtime", "toolkit.cli_train", "toolkit.cli"]),

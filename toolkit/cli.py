@@ -132,6 +132,43 @@ def check(
         raise typer.Exit(1)
 
 
+@app.command("explain")
+@user_errors
+def explain(
+    model: Annotated[Path, Arg(help="A .keras model (a run's best.keras).")],
+    images: Annotated[list[Path], Arg(help="Image files or folders.")],
+    out: Annotated[Path, Opt(help="Folder for one overlay PNG per image.")] = Path("explain"),
+    json_output: JsonFlag = False,
+    quiet: QuietFlag = False,
+) -> None:
+    """Heatmaps: where in each image the decision came from (Grad-CAM), as overlay PNGs."""
+    from toolkit.explain import check_explainable, explain_keras, write_overlay
+    from toolkit.imaging import collect_images
+    from toolkit.progress import track
+
+    check_explainable(model)
+    from toolkit.tf_setup import import_tensorflow
+
+    import_tensorflow()
+    use_progress(quiet or json_output)
+    files, problems = collect_images(images)
+    for problem in problems:
+        typer.echo(f"error: {problem}", err=True)
+    classifier = load_classifier(model)
+    results = explain_keras(classifier, files)
+    out.mkdir(parents=True, exist_ok=True)
+    for k, result in enumerate(track(results, "writing overlays")):
+        write_overlay(result, out / f"{k:04d}_{Path(result.image).stem}.png")
+    if json_output:
+        _echo_json([r.to_json() for r in results])
+    else:
+        for r in results:
+            typer.echo(f"{r.image}\t{r.label} {r.probability:.3f}\tpeak at x {r.peak[0]:.2f}, y {r.peak[1]:.2f}")
+        typer.echo(f"wrote {len(results)} overlays into {out}", err=True)
+    if problems:
+        raise typer.Exit(2)
+
+
 @app.command("bases")
 @user_errors
 def bases(json_output: JsonFlag = False) -> None:
