@@ -12,7 +12,7 @@ DEMO_SIZE ?= 224
 # with pip (docs/training.md "Weights"); run.json names the weights actually used.
 WEIGHTS_FLAGS := --weights $(or $(VGG16_WEIGHTS),imagenet)
 
-.PHONY: install system-deps demo test check lint format bench bench-real bench-int8 bench-serve bench-serve-hostile bench-calibration bench-bases bench-defaults clean-demo
+.PHONY: install system-deps demo test check lint format bench bench-real bench-int8 bench-serve bench-serve-hostile bench-calibration bench-explain bench-bases bench-defaults clean-demo
 
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 ORT_WEB := node_modules/onnxruntime-web/dist/ort.wasm.min.js
@@ -77,6 +77,13 @@ bench-calibration: $(BIN)/toolkit
 	$(BIN)/toolkit export $(CALIBRATION_RUN) --quiet || test $$? -eq 1
 	$(BIN)/python benchmarks/calibration.py demo=$(CALIBRATION_RUN) \
 		$(if $(wildcard $(ELPV_CACHE)/run/export/manifest.json),elpv=$(ELPV_CACHE)/run)
+
+# Does the heatmap point at the lesion? Grad-CAM (toolkit explain) of bench-calibration's demo run on the demo
+# test images against lesions.csv; writes benchmarks/EXPLAIN.md (~2 min).
+bench-explain: $(BIN)/toolkit
+	test -f $(CALIBRATION_RUN)/best.keras || { echo "run make bench-calibration first"; exit 2; }
+	$(BIN)/toolkit demo-data $(DEMO_DATA) --image-size $(DEMO_SIZE) --per-class 200
+	$(BIN)/python benchmarks/explain.py $(CALIBRATION_RUN) $(DEMO_DATA)
 
 # Every base network (toolkit bases) with random weights at 224 px: export --format all, then bench at batch 1:
 # size and latency per format, GFLOP counted on the graph; writes benchmarks/BASES.md (~60 min, 2 cores).
