@@ -50,6 +50,7 @@ def test_every_artifact_carries_the_same_record_as_its_manifest(exported_run):
     assert first["score_calibration"]["method"] == "temperature" and clf.info.calibrated
     for entry in manifest["artifacts"]:  # each artifact's calibration beside Keras's
         assert {"ece", "reference_ece", "brier", "reference_brier", "ece_increase_ci95"} <= set(entry["parity"])
+        assert entry["timings_s"]["convert"] > 0 and entry["timings_s"]["parity"] >= 0  # each phase's time
     assert manifest["facts"] == first
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -180,14 +181,17 @@ def _export_one(fmt: ExportFormat, ctx: ExportContext, parity: ParitySet) -> dic
     from toolkit.runtime.base import model_bytes
 
     dest = ctx.export_dir / fmt.filename
+    started = time.perf_counter()
     # The converters print pages of graph dumps: silenced inside the phase, whose line comes after.
     with phase(f"converting {fmt.format} {fmt.precision}"), atomic_path(dest) as tmp, silenced((1, 2)):
         fmt.convert(ctx, tmp)
     ctx.scratch[fmt.key] = dest  # what int8 quantises, web bundles copy and the diagnosis reads
+    converted = time.perf_counter()
     with phase(f"parity of {fmt.format} {fmt.precision} on {len(parity.images)} images"):
         with silenced((2,)):  # LiteRT announces its XNNPACK delegate
             classifier = load_artifact(dest, device="cpu", labels=ctx.labels, verify=False)
         candidate = classifier.predict_arrays(parity.images)
+    timings = {"convert": converted - started, "parity": time.perf_counter() - converted}
     parity.outputs[fmt.key] = candidate
     thresholds = thresholds_for(fmt.precision, parity.overrides)
     record = compare_outputs(parity.reference, candidate, parity.labels, thresholds, parity.decide, parity.parts)
@@ -207,6 +211,7 @@ def _export_one(fmt: ExportFormat, ctx: ExportContext, parity: ParitySet) -> dic
         "versions": converter_versions(fmt.converter),
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "parity": dataclasses.asdict(record),
+        "timings_s": {phase_name: round(seconds, 3) for phase_name, seconds in timings.items()},
     }
     calibration = _calibration_record(fmt, ctx)
     if calibration is not None:
