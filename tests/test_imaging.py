@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from tests.memory import PRELUDE
 from toolkit import imaging
 from toolkit.errors import DatasetError
 from toolkit.imaging import load_image_array, load_rgb
@@ -126,18 +127,18 @@ def _encoded(mode: str, size: tuple[int, int], fmt: str, oriented: bool = False)
     return out.getvalue()
 
 
-_PEAK = """
+_PEAK = (
+    PRELUDE
+    + """
 import gc, sys
 from toolkit.imaging import load_image_array
-def status(key):
-    return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(key))
 data = open(sys.argv[1], "rb").read()
 gc.collect()
-open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current resident size
-before = status("VmRSS:")
+before = reset_peak()
 load_image_array(data, (224, 224))
-print(status("VmHWM:") - before)
+print(peak() - before)
 """
+)
 
 
 @pytest.mark.parametrize(

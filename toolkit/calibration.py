@@ -107,22 +107,21 @@ def measure(probs: np.ndarray, labels: np.ndarray, bins: int = BINS) -> Calibrat
     n = len(labels)
     if n == 0:
         return Calibration(0.0, 0.0, 0.0, 0)
-    confidence, predicted = probs.max(axis=1), probs.argmax(axis=1)
-    correct = predicted == labels
+    confidence, correct = top_label(probs, labels)
     edges = np.linspace(0.0, 1.0, bins + 1)
     index = _bin_index(confidence, bins)
-    table, ece = [], 0.0
+    table = []
     for b in range(bins):
         members = index == b
         count = int(members.sum())
         accuracy = float(correct[members].mean()) if count else 0.0
         mean_confidence = float(confidence[members].mean()) if count else 0.0
-        ece += count / n * abs(accuracy - mean_confidence)
         table.append({"lower": float(edges[b]), "upper": float(edges[b + 1]), "images": count,
                       "accuracy": accuracy, "confidence": mean_confidence})  # fmt: skip
     onehot = np.eye(probs.shape[1])[labels]
     brier = float(((probs - onehot) ** 2).sum(axis=1).mean())
-    return Calibration(float(ece), brier, negative_log_likelihood(probs, labels), n, table)
+    ece = float(ece_of(confidence, correct, bins)[0])
+    return Calibration(ece, brier, negative_log_likelihood(probs, labels), n, table)
 
 
 def summary(before: Calibration, after: Calibration) -> str:

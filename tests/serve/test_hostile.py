@@ -15,6 +15,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from tests.memory import peak, reset_peak
 from tests.serve.stub import SIZE, serving
 from toolkit.serve.options import ServeOptions
 
@@ -68,28 +69,18 @@ def _rgba_png(side: int) -> bytes:
     return out.getvalue()
 
 
-def _peak_rss_reset() -> int:
-    with open("/proc/self/clear_refs", "w") as refs:
-        refs.write("5")  # the peak (VmHWM) starts again from the current size
-    return _status("VmRSS:")
-
-
-def _status(key: str) -> int:
-    return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(key))
-
-
 @pytest.mark.slow  # three 64-megapixel decodes
 def test_huge_images_decode_within_the_budget_and_the_rest_wait_or_get_503():
     png = _rgba_png(7999)  # 260 KB that decodes to 256 MB
     assert len(png) < 400 * 1024
     options = ServeOptions(max_decode_mb=700)
     with serving(options) as (_, url, app):
-        before = _peak_rss_reset()
+        before = reset_peak()
         with ThreadPoolExecutor(3) as pool:
             answers = list(
                 pool.map(lambda _: httpx.post(f"{url}/v2/models/stub/classify", content=png, timeout=120), range(3))
             )
-        grown = _status("VmHWM:") - before
+        grown = peak() - before
         budget = app.state.toolkit.budget
     codes = sorted(a.status_code for a in answers)
     assert codes[0] == 200 and set(codes) <= {200, 503}, [a.text for a in answers]

@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 
+from tests.memory import PRELUDE
 from toolkit.errors import ProtocolError
 from toolkit.serve.budget import JSON_BYTES_FACTOR
 from toolkit.serve.offload import INLINE_JSON_BYTES, Offload
@@ -68,21 +69,21 @@ def test_a_killed_parser_process_is_answered_503_once_then_replaced():
     assert asyncio.run(_with_offload(work)).pixels.shape == (8, 64, 64, 3)
 
 
-_PEAK = """
+_PEAK = (
+    PRELUDE
+    + """
 import gc, sys
 from toolkit.serve.protocol import ModelSignature, parse_infer_request
-def status(key):
-    return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(key))
 body = open(sys.argv[1], "rb").read()
 gc.collect()
-open("/proc/self/clear_refs", "w").write("5")
-before = status("VmRSS:")
+before = reset_peak()
 try:
     parse_infer_request(body, None, ModelSignature(64, 64, ("a", "b")))
 except Exception:
     pass
-print(status("VmHWM:") - before)
+print(peak() - before)
 """
+)
 
 
 @pytest.mark.parametrize("item", ["0", "[0]", "{}", "[]", "0.5", "[[0,0,0]]"])

@@ -40,6 +40,7 @@ from toolkit.serve.options import ServeOptions
 from toolkit.serve.protocol import (
     HEADER_LENGTH,
     ModelSignature,
+    ascii_int,
     decode_body,
     encode_infer_response,
 )
@@ -47,7 +48,6 @@ from toolkit.serve.protocol import (
 VERSION = "1"  # one model, one version: the file served
 PLATFORMS = {"onnx": "onnxruntime_onnx", "tflite": "tensorflow_lite", "openvino": "openvino", "keras": "keras"}
 EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "metrics"]
-DIGITS = re.compile(r"[0-9]{1,9}")  # ASCII only: str.isdigit() accepts "²", which int() refuses
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")  # a client's X-Request-ID is kept when it is this plain
 CLIENT_CLOSED = 499  # nginx's code for a client that hung up before its answer: counted, never a 5xx
 log = logging.getLogger("toolkit.serve")
@@ -96,6 +96,16 @@ def _request_id(request: Request) -> str:
     return given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
 
 
+def _identified(request: Request, response: Response) -> Response:
+    """The answer with its X-Request-ID; a 5xx is also logged with it, so a client's report can be found."""
+    request_id = _request_id(request)
+    response.headers["X-Request-ID"] = request_id
+    if response.status_code >= 500:
+        log.error("request %s: %s %s answered %d: %s", request_id, request.method, request.url.path,
+                  response.status_code, bytes(response.body).decode(errors="replace"))  # fmt: skip
+    return response
+
+
 def _measured(route: str):
     """Times the handler, turns the errors a client can cause into JSON answers, and counts the answer.
 
@@ -139,11 +149,7 @@ def _measured(route: str):
             finally:
                 state.metrics.in_flight.dec()
                 state.lifecycle.untrack(task)
-            request_id = _request_id(request)
-            response.headers["X-Request-ID"] = request_id
-            if response.status_code >= 500:
-                log.error("request %s: %s %s answered %d: %s", request_id, request.method, request.url.path,
-                          response.status_code, bytes(response.body).decode(errors="replace"))  # fmt: skip
+            _identified(request, response)
             state.metrics.observe_request(route, response.status_code, time.perf_counter() - start)
             return response
 
@@ -161,16 +167,11 @@ def _check_model(request: Request, state: _State) -> None:
         raise ProtocolError(f"model {name!r} has no version {version!r} (only {VERSION!r})", 404)
 
 
-def _declared_length(request: Request) -> int | None:
-    declared = request.headers.get("content-length", "")
-    return int(declared) if declared.isascii() and declared.isdigit() and len(declared) <= 18 else None
-
-
 async def _body(request: Request, state: _State) -> bytes:
     """The request body, refused with 413 as soon as it passes the limit (before and after decoding) and
     with 408 when it does not arrive within the body timeout; inflation runs off the event loop."""
     limit = state.options.max_body_bytes
-    declared = _declared_length(request)
+    declared = ascii_int(request.headers.get("content-length"))
     if declared is not None and declared > limit:
         raise ProtocolError(f"the body ({declared} bytes) exceeds the {limit} byte limit", 413)
     chunks, size = [], 0
@@ -270,9 +271,10 @@ async def infer(request: Request, state: _State) -> Response:
 async def classify(request: Request, state: _State) -> Response:
     """One encoded image (JPEG, PNG, ...) as the body; the label at the model's operating point."""
     _check_model(request, state)
-    top_k = request.query_params.get("top_k", "0")
-    if not DIGITS.fullmatch(top_k):
-        raise ProtocolError(f"top_k must be a whole number (up to 9 digits), got {top_k[:20]!r}")
+    text = request.query_params.get("top_k", "0")
+    top_k = ascii_int(text, max_digits=9)
+    if top_k is None:
+        raise ProtocolError(f"top_k must be a whole number (up to 9 digits), got {text[:20]!r}")
     first = state.model.first
     body = await _body(request, state)
     if not body:
@@ -292,8 +294,8 @@ async def classify(request: Request, state: _State) -> Response:
         "decision": first.info.decision,
         "calibrated": first.info.calibrated,  # whether the probabilities were calibrated (a folded temperature)
     }
-    if int(top_k):
-        answer["top_k"] = [{"label": k, "probability": p} for k, p in prediction.top_k(int(top_k))]
+    if top_k:
+        answer["top_k"] = [{"label": k, "probability": p} for k, p in prediction.top_k(top_k)]
     return JSONResponse(answer)
 
 
@@ -317,11 +319,7 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
     """A failure outside every route's own handling: JSON like every other answer, logged with its request id."""
-    request_id = _request_id(request)
-    log.error("request %s: %s %s answered 500: %s", request_id, request.method, request.url.path, type(exc).__name__)
-    response = _error(f"internal error ({type(exc).__name__}); the server goes on", 500)
-    response.headers["X-Request-ID"] = request_id
-    return response
+    return _identified(request, _error(f"internal error ({type(exc).__name__}); the server goes on", 500))
 
 
 def build_app(model: ServedModel, options: ServeOptions) -> Starlette:

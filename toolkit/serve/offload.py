@@ -24,7 +24,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 from toolkit.errors import ProtocolError
-from toolkit.serve.protocol import InferRequest, ModelSignature, parse_infer_request
+from toolkit.serve.protocol import InferRequest, ModelSignature, ascii_int, parse_infer_request
 
 INLINE_JSON_BYTES = 64 * 1024
 
@@ -102,6 +102,5 @@ class Offload:
 
 def json_bytes(body: bytes, header_length: str | None) -> int:
     """How much of the body is JSON: the header the binary extension declares, or all of it."""
-    if header_length is not None and header_length.isascii() and header_length.isdigit() and len(header_length) < 12:
-        return min(int(header_length), len(body))
-    return len(body)
+    declared = ascii_int(header_length)
+    return len(body) if declared is None else min(declared, len(body))

@@ -57,6 +57,14 @@ class ModelSignature:
         return inputs, outputs
 
 
+def ascii_int(text: str | None, max_digits: int = 18) -> int | None:
+    """A header or query value as a whole number, or None: ASCII digits only (str.isdigit() accepts "²",
+    which int() refuses) and a bounded length (int() refuses 5,000 digits with a ValueError)."""
+    if text is None or not text.isascii() or not text.isdigit() or len(text) > max_digits:
+        return None
+    return int(text)
+
+
 def decode_body(body: bytes, encoding: str | None, limit: int) -> bytes:
     """The request body, inflated when the client compressed it (tritonclient's gzip/deflate), within `limit`."""
     encoding = (encoding or "identity").strip().lower()
