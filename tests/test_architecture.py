@@ -95,7 +95,10 @@ LAYERS = [
             "toolkit.bases.flops",
         ],
     ),
-    ("model", ["toolkit.model", "toolkit.weights", "toolkit.run_folder", "toolkit.bases.catalog"]),
+    (
+        "model",
+        ["toolkit.model", "toolkit.heatmap_model", "toolkit.weights", "toolkit.run_folder", "toolkit.bases.catalog"],
+    ),
     ("runtime", ["toolkit.runtime*"]),
     (
         "stages",

@@ -135,27 +135,24 @@ def check(
 @app.command("explain")
 @user_errors
 def explain(
-    model: Annotated[Path, Arg(help="A .keras model (a run's best.keras).")],
+    model: Annotated[Path, Arg(help="A run's best.keras, or a heatmap artifact (toolkit export --heatmap).")],
     images: Annotated[list[Path], Arg(help="Image files or folders.")],
     out: Annotated[Path, Opt(help="Folder for one overlay PNG per image.")] = Path("explain"),
     json_output: JsonFlag = False,
     quiet: QuietFlag = False,
 ) -> None:
     """Heatmaps: where in each image the decision came from (Grad-CAM), as overlay PNGs."""
-    from toolkit.explain import check_explainable, explain_keras, write_overlay
+    from toolkit.explain import check_explainable, explain_images, write_overlay
     from toolkit.imaging import collect_images
     from toolkit.progress import track
 
-    check_explainable(model)
-    from toolkit.tf_setup import import_tensorflow
-
-    import_tensorflow()
     use_progress(quiet or json_output)
+    classifier = load_classifier(model)  # TensorFlow only for a .keras file
+    check_explainable(classifier)
     files, problems = collect_images(images)
     for problem in problems:
         typer.echo(f"error: {problem}", err=True)
-    classifier = load_classifier(model)
-    results = explain_keras(classifier, files)
+    results = explain_images(classifier, files)
     out.mkdir(parents=True, exist_ok=True)
     for k, result in enumerate(track(results, "writing overlays")):
         write_overlay(result, out / f"{k:04d}_{Path(result.image).stem}.png")
@@ -182,6 +179,7 @@ def bases(json_output: JsonFlag = False) -> None:
     print_bases(rows)
 
 
+HEATMAP_HELP = "Grad-CAM as a second output: *_heatmap files (plain files untouched), maps gated against Keras's."
 INT8_MAX_DROP_HELP = "int8: allowed accuracy drop (points); tries each calibration, then keeps worst layers float."
 CALIBRATION_HELP = "int8 activation ranges (ONNX and TFLite)."
 
@@ -232,6 +230,7 @@ def export(
     max_ece_increase: Annotated[
         float | None, Opt(min=0, max=1, help="Relax the bound on an artifact's ECE increase over Keras's (0..1).")
     ] = EXPORT.overrides.max_ece_increase,
+    heatmap: Annotated[bool, Opt(help=HEATMAP_HELP)] = EXPORT.heatmap,
     wait: WaitFlag = EXPORT.wait,
     quiet: QuietFlag = False,
     json_output: JsonFlag = False,

@@ -1,13 +1,13 @@
 """`toolkit explain`: where in the image the decision came from, as a heatmap over the image.
 
-For a `.keras` model: Grad-CAM (Selvaraju et al. 2017) on the base's last block, the
-`features` sub-model's output: the gradient of the class's log-probability with respect
-to those activations, averaged over space, weighs each channel; their weighted sum,
-through a ReLU, is the map, scaled to 0..1 and resized to the image. It works for every
-head (pooled or Flatten), since it needs only gradients. The map, its peak (as fractions
-of the image side) and an overlay PNG per image (the map over the image, the label and
-its probability) are what `toolkit explain` writes. Heatmaps from the exported artifacts
-(ONNX, TFLite, OpenVINO, the web page) are not built yet: they are refused in one line.
+Grad-CAM (Selvaraju et al. 2017) on the base's last feature map, for the class each image is
+reported as (the operating point included). From a heatmap artifact (`toolkit export RUN --heatmap`:
+ONNX, TFLite, OpenVINO) the maps are the file's own second output, through the TF-free runtime; from a
+`.keras` file they come from the same graph built in Keras (`toolkit.heatmap_model`), so both paths
+give the map an app will show. The map is scaled to 0..1 by its peak and resized to the model's input
+(`toolkit.runtime.heatmap`); `toolkit explain` writes it as an overlay PNG per image (the map over the
+image, the label and its probability) and, with --json, the peak (fractions of the image side) and a
+summary of the map per image.
 """
 
 from __future__ import annotations
@@ -20,6 +20,9 @@ from PIL import Image
 
 from toolkit.errors import ModelError
 from toolkit.fileio import write_with
+from toolkit.runtime.heatmap import class_maps, peak_of, to_image
+
+HOT = 0.5  # the share of the image whose map is at least half its peak: how concentrated the evidence is
 
 
 @dataclasses.dataclass
@@ -31,63 +34,44 @@ class Explanation:
     heatmap: np.ndarray = dataclasses.field(repr=False)  # H x W, 0..1, at the model's input size
 
     def to_json(self) -> dict:
-        return {"image": self.image, "label": self.label, "probability": self.probability,
-                "peak": list(self.peak)}  # fmt: skip
+        return {
+            "image": self.image,
+            "label": self.label,
+            "probability": self.probability,
+            "peak": list(self.peak),
+            "map": {"mean": float(self.heatmap.mean()), "hot_fraction": float((self.heatmap >= HOT).mean())},
+        }
 
 
-def grad_cam(model, pixels: np.ndarray, classes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(maps N x H x W in 0..1 at the input size, probabilities N x K) for uint8 NHWC `pixels`.
-
-    `classes` picks the class each map explains (default: each image's most probable class).
-    """
-    import tensorflow as tf
-
-    from toolkit.model import features_part, head_part
-
-    features, head = features_part(model), head_part(model)
-    x = tf.convert_to_tensor(pixels.astype(np.float32))
-    activations = features(x, training=False)
-    with tf.GradientTape() as tape:
-        tape.watch(activations)
-        probs = head(activations, training=False)
-        chosen = tf.argmax(probs, axis=1) if classes is None else tf.convert_to_tensor(classes, tf.int64)
-        score = tf.math.log(tf.gather(probs, chosen, axis=1, batch_dims=1) + 1e-12)
-    grads = tape.gradient(score, activations)
-    weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
-    cam = tf.nn.relu(tf.reduce_sum(weights * activations, axis=-1))[..., None]
-    cam = tf.image.resize(cam, pixels.shape[1:3], method="bilinear")[..., 0].numpy()
-    peak = cam.reshape(len(cam), -1).max(axis=1).reshape(-1, 1, 1)
-    return np.where(peak > 0, cam / np.maximum(peak, 1e-12), 0.0), probs.numpy()
+def check_explainable(classifier) -> None:
+    """A `.keras` model, or an artifact whose record names a heatmap output; anything else in one line."""
+    if classifier.format != "keras" and not classifier.has_heatmap:
+        raise ModelError(
+            f"{Path(classifier.path).name} has no heatmap output: export one with `toolkit export RUN --heatmap` "
+            "(model_float32_heatmap.onnx, ...), or explain the run's best.keras"
+        )
 
 
-def peak_of(heatmap: np.ndarray) -> tuple[float, float]:
-    """The map's maximum as (x, y) fractions of width and height (pixel centres)."""
-    y, x = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
-    return ((x + 0.5) / heatmap.shape[1], (y + 0.5) / heatmap.shape[0])
+def _maps(classifier, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if classifier.format == "keras":
+        from toolkit.heatmap_model import keras_heatmaps
+
+        return keras_heatmaps(classifier.backend.model, pixels)
+    return classifier.heatmap_arrays(pixels)
 
 
-def explain_keras(classifier, images: list[Path], batch_size: int = 8) -> list[Explanation]:
-    """Grad-CAM for each image of a loaded `.keras` classifier, through the same decoder as training;
-    the label and probability are the classifier's own (its operating point included)."""
-    model = classifier.backend.model
+def explain_images(classifier, images: list[Path], batch_size: int = 8) -> list[Explanation]:
+    """One explanation per image, decoded as training decoded it; the label and probability are the model's own."""
     out = []
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
         pixels = np.stack([classifier.preprocess(p) for p in chunk])
-        probs = classifier.predict_arrays(pixels)
+        probs, raw = _maps(classifier, pixels)
         decided = classifier.decide(probs)
-        maps, _ = grad_cam(model, pixels, decided)
-        for path, heatmap, p, index in zip(chunk, maps, probs, decided):
+        for path, grid, p, index in zip(chunk, class_maps(raw, decided), probs, decided):
+            heatmap = to_image(grid, classifier.image_size)
             out.append(Explanation(str(path), classifier.labels[index], float(p[index]), peak_of(heatmap), heatmap))
     return out
-
-
-def check_explainable(model_path: Path) -> None:
-    if Path(model_path).suffix.lower() != ".keras":
-        raise ModelError(
-            f"{Path(model_path).name}: heatmaps come from a .keras model for now (Grad-CAM); "
-            "heatmap outputs in ONNX, TFLite and OpenVINO artifacts are not built yet"
-        )
 
 
 def write_overlay(explanation: Explanation, path: Path) -> None:

@@ -25,6 +25,7 @@ FACTS_FILE = f"{FACTS_KEY}.json"
 SCHEMA = 1
 RAW_PIXELS = "0..255"
 OUTPUT_PROBABILITIES = "softmax probabilities, one per label, in label order"
+HEATMAP_OUTPUT = "heatmap"  # the second output of a heatmap artifact, and its key in `ModelFacts.extra`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +88,12 @@ class ModelFacts:
         if self.score_calibration is None:
             return "calibration unknown (exported before calibration was recorded)"
         return "not calibrated"
+
+    @property
+    def heatmap(self) -> dict | None:
+        """The heatmap output's record (`toolkit.heatmap_model.heatmap_record`), or None for a single-output model."""
+        value = self.extra.get(HEATMAP_OUTPUT)
+        return value if isinstance(value, dict) else None
 
     @classmethod
     def from_json(cls, data: Any, where: str) -> ModelFacts:

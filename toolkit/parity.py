@@ -59,9 +59,14 @@ class ParityOverrides:
     min_agreement: float | None = None
     max_accuracy_drop: float | None = None
     max_ece_increase: float | None = None
+    max_map_diff: float | None = None  # heatmap artifacts: bound on the maps' p95 largest difference
 
 
 CONFIDENCE = 0.95
+# Heatmap artifacts (`toolkit export --heatmap`): the bound on the 95th percentile, over the parity images, of the
+# largest per-cell difference between the artifact's Grad-CAM map and the Keras model's, both scaled to their own
+# peak (`toolkit.runtime.heatmap.agreement`). Measured on the demo run: benchmarks/EXPLAIN.md.
+MAX_MAP_DIFF = {"float32": 0.01, "float16": 0.1, "bf16": 0.15, "dynamic": 0.25, "int8": 0.35}
 DECISION_RULE = (
     "max |diff| must not exceed its bound on any image; a minimum agreement fails only when the one-sided "
     "95% Clopper-Pearson upper bound of the agreement is below it, and a maximum accuracy drop only when the "

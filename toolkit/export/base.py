@@ -69,6 +69,19 @@ class ExportContext:
     float_layers: list[str] = dataclasses.field(default_factory=list)  # int8: nodes kept in float (the fix)
     accuracy_control: AccuracyControl | None = None  # OpenVINO int8 under the fix: NNCF restores accuracy itself
     scratch: dict[str, Path] = dataclasses.field(default_factory=dict)  # shared intermediates
+    variant: str = ""  # "heatmap": the model has a second output (export/heatmap.py); "" for the plain artifacts
+    variants: dict[str, ExportContext] = dataclasses.field(default_factory=dict)  # variant -> its context, made once
+
+
+def variant_filename(filename: str, variant: str) -> str:
+    """An artifact's file name for a variant: model_float32.onnx -> model_float32_heatmap.onnx, and a bundle's
+    folder web-float32/model.onnx -> web-float32-heatmap/model.onnx; the plain name when there is no variant."""
+    if not variant:
+        return filename
+    path = Path(filename)
+    if len(path.parts) > 1:
+        return str(Path(f"{path.parts[0]}-{variant}", *path.parts[1:]))
+    return f"{path.stem}_{variant}{path.suffix}"
 
 
 def calibration_key(calibration: dict) -> str:
@@ -98,7 +111,13 @@ class ExportFormat:
     rank_layers: Callable[[ExportContext, np.ndarray], list[list[str]]] | None = None
     # an int8 format with its own fix (NNCF's accuracy control): (format, ctx, export_one, parity, max_drop) -> entry
     fix: Callable[..., dict] | None = None
+    variant: str = ""  # "heatmap" for the same format with the heatmap output (export/heatmap.py)
+
+    @property
+    def base_key(self) -> str:
+        """The format and precision: what a variant's own converters call the artifact they build on."""
+        return f"{self.format}-{self.precision}"
 
     @property
     def key(self) -> str:
-        return f"{self.format}-{self.precision}"
+        return f"{self.base_key}-{self.variant}" if self.variant else self.base_key

@@ -64,7 +64,10 @@ def open_manifest(export_dir: Path, source_sha: str, facts: ModelFacts) -> dict:
 
 
 def record_artifact(export_dir: Path, manifest: dict, entry: dict) -> None:
-    """Replace the entry of the same format and precision, then rewrite the manifest atomically."""
-    key = (entry["format"], entry["precision"])
-    manifest["artifacts"] = [a for a in manifest["artifacts"] if (a["format"], a["precision"]) != key] + [entry]
+    """Replace the entry of the same format, precision and variant, then rewrite the manifest atomically."""
+
+    def key(a: dict) -> tuple:
+        return (a["format"], a["precision"], a.get("variant", ""))
+
+    manifest["artifacts"] = [a for a in manifest["artifacts"] if key(a) != key(entry)] + [entry]
     write_json_atomic(export_dir / MANIFEST, manifest)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from toolkit.errors import ExportError
 from toolkit.export.base import ExportContext, ExportFormat
-from toolkit.facts import FACTS_KEY, ModelFacts
+from toolkit.facts import FACTS_KEY, HEATMAP_OUTPUT, ModelFacts
 from toolkit.runtime.digest import onnx_digest
 
 INPUT_NAME = "image"
@@ -54,14 +54,24 @@ def save_with_facts(model, facts: ModelFacts, dest: Path) -> None:
     dest.write_bytes(data)
 
 
-def _rename_output(model, new_name: str) -> None:
-    old = model.graph.output[0].name
+def _rename_output(model, index: int, new_name: str) -> None:
+    old = model.graph.output[index].name
     if old == new_name:
         return
     for node in model.graph.node:
         node.output[:] = [new_name if o == old else o for o in node.output]
         node.input[:] = [new_name if i == old else i for i in node.input]
-    model.graph.output[0].name = new_name
+    model.graph.output[index].name = new_name
+
+
+def _name_outputs(model) -> None:
+    """`probs` for the N x K output; `heatmap` for a heatmap model's N x h x w x K one (export/heatmap.py)."""
+    for index, value in enumerate(model.graph.output):
+        rank = len(value.type.tensor_type.shape.dim)
+        if rank == 4 and len(model.graph.output) > 1:
+            _rename_output(model, index, HEATMAP_OUTPUT)
+        elif index == 0 or rank == 2:
+            _rename_output(model, index, OUTPUT_NAME)
 
 
 def _name_batch_dim(model) -> None:
@@ -112,7 +122,7 @@ def convert_float32(ctx: ExportContext, dest: Path) -> None:
         raise ExportError(f"tf2onnx conversion failed: {' '.join(str(exc).split())[:200]}") from exc
     finally:
         raw.unlink(missing_ok=True)
-    _rename_output(model, OUTPUT_NAME)
+    _name_outputs(model)
     _name_batch_dim(model)
     onnx.checker.check_model(model)
     save_with_facts(model, ctx.facts, dest)

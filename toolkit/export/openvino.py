@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from toolkit.errors import ExportError
-from toolkit.export.base import ExportContext, ExportFormat
+from toolkit.export.base import ExportContext, ExportFormat, variant_filename
 from toolkit.export.onnx_float import onnx_metadata
 from toolkit.export.onnx_int8 import float_onnx
 from toolkit.fileio import TEMP_MARK, sha256_file
@@ -67,6 +67,7 @@ def save_ir(ctx: ExportContext, model, dest: Path, filename: str, extra: dict[st
     export's leftover folder carries the temporary mark, which the next export removes.
     """
     ov = import_openvino()
+    filename = variant_filename(filename, ctx.variant)  # a heatmap IR's weights go beside its own .xml
     final = ctx.export_dir / filename if dest.parent.resolve() == ctx.export_dir.resolve() else dest
     try:
         with tempfile.TemporaryDirectory(prefix=f".{filename}{TEMP_MARK}", dir=dest.parent) as tmp:

@@ -20,12 +20,12 @@ import numpy as np
 from toolkit import __version__
 from toolkit.card import write_model_card
 from toolkit.errors import ExportError
-from toolkit.export import onnx_float, onnx_int8, openvino, openvino_int8, tflite, tflite_int8, web
+from toolkit.export import heatmap, onnx_float, onnx_int8, openvino, openvino_int8, tflite, tflite_int8, web
 from toolkit.export.base import Calibration, ExportContext, ExportFormat, ExportTarget, Precision
 from toolkit.export.manifest import MANIFEST, converter_versions, open_manifest, record_artifact
 from toolkit.facts import InputSpec, ModelFacts
 from toolkit.fileio import atomic_path, folder_lock, remove_stale_temporaries, sha256_file
-from toolkit.parity import ParityOverrides, compare_outputs, thresholds_for
+from toolkit.parity import MAX_MAP_DIFF, ParityOverrides, compare_outputs, thresholds_for
 from toolkit.progress import phase
 from toolkit.quiet import silenced
 from toolkit.run_folder import RunFolder, load_run
@@ -63,6 +63,7 @@ class ExportOptions:
     data_dir: str | None = None
     overrides: ParityOverrides = dataclasses.field(default_factory=ParityOverrides)
     wait: bool = False  # another export holds RUN/export: wait for it instead of failing
+    heatmap: bool = False  # the selected formats with a Grad-CAM second output, beside the plain ones (heatmap.py)
 
 
 @dataclasses.dataclass
@@ -73,7 +74,7 @@ class ExportReport:
     diagnosis: Path | None = None  # export/quant_report.json, when written
 
 
-def select_formats(format: str, precisions: list[str] | None) -> list[ExportFormat]:
+def select_formats(format: str, precisions: list[str] | None, heatmaps: bool = False) -> list[ExportFormat]:
     if format not in tuple(ExportTarget):
         raise ExportError(f"--format must be one of {', '.join(ExportTarget)}, got {format}")
     for p in precisions or []:
@@ -87,7 +88,7 @@ def select_formats(format: str, precisions: list[str] | None) -> list[ExportForm
     ]
     if not chosen:
         raise ExportError(f"no format matches --format {format} --precision {','.join(precisions or [])}")
-    return chosen
+    return [heatmap.heatmap_format(f) for f in chosen] if heatmaps else chosen
 
 
 def _calibration_index(train, count: int, seed: int) -> np.ndarray:
@@ -119,6 +120,7 @@ class ParitySet:
     decide: Callable[[np.ndarray], np.ndarray] | None = None  # the operating point, where the run has one
     parts: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # part name -> mask over images
     outputs: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # format key -> last artifact's outputs
+    reference_maps: np.ndarray | None = None  # the Keras model's Grad-CAM of each image's decided class (h x w)
 
     def diagnosis_images(self) -> np.ndarray:
         """A few stratified parity images for the per-layer diagnosis (it holds every activation in memory)."""
@@ -129,7 +131,7 @@ class ParitySet:
 
 
 def _check_options(options: ExportOptions) -> list[ExportFormat]:
-    formats = select_formats(options.format, options.precisions)
+    formats = select_formats(options.format, options.precisions, options.heatmap)
     if not 7 <= options.opset <= MAX_OPSET:
         raise ExportError(f"--opset must be between 7 and {MAX_OPSET} (tf2onnx 1.17), got {options.opset}")
     if options.calib_images < 1:
@@ -183,21 +185,34 @@ def _export_one(fmt: ExportFormat, ctx: ExportContext, parity: ParitySet) -> dic
     dest = ctx.export_dir / fmt.filename
     started = time.perf_counter()
     # The converters print pages of graph dumps: silenced inside the phase, whose line comes after.
-    with phase(f"converting {fmt.format} {fmt.precision}"), atomic_path(dest) as tmp, silenced((1, 2)):
+    name = " ".join(filter(None, (fmt.format, fmt.precision, fmt.variant)))
+    with phase(f"converting {name}"), atomic_path(dest) as tmp, silenced((1, 2)):
         fmt.convert(ctx, tmp)
-    ctx.scratch[fmt.key] = dest  # what int8 quantises, web bundles copy and the diagnosis reads
+    # What int8 quantises, web bundles copy and the diagnosis reads (a heatmap format's in its own context).
+    heatmap.context_for(fmt, ctx).scratch[fmt.base_key] = dest
     converted = time.perf_counter()
-    with phase(f"parity of {fmt.format} {fmt.precision} on {len(parity.images)} images"):
+    with phase(f"parity of {name} on {len(parity.images)} images"):
         with silenced((2,)):  # LiteRT announces its XNNPACK delegate
             classifier = load_artifact(dest, device="cpu", labels=ctx.labels, verify=False)
-        candidate = classifier.predict_arrays(parity.images)
+        if fmt.variant:
+            candidate, maps = classifier.heatmap_arrays(parity.images)
+        else:
+            candidate = classifier.predict_arrays(parity.images)
     timings = {"convert": converted - started, "parity": time.perf_counter() - converted}
     parity.outputs[fmt.key] = candidate
     thresholds = thresholds_for(fmt.precision, parity.overrides)
     record = compare_outputs(parity.reference, candidate, parity.labels, thresholds, parity.decide, parity.parts)
+    variant = {}
+    if fmt.variant:
+        agreement = _map_agreement(ctx, parity, fmt.precision, maps)
+        variant = {"variant": fmt.variant, "heatmap": dataclasses.asdict(agreement)}
+        if not agreement.passed:
+            record.failures.append(agreement.failure())
+            record.passed = False
     entry = {
         "format": fmt.format,
         "precision": fmt.precision,
+        **variant,
         "path": fmt.filename,
         "sha256": sha256_file(dest),
         "size_bytes": model_bytes(dest),  # an OpenVINO IR's .bin included
@@ -219,6 +234,20 @@ def _export_one(fmt: ExportFormat, ctx: ExportContext, parity: ParitySet) -> dic
     if not record.passed:
         entry["advice"] = fmt.advice
     return entry
+
+
+def _map_agreement(ctx: ExportContext, parity: ParitySet, precision: str, maps: np.ndarray):
+    """The artifact's maps against the Keras model's, each image's class as Keras decides it."""
+    from toolkit.heatmap_model import keras_heatmaps
+    from toolkit.runtime.heatmap import agreement, class_maps
+
+    decide = parity.decide or (lambda probs: probs.argmax(axis=1))
+    classes = decide(parity.reference)
+    if parity.reference_maps is None:
+        with phase(f"Keras heatmaps of {len(parity.images)} parity images"):
+            parity.reference_maps = class_maps(keras_heatmaps(ctx.model, parity.images)[1], classes)
+    bound = parity.overrides.max_map_diff or MAX_MAP_DIFF[precision]
+    return agreement(parity.reference_maps, class_maps(maps, classes), bound)
 
 
 def export_run(run_dir: str | Path, options: ExportOptions = ExportOptions()) -> ExportReport:

@@ -25,7 +25,7 @@ import types
 from pathlib import Path
 
 from toolkit.errors import ExportError, MissingDependencyError
-from toolkit.facts import FACTS_FILE, ModelFacts
+from toolkit.facts import FACTS_FILE, HEATMAP_OUTPUT, ModelFacts
 from toolkit.runtime.digest import tflite_digest
 
 PYWRAP = "mediapipe.tasks.cc.metadata.python._pywrap_metadata_version"
@@ -107,6 +107,12 @@ def describe_model(facts: ModelFacts) -> str:
         f"Input: RGB {height}x{width}, raw 0..255 pixels (normalisation is inside the model). "
         "Output: one softmax probability per label."
     )
+    if facts.heatmap:
+        grid = facts.heatmap["grid"]
+        text += (
+            f" Second output '{HEATMAP_OUTPUT}': Grad-CAM, {grid[0]}x{grid[1]}xlabels (one unnormalised map per label, "
+            "in label order); scale the reported label's map by its maximum and resize it over the image."
+        )
     if decision:
         text += (
             f" Operating point: report {decision['positive_class']} when its probability is >= "
@@ -115,7 +121,7 @@ def describe_model(facts: ModelFacts) -> str:
     return text
 
 
-def _pack_facts(writer, writer_module, facts: ModelFacts, folder: str) -> None:
+def _pack_facts(writer, classification, facts: ModelFacts, folder: str) -> None:
     """Pack the model-facts record beside labels.txt, declared on the output tensor.
 
     MediaPipe's writer has no public call for an extra associated file; the classification
@@ -128,7 +134,7 @@ def _pack_facts(writer, writer_module, facts: ModelFacts, folder: str) -> None:
     path = Path(folder) / FACTS_FILE
     path.write_text(facts.dumps())
     record = metadata_info.AssociatedFileMd(str(path), description="toolkit model-facts record (JSON)")
-    writer._output_mds[-1].associated_files.append(record)
+    classification.associated_files.append(record)
     writer._associated_files.append(str(path))
 
 
@@ -147,15 +153,35 @@ def add_classifier_metadata(path: Path, facts: ModelFacts) -> None:
     Path(path).write_bytes(final)
 
 
+def _output_ranks(model: bytearray) -> list[int]:
+    """The rank of each output tensor, in the subgraph's output order (what the metadata must follow)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    return [len(o["shape_signature"]) for o in Interpreter(model_content=bytes(model)).get_output_details()]
+
+
+def _add_outputs(writer, writer_module, facts: ModelFacts, ranks: list[int]):
+    """One output metadata per output tensor, in order: the labelled probabilities, and a heatmap artifact's
+    Grad-CAM maps as a feature output; returns the classification output's metadata (the facts go there)."""
+    classification = None
+    for rank in ranks:
+        if rank == 4 and facts.heatmap:
+            writer.add_feature_output(name=HEATMAP_OUTPUT, description="Grad-CAM maps, one per label")
+        else:
+            writer.add_classification_output(writer_module.Labels().add(list(facts.labels)))
+            classification = writer._output_mds[-1]
+    return classification
+
+
 def _populated(model: bytearray, facts: ModelFacts) -> bytes:
     writer_module = _writer_module()
     try:
         writer = writer_module.MetadataWriter.create(model)
         writer.add_general_info("toolkit image classifier", describe_model(facts))
         writer.add_image_input(norm_mean=[0.0], norm_std=[1.0])
-        writer.add_classification_output(writer_module.Labels().add(list(facts.labels)))
+        classification = _add_outputs(writer, writer_module, facts, _output_ranks(model))
         with tempfile.TemporaryDirectory(prefix="toolkit-facts-") as folder:
-            _pack_facts(writer, writer_module, facts, folder)
+            _pack_facts(writer, classification, facts, folder)
             populated, _ = writer.populate()
         del writer  # its __del__ removes a temporary folder: now, not at interpreter shutdown
     except (ValueError, RuntimeError) as exc:

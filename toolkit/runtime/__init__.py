@@ -158,10 +158,13 @@ class Classifier:
         """Decode and resize one image exactly as training did (uint8 HxWx3)."""
         return load_image_array(image, self.image_size)
 
-    def predict_arrays(self, pixels: np.ndarray, batch_size: int = 32) -> np.ndarray:
-        """Probabilities for an already-resized uint8 NxHxWx3 batch."""
+    def _check_pixels(self, pixels: np.ndarray) -> None:
         if pixels.ndim != 4 or pixels.shape[1:3] != tuple(self.image_size) or pixels.shape[3] != 3:
             raise DatasetError(f"expected uint8 Nx{self.image_size[0]}x{self.image_size[1]}x3, got {pixels.shape}")
+
+    def predict_arrays(self, pixels: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """Probabilities for an already-resized uint8 NxHxWx3 batch."""
+        self._check_pixels(pixels)
         out = [
             self.backend.run(np.ascontiguousarray(pixels[i : i + batch_size]))
             for i in range(0, len(pixels), batch_size)
@@ -170,6 +173,31 @@ class Classifier:
         if probs.shape[1] != len(self.labels):
             raise RuntimeModelError(f"model outputs {probs.shape[1]} classes but {len(self.labels)} labels are known")
         return probs
+
+    @property
+    def has_heatmap(self) -> bool:
+        """Whether the file is a heatmap artifact (`toolkit export RUN --heatmap`): its record says so."""
+        return self.info.heatmap is not None
+
+    def heatmap_arrays(self, pixels: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities N x K, Grad-CAM maps N x h x w x K) of a heatmap artifact, for a resized uint8 batch.
+
+        The maps are the artifact's own output, one per label on the base's feature grid;
+        `toolkit.runtime.heatmap` picks, scales and resizes them.
+        """
+        self._check_pixels(pixels)
+        if not self.has_heatmap:
+            raise RuntimeModelError(
+                f"{self.path.name} has no heatmap output: export one with `toolkit export RUN --heatmap`"
+            )
+        chunks = [
+            self.backend.run_heatmap(np.ascontiguousarray(pixels[i : i + batch_size]))
+            for i in range(0, len(pixels), batch_size)
+        ]
+        if not chunks:
+            grid = self.info.heatmap.get("grid", [1, 1])
+            return np.zeros((0, len(self.labels)), np.float32), np.zeros((0, *grid, len(self.labels)), np.float32)
+        return np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks])
 
     def predict(self, images: ImageSource | Iterable[ImageSource], batch_size: int = 32) -> list[Prediction]:
         """Predict one image or many: paths, bytes, PIL images or uint8 arrays."""

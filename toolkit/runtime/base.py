@@ -46,6 +46,10 @@ class Backend:
     def run(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def run_heatmap(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities, the N x h x w x K heatmap output) of a heatmap artifact (`toolkit.runtime.heatmap`)."""
+        raise RuntimeModelError(f"this {self.kind} model has no heatmap output")
+
     def metadata(self) -> dict[str, str]:
         """Key/value metadata the file carries (the model-facts record under `toolkit.facts.FACTS_KEY`)."""
         return {}
@@ -57,6 +61,17 @@ class Backend:
     def content_digest(self) -> str | None:
         """The digest of what was loaded, the record excluded (`toolkit.runtime.digest`); None: not computed."""
         return getattr(self, "_digest", None)
+
+
+def output_roles(ranks: list[int]) -> tuple[int, int | None]:
+    """(index of the probabilities, index of the heatmap or None) among a model's outputs, by their ranks.
+
+    A classifier's probabilities are its N x K output, a heatmap artifact's maps its N x h x w x K one;
+    converters do not keep output order or names (TFLite sorts them), ranks survive every format.
+    """
+    probs = next((i for i, rank in enumerate(ranks) if rank == 2), 0)
+    heatmap = next((i for i, rank in enumerate(ranks) if rank == 4 and i != probs), None)
+    return probs, heatmap
 
 
 def scaled(batch: np.ndarray, pixel_scale: str) -> np.ndarray:

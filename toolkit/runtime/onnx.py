@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.errors import DeviceError, RuntimeModelError
-from toolkit.runtime.base import Backend, check_device, detect_layout, scaled, spatial_from_shape
+from toolkit.runtime.base import Backend, check_device, detect_layout, output_roles, scaled, spatial_from_shape
 from toolkit.runtime.digest import onnx_digest
 from toolkit.runtime.onnx_external import ProtobufError, external_data_locations
 
@@ -49,7 +49,10 @@ class OnnxBackend(Backend):
         self.provider = "cuda" if used and used[0] == "CUDAExecutionProvider" else "cpu"
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
-        self.output_name = self.session.get_outputs()[0].name
+        outputs = self.session.get_outputs()
+        probs, heatmap = output_roles([len(o.shape) for o in outputs])
+        self.output_name = outputs[probs].name
+        self.heatmap_name = outputs[heatmap].name if heatmap is not None else None
         self.layout = detect_layout(inp.shape)
         h, w = spatial_from_shape(inp.shape, self.layout)
         self.image_size = (h or 0, w or 0)
@@ -71,11 +74,18 @@ class OnnxBackend(Backend):
             return ["CUDAExecutionProvider", "CPUExecutionProvider"]
         return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def _input(self, batch: np.ndarray) -> np.ndarray:
         x = batch if self.input_dtype == "uint8" else scaled(batch, self.pixel_scale)
-        if self.layout == "NCHW":
-            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-        return np.asarray(self.session.run([self.output_name], {self.input_name: x})[0], dtype=np.float32)
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if self.layout == "NCHW" else x
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self.session.run([self.output_name], {self.input_name: self._input(batch)})[0], np.float32)
+
+    def run_heatmap(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.heatmap_name is None:
+            return super().run_heatmap(batch)
+        probs, maps = self.session.run([self.output_name, self.heatmap_name], {self.input_name: self._input(batch)})
+        return np.asarray(probs, np.float32), np.asarray(maps, np.float32)
 
     def metadata(self) -> dict[str, str]:
         return dict(self.session.get_modelmeta().custom_metadata_map)

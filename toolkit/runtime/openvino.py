@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.errors import DeviceError, RuntimeModelError
-from toolkit.runtime.base import Backend, check_device
+from toolkit.runtime.base import Backend, check_device, output_roles
 from toolkit.runtime.digest import openvino_digest
 
 METADATA_SECTION = "toolkit"
@@ -103,7 +103,10 @@ class OpenVinoBackend(Backend):
         self._request = self.compiled.create_infer_request()
         self._lock = threading.Lock()
         inp = model.inputs[0]
-        self.input_name, self.output_name = inp.get_any_name(), model.outputs[0].get_any_name()
+        probs, heatmap = output_roles([len(o.get_partial_shape()) for o in self.compiled.outputs])
+        self._probs = self.compiled.outputs[probs]
+        self._heatmap = self.compiled.outputs[heatmap] if heatmap is not None else None
+        self.input_name, self.output_name = inp.get_any_name(), self._probs.get_any_name()
         dims = [d.get_length() if d.is_static else None for d in inp.get_partial_shape()]
         if len(dims) != 4:
             raise RuntimeModelError(f"expected a 4-D image input, got {inp.get_partial_shape()}")
@@ -111,13 +114,22 @@ class OpenVinoBackend(Backend):
         self.input_dtype = inp.get_element_type().to_dtype().name
         self.pixel_scale = pixel_scale
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def _infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         x = batch.astype(np.float32)
         if self.pixel_scale == "0..1":
             x /= np.float32(255.0)
         with self._lock:
             result = self._request.infer({0: x})
-            return np.array(result[self.compiled.outputs[0]], dtype=np.float32)
+            probs = np.array(result[self._probs], dtype=np.float32)
+            return probs, None if self._heatmap is None else np.array(result[self._heatmap], dtype=np.float32)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self._infer(batch)[0]
+
+    def run_heatmap(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self._heatmap is None:
+            return super().run_heatmap(batch)
+        return self._infer(batch)
 
     def metadata(self) -> dict[str, str]:
         return dict(self._metadata)

@@ -12,7 +12,7 @@ import numpy as np
 
 from toolkit.errors import DeviceError, RuntimeModelError
 from toolkit.facts import FACTS_FILE, FACTS_KEY
-from toolkit.runtime.base import Backend, check_device, detect_layout, scaled, spatial_from_shape
+from toolkit.runtime.base import Backend, check_device, detect_layout, output_roles, scaled, spatial_from_shape
 from toolkit.runtime.digest import tflite_digest
 
 
@@ -49,8 +49,9 @@ class TFLiteBackend(Backend):
         self._metadata = packed_facts(content)
         self._digest = tflite_digest(content)
         inp = self.interpreter.get_input_details()[0]
-        out = self.interpreter.get_output_details()[0]
-        self.input_name, self.output_name = inp["name"], out["name"]
+        outputs = self.interpreter.get_output_details()
+        self._probs, self._heatmap = output_roles([len(o["shape_signature"]) for o in outputs])
+        self.input_name, self.output_name = inp["name"], outputs[self._probs]["name"]
         shape = [int(d) for d in inp["shape"]]
         self.layout = detect_layout(shape)
         h, w = spatial_from_shape(shape, self.layout)
@@ -70,27 +71,39 @@ class TFLiteBackend(Backend):
         q = np.round(scaled(batch, self.pixel_scale) / scale + zero_point)
         return np.clip(q, info.min, info.max).astype(dtype)
 
-    def _dequantize_output(self, y: np.ndarray) -> np.ndarray:
-        detail = self.interpreter.get_output_details()[0]
+    def _output(self, position: int) -> np.ndarray:
+        """The output at `position` among the output details, as float32 (dequantised)."""
+        detail = self.interpreter.get_output_details()[position]
+        y = np.array(self.interpreter.get_tensor(detail["index"]))
         if np.dtype(detail["dtype"]) == np.float32:
             return y.astype(np.float32)
         scale, zero_point = detail["quantization"]
         return ((y.astype(np.float32) - zero_point) * scale).astype(np.float32)
 
+    def _invoke(self, batch: np.ndarray) -> None:
+        """Run the interpreter on `batch` (the caller holds the lock and reads the outputs)."""
+        x = self._quantize_input(batch)
+        if self.layout == "NCHW":
+            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        index = self.interpreter.get_input_details()[0]["index"]
+        if self._batch != len(x):
+            self.interpreter.resize_tensor_input(index, list(x.shape))
+            self.interpreter.allocate_tensors()
+            self._batch = len(x)
+        self.interpreter.set_tensor(index, x)
+        self.interpreter.invoke()
+
     def run(self, batch: np.ndarray) -> np.ndarray:
         with self._lock:
-            x = self._quantize_input(batch)
-            if self.layout == "NCHW":
-                x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-            index = self.interpreter.get_input_details()[0]["index"]
-            if self._batch != len(x):
-                self.interpreter.resize_tensor_input(index, list(x.shape))
-                self.interpreter.allocate_tensors()
-                self._batch = len(x)
-            self.interpreter.set_tensor(index, x)
-            self.interpreter.invoke()
-            out = self.interpreter.get_tensor(self.interpreter.get_output_details()[0]["index"])
-            return self._dequantize_output(np.array(out))
+            self._invoke(batch)
+            return self._output(self._probs)
+
+    def run_heatmap(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self._heatmap is None:
+            return super().run_heatmap(batch)
+        with self._lock:
+            self._invoke(batch)
+            return self._output(self._probs), self._output(self._heatmap)
 
     def metadata(self) -> dict[str, str]:
         return dict(self._metadata)

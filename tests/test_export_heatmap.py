@@ -1,0 +1,105 @@
+"""`toolkit export --heatmap`: each format once more with Grad-CAM as a second output, gated on its probabilities
+and on its maps' agreement with the Keras model's, read back by the TF-free runtime and by `toolkit explain`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from tests.conftest import train_config, validation_files
+from toolkit.cli import app
+
+pytestmark = pytest.mark.slow  # TensorFlow, a training run and four conversions
+runner = CliRunner()
+SIZE = 64  # the tiny base's feature grid at 64 px: 2 x 2
+
+
+@pytest.fixture(scope="session")
+def heatmap_run(demo_dir, tmp_path_factory):
+    """A pooled-head run (gap+gmp, standardised) with its heatmap artifacts: ONNX, TFLite float32/float16, OpenVINO."""
+    from toolkit.export import ExportOptions, export_run
+    from toolkit.train import train
+
+    out = tmp_path_factory.mktemp("runs") / "heatmap"
+    train(train_config(demo_dir, out, image_size=SIZE, head="gap+gmp"), log=lambda _m: None, verbose=0)
+    report = export_run(out, ExportOptions(calib_images=16, precisions=["float32", "float16", "bf16"], heatmap=True))
+    assert not report.failed, [a["parity"]["failures"] for a in report.failed]
+    return out
+
+
+def _artifacts(run) -> list[dict]:
+    return json.loads((run / "export" / "manifest.json").read_text())["artifacts"]
+
+
+def test_heatmap_artifacts_pass_both_gates_under_their_own_names(heatmap_run):
+    from toolkit.parity import MAX_MAP_DIFF
+
+    entries = _artifacts(heatmap_run)
+    assert sorted(e["path"] for e in entries) == [
+        "model_bf16_heatmap.xml",
+        "model_float16_heatmap.tflite",
+        "model_float32_heatmap.onnx",
+        "model_float32_heatmap.tflite",
+    ]
+    for e in entries:
+        assert e["variant"] == "heatmap" and e["parity"]["passed"], e["parity"]["failures"]
+        assert e["heatmap"]["passed"] and e["heatmap"]["p95_max_diff"] <= MAX_MAP_DIFF[e["precision"]]
+        assert e["heatmap"]["images"] == e["parity"]["images"]
+    assert not (heatmap_run / "export" / "model_float32.onnx").exists()  # the plain files are another export's
+
+
+def test_the_runtime_reads_the_maps_each_artifact_carries(heatmap_run):
+    from toolkit.heatmap_model import keras_heatmaps
+    from toolkit.keras_io import load_keras_model
+    from toolkit.runtime import load
+
+    model = load_keras_model(heatmap_run / "best.keras")
+    files = validation_files(heatmap_run)
+    for entry in _artifacts(heatmap_run):
+        classifier = load(heatmap_run / "export" / entry["path"])
+        assert classifier.has_heatmap and classifier.info.heatmap["grid"] == [2, 2]
+        pixels = np.stack([classifier.preprocess(f) for f in files])
+        probs, maps = classifier.heatmap_arrays(pixels, batch_size=4)
+        keras_probs, keras_maps = keras_heatmaps(model, pixels)
+        assert maps.shape == (len(files), 2, 2, len(classifier.labels))
+        np.testing.assert_allclose(probs, classifier.predict_arrays(pixels), atol=1e-6)  # the same graph's output
+        if entry["precision"] == "float32":
+            np.testing.assert_allclose(maps, keras_maps, rtol=1e-3, atol=1e-4 * keras_maps.max())
+
+
+def test_a_map_that_points_elsewhere_fails_its_gate(heatmap_run, tmp_path, monkeypatch):
+    from toolkit.export import ExportOptions, export_run
+    from toolkit.runtime.onnx import OnnxBackend
+
+    run = tmp_path / "run"
+    shutil.copytree(heatmap_run, run)
+    honest = OnnxBackend.run_heatmap
+
+    def elsewhere(self, batch):
+        probs, maps = honest(self, batch)
+        return probs, maps[:, ::-1, ::-1]  # the same maps, turned half a circle
+
+    monkeypatch.setattr(OnnxBackend, "run_heatmap", elsewhere)
+    report = export_run(run, ExportOptions(format="onnx", precisions=["float32"], heatmap=True))
+    (failed,) = report.failed
+    assert failed["variant"] == "heatmap" and not failed["heatmap"]["passed"]
+    assert any("heatmap" in f for f in failed["parity"]["failures"])
+
+
+def test_explain_on_an_artifact_gives_the_keras_files_labels_and_peaks(heatmap_run, tmp_path):
+    files = [str(f) for f in validation_files(heatmap_run)[:4]]
+    results = {}
+    for name in ("best.keras", "export/model_float32_heatmap.tflite"):
+        out = tmp_path / name.replace("/", "_")
+        result = runner.invoke(app, ["explain", str(heatmap_run / name), *files, "--out", str(out), "--json"])
+        assert result.exit_code == 0, result.output
+        results[name] = json.loads(result.stdout)
+        assert len(list(out.glob("*.png"))) == len(files)
+    keras, tflite = results.values()
+    assert [r["label"] for r in keras] == [r["label"] for r in tflite]
+    for a, b in zip(keras, tflite):
+        assert np.allclose(a["peak"], b["peak"], atol=0.02) and abs(a["probability"] - b["probability"]) < 1e-4

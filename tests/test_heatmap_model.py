@@ -1,0 +1,77 @@
+"""The in-graph Grad-CAM (toolkit.heatmap_model) equals Grad-CAM taken with a GradientTape, for every head."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from toolkit.errors import ModelError
+
+SIZE = 64  # the tiny base's grid at 64 px: 2 x 2
+
+
+def tape_grad_cam(model, pixels: np.ndarray) -> np.ndarray:
+    """The oracle: Grad-CAM of every class by autodiff, N x h x w x K (unnormalised)."""
+    import tensorflow as tf
+
+    from toolkit.model import features_part, head_part
+
+    activations = features_part(model)(tf.constant(pixels, tf.float32), training=False)
+    maps = []
+    for c in range(model.output_shape[-1]):
+        with tf.GradientTape() as tape:
+            tape.watch(activations)
+            score = tf.math.log(head_part(model)(activations, training=False)[:, c])
+        weights = tf.reduce_mean(tape.gradient(score, activations), axis=(1, 2), keepdims=True)
+        maps.append(tf.nn.relu(tf.reduce_sum(weights * activations, axis=-1)).numpy())
+    return np.stack(maps, axis=-1)
+
+
+def _randomised_norms(model, rng) -> None:
+    """BatchNormalization statistics away from 0/1, so their gradient rule is exercised."""
+    from toolkit.model import head_part
+
+    for layer in head_part(model).layers:
+        if type(layer).__name__ == "BatchNormalization":
+            weights = layer.get_weights()
+            new = [rng.uniform(0.5, 2.0, w.shape).astype(np.float32) for w in weights]
+            new[-2] = rng.normal(size=weights[-2].shape).astype(np.float32)  # moving mean
+            layer.set_weights(new)
+
+
+@pytest.mark.parametrize(
+    ("head", "normalize"),
+    [("flatten", True), ("gap", False), ("gmp", True), ("gap+gmp", True), ("mlp", True), ("mlp", False)],
+)
+def test_the_in_graph_map_is_grad_cam_for_every_head(head, normalize):
+    from toolkit.heatmap_model import keras_heatmaps
+    from toolkit.model import build_classifier
+
+    rng = np.random.default_rng(0)
+    model, _ = build_classifier(3, SIZE, "none", head=head, dropout=0.2, base="tiny", normalize=normalize)
+    _randomised_norms(model, rng)
+    pixels = rng.integers(0, 256, (4, SIZE, SIZE, 3)).astype(np.uint8)
+    probs, maps = keras_heatmaps(model, pixels)
+    oracle = tape_grad_cam(model, pixels)
+    assert maps.shape == (4, 2, 2, 3)
+    np.testing.assert_allclose(probs, model.predict(pixels.astype(np.float32), verbose=0), atol=1e-6)
+    alive = probs > 1e-4  # where log p has a finite, representable gradient
+    scale = oracle.max(axis=(1, 2)) + 1e-30
+    assert alive.sum() >= 4
+    assert (np.abs(maps - oracle).max(axis=(1, 2))[alive] / scale[alive]).max() < 1e-3
+
+
+def test_a_head_layer_without_a_rule_is_refused_in_one_line():
+    import keras
+
+    from toolkit.heatmap_model import heatmap_model
+
+    image = keras.Input((SIZE, SIZE, 3), name="image")
+    features = keras.Model(image, keras.layers.Conv2D(4, 3)(image), name="features")
+    inputs = keras.Input(features.output.shape[1:])
+    x = keras.layers.LayerNormalization(name="odd")(keras.layers.GlobalAveragePooling2D()(inputs))
+    head = keras.Model(inputs, keras.layers.Dense(2, activation="softmax", name="probs")(x), name="head")
+    outer = keras.Input((SIZE, SIZE, 3), name="image")
+    model = keras.Model(outer, head(features(outer)))
+    with pytest.raises(ModelError, match="odd"):
+        heatmap_model(model)

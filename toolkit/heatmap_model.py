@@ -1,0 +1,166 @@
+"""Grad-CAM as a second output of the classifier graph, so exported artifacts explain themselves.
+
+Grad-CAM (Selvaraju et al. 2017) weighs each channel k of the base's last feature map A by
+alpha_k = mean over positions of d score_c / d A_k, and the map is ReLU(sum_k alpha_k A_k). For the
+toolkit's heads the gradient needs no autodiff: the head is pooling (or Flatten) followed by a chain of
+Dense, BatchNormalization and Dropout layers, whose gradients are closed-form in forward ops:
+
+- the score is log p_c: d log p_c / d logits = onehot(c) - p (the softmax layer's own rule);
+- Dense: g @ kernel^T, through a ReLU only where its output is positive;
+- BatchNormalization in inference: g * gamma / sqrt(variance + epsilon); Dropout: g;
+- global average pooling spreads g_k / HW over the positions; global max pooling puts g_k on the
+  maximum's position; either way the mean over positions, alpha_k, is g_k / HW (gap+gmp: the sum);
+- Flatten: g reshaped to H x W x C, averaged over positions.
+
+So the heatmap is matmuls, multiplies and comparisons that ONNX, TFLite, OpenVINO and onnxruntime-web
+all run, and it is exactly the Grad-CAM that `toolkit.explain.grad_cam` takes with a GradientTape (the
+tests hold the two equal). It is computed for every class at once: the output `heatmap` is
+N x h x w x K (the feature map's grid, one map per label, in label order, before normalisation), and
+the app picks the map of the class it reports. A head with any other layer is refused in one line.
+"""
+
+from __future__ import annotations
+
+from toolkit.errors import ModelError
+from toolkit.facts import HEATMAP_OUTPUT
+from toolkit.model import features_part, head_part
+
+POOLING = ("Flatten", "GlobalAveragePooling2D", "GlobalMaxPooling2D", "Concatenate")
+CHAIN = ("Dense", "BatchNormalization", "Dropout")
+
+
+def head_structure(head) -> tuple[str, list]:
+    """(pooling: flatten | gap | gmp | gap+gmp, the chain of layers after it), or a one-line ModelError."""
+    pooling: list[str] = []
+    chain = []
+    for layer in head.layers:
+        kind = type(layer).__name__
+        if kind == "InputLayer":
+            continue
+        if kind in POOLING and not chain:
+            pooling.append(
+                {"Flatten": "flatten", "GlobalAveragePooling2D": "gap", "GlobalMaxPooling2D": "gmp"}.get(kind, "")
+            )
+        elif kind in CHAIN:
+            chain.append(layer)
+        else:
+            raise ModelError(f"no heatmap for this head: its layer {layer.name} ({kind}) has no Grad-CAM rule")
+    named = "+".join(p for p in pooling if p)
+    if named not in ("flatten", "gap", "gmp", "gap+gmp") or not chain or type(chain[-1]).__name__ != "Dense":
+        raise ModelError(
+            f"no heatmap for this head: expected pooling or Flatten, then Dense layers, got {named or 'none'}"
+        )
+    return named, chain
+
+
+def _activation(layer) -> str:
+    return getattr(layer.activation, "__name__", str(layer.activation))
+
+
+def _grad_cam_layer():
+    import keras
+
+    ops = keras.ops
+
+    class GradCam(keras.layers.Layer):
+        """feature map N x h x w x C -> Grad-CAM N x h x w x K, one map per class (module docstring)."""
+
+        def __init__(self, head, **kwargs):
+            super().__init__(name=HEATMAP_OUTPUT, **kwargs)
+            self.pooling, self.chain = head_structure(head)
+            for layer in self.chain[:-1]:
+                if type(layer).__name__ == "Dense" and _activation(layer) not in ("relu", "linear"):
+                    raise ModelError(f"no heatmap for this head: {layer.name} has activation {_activation(layer)}")
+            if _activation(self.chain[-1]) != "softmax":
+                raise ModelError("no heatmap for this head: its last layer is not a softmax Dense")
+
+        def _pooled(self, a):
+            if self.pooling == "flatten":
+                return ops.reshape(a, (-1, a.shape[1] * a.shape[2] * a.shape[3]))
+            parts = {"gap": [ops.mean(a, axis=(1, 2))], "gmp": [ops.max(a, axis=(1, 2))]}
+            parts["gap+gmp"] = parts["gap"] + parts["gmp"]
+            chosen = parts[self.pooling]
+            return chosen[0] if len(chosen) == 1 else ops.concatenate(chosen, axis=-1)
+
+        def _backward(self, outputs: list, probs):
+            """d log p_c / d (pooled vector), for every class c: N x K x D."""
+            classes = probs.shape[-1]
+            g = ops.expand_dims(ops.eye(classes, dtype=probs.dtype), 0) - ops.expand_dims(probs, 1)
+            for layer, out in zip(reversed(self.chain), reversed(outputs)):
+                kind = type(layer).__name__
+                if kind == "Dense":
+                    if layer is not self.chain[-1] and _activation(layer) == "relu":
+                        g = g * ops.expand_dims(ops.cast(ops.greater(out, 0), g.dtype), 1)
+                    g = ops.matmul(g, ops.transpose(layer.kernel))
+                elif kind == "BatchNormalization":
+                    scale = ops.rsqrt(layer.moving_variance + layer.epsilon)
+                    g = g * (scale if layer.gamma is None else scale * layer.gamma)
+            return g
+
+        def _channel_weights(self, g, a):
+            """alpha: N x K x C, the mean over positions of the gradient at the feature map."""
+            h, w, c = a.shape[1], a.shape[2], a.shape[3]
+            if self.pooling == "flatten":
+                return ops.mean(ops.reshape(g, (-1, g.shape[1], h * w, c)), axis=2)
+            if self.pooling == "gap+gmp":
+                g = g[..., :c] + g[..., c:]
+            return g / float(h * w)
+
+        def call(self, a):
+            x, outputs = self._pooled(a), []
+            for layer in self.chain:
+                x = layer(x, training=False)
+                outputs.append(x)
+            alpha = self._channel_weights(self._backward(outputs, x), a)
+            h, w, c = a.shape[1], a.shape[2], a.shape[3]
+            cam = ops.matmul(ops.reshape(a, (-1, h * w, c)), ops.transpose(alpha, (0, 2, 1)))
+            return ops.reshape(ops.relu(cam), (-1, h, w, alpha.shape[1]))
+
+    return GradCam
+
+
+def heatmap_model(model):
+    """The classifier with two outputs: `probs` (the same graph as the model's) and `heatmap` (Grad-CAM)."""
+    import keras
+
+    features, head = features_part(model), head_part(model)
+    image = keras.Input(tuple(model.input_shape[1:]), name="image")
+    feature_map = features(image, training=False)
+    probs = head(feature_map, training=False)
+    cam = _grad_cam_layer()(head)(feature_map)
+    return keras.Model(image, [probs, cam], name="classifier_with_heatmap")
+
+
+def heatmap_record(model) -> dict:
+    """What the facts record says about the heatmap output (`ModelFacts.extra["heatmap"]`)."""
+    shape = features_part(model).output.shape
+    return {
+        "output": HEATMAP_OUTPUT,
+        "method": "grad-cam",
+        "grid": [int(shape[1]), int(shape[2])],
+        "layout": "N x grid height x grid width x labels, one unnormalised map per label, in label order",
+        "source": "the base's last feature map; channel weights: the gradient of log p(label), in closed form",
+    }
+
+
+def keras_heatmaps(model, images, batch_size: int = 32):
+    """(probabilities N x K, maps N x h x w x K) of the classifier `model` for uint8 `images`, in batches.
+
+    The reference every heatmap artifact is compared with, and `toolkit explain`'s maps for a `.keras` file.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    two = heatmap_model(model)
+    forward = tf.function(
+        lambda x: two(x, training=False), input_signature=[tf.TensorSpec((None, *two.input_shape[1:]), tf.float32)]
+    )
+    probs, maps = [], []
+    for start in range(0, len(images), batch_size):
+        p, m = forward(tf.constant(np.asarray(images[start : start + batch_size], np.float32)))
+        probs.append(p.numpy())
+        maps.append(m.numpy())
+    if not probs:
+        grid = heatmap_record(model)["grid"]
+        return np.zeros((0, two.output_shape[0][-1]), np.float32), np.zeros((0, *grid, two.output_shape[0][-1]))
+    return np.concatenate(probs), np.concatenate(maps)
