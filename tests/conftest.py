@@ -21,6 +21,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # one core per xdist worker (make tes
         os.environ.setdefault(_var, "1")
 
 IMAGE_SIZE = 32
+HEATMAP_SIZE = 64  # the tiny base's feature grid at 64 px: 2 x 2, enough for a map to point somewhere
 
 
 @pytest.fixture(scope="session")
@@ -87,6 +88,19 @@ def vgg16_run(demo_dir, tmp_path_factory) -> Path:
     # operating point (tests/test_int8_fix.py); the standardisation itself is tested on trained_run's exports.
     config = train_config(demo_dir, out, base="vgg16", epochs=1, feature_norm=False)
     train(config, log=lambda _m: None, verbose=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def heatmap_run(demo_dir, tmp_path_factory):
+    """A pooled-head run (gap+gmp, standardised) with its heatmap artifacts: ONNX, TFLite float32/float16, OpenVINO."""
+    from toolkit.export import ExportOptions, export_run
+    from toolkit.train import train
+
+    out = tmp_path_factory.mktemp("runs") / "heatmap"
+    train(train_config(demo_dir, out, image_size=HEATMAP_SIZE, head="gap+gmp"), log=lambda _m: None, verbose=0)
+    report = export_run(out, ExportOptions(calib_images=16, precisions=["float32", "float16", "bf16"], heatmap=True))
+    assert not report.failed, [a["parity"]["failures"] for a in report.failed]
     return out
 
 

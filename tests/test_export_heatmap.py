@@ -10,25 +10,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import train_config, validation_files
+from tests.conftest import validation_files
 from toolkit.cli import app
 
 pytestmark = pytest.mark.slow  # TensorFlow, a training run and four conversions
 runner = CliRunner()
-SIZE = 64  # the tiny base's feature grid at 64 px: 2 x 2
-
-
-@pytest.fixture(scope="session")
-def heatmap_run(demo_dir, tmp_path_factory):
-    """A pooled-head run (gap+gmp, standardised) with its heatmap artifacts: ONNX, TFLite float32/float16, OpenVINO."""
-    from toolkit.export import ExportOptions, export_run
-    from toolkit.train import train
-
-    out = tmp_path_factory.mktemp("runs") / "heatmap"
-    train(train_config(demo_dir, out, image_size=SIZE, head="gap+gmp"), log=lambda _m: None, verbose=0)
-    report = export_run(out, ExportOptions(calib_images=16, precisions=["float32", "float16", "bf16"], heatmap=True))
-    assert not report.failed, [a["parity"]["failures"] for a in report.failed]
-    return out
 
 
 def _artifacts(run) -> list[dict]:

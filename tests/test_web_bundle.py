@@ -177,3 +177,43 @@ def test_missing_onnxruntime_web_is_a_one_line_export_error(trained_run, tmp_pat
     with pytest.raises(ExportError, match="npm install onnxruntime-web"):
         export_run(run, ExportOptions(format="web", precisions=["float32"]))
     assert not (run / "export" / "web-float32" / "model.onnx").exists()
+
+
+def test_a_heatmap_bundle_overlays_the_runtimes_map_on_the_picked_image(heatmap_run, browser, tmp_path):
+    """`--format web --heatmap`: the page computes the artifact's Grad-CAM of the label it shows, scaled and resized
+    as toolkit.runtime.heatmap does, draws it over the image and says where its peak is."""
+    from toolkit.export import ExportOptions, export_run
+    from toolkit.runtime import load
+    from toolkit.runtime.heatmap import class_maps, normalized, peak_of, to_image
+
+    run = tmp_path / "run"
+    shutil.copytree(heatmap_run, run)
+    report = export_run(run, ExportOptions(format="web", precisions=["float32"], heatmap=True))
+    assert not report.failed
+    folder = run / "export" / "web-float32-heatmap"
+    runtime = load(folder / "model.onnx", device="cpu")
+    files = validation_files(run)[:3]
+    with _serving(folder) as url:
+        page = browser.new_page()
+        page.goto(f"{url}/index.html")
+        page.wait_for_selector("body[data-ready='true']")
+        for path in files:
+            data = base64.b64encode(path.read_bytes()).decode()
+            shown = page.evaluate(
+                """async (data) => {
+                    const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+                    const r = await window.toolkit.classify(new Blob([bytes]));
+                    return {label: r.label, grid: r.heatmap.grid, peak: r.heatmap.peak};
+                }""",
+                data,
+            )
+            probs, raw = runtime.heatmap_arrays(runtime.preprocess(path)[None])
+            index = int(runtime.decide(probs)[0])
+            grid = class_maps(raw, [index])
+            assert shown["label"] == runtime.labels[index]
+            np.testing.assert_allclose(shown["grid"], normalized(grid)[0].ravel(), atol=1e-4)
+            np.testing.assert_allclose(shown["peak"], peak_of(to_image(grid[0], runtime.image_size)), atol=1e-3)
+        page.set_input_files("#file", str(files[0]))
+        page.wait_for_function("document.getElementById('status').textContent === 'Done.'")
+        assert page.is_visible("#overlay") and "Grad-CAM" in page.inner_text("#explanation")
+        page.close()

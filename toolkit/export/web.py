@@ -6,6 +6,9 @@ onnxruntime-web files it loads (`ort/`), copied at export time from the npm
 package `onnxruntime-web`, so nothing comes from a CDN and the image never leaves
 the device. app.js decodes and resizes exactly as `toolkit.runtime` does (a port
 of Pillow's bilinear resampler), so the page's probabilities are the runtime's.
+A heatmap bundle (`--format web --heatmap`: `web-float32-heatmap/`) also draws the model's Grad-CAM of
+the label it shows over the picked image and says where its peak is, scaled and resized as
+`toolkit.runtime.heatmap` does (the same Pillow resampler, in floating point).
 
 Where onnxruntime-web is looked for: $TOOLKIT_ORT_WEB, then node_modules/ in the
 working folder and in the toolkit's source checkout (`npm install` there).
@@ -52,9 +55,10 @@ def find_ort_web() -> Path:
 def bundle_config(ctx: ExportContext, precision: str) -> dict:
     """bundle.json: what app.js needs to know about the model."""
     return {
-        "title": f"{' vs '.join(ctx.labels)} classifier ({precision})",
+        "title": f"{' vs '.join(ctx.labels)} classifier ({precision}{', with heatmap' if ctx.facts.heatmap else ''})",
         "model": MODEL_FILE,
         "input_name": onnx_float.INPUT_NAME,
+        "output_name": onnx_float.OUTPUT_NAME,
         "image_size": ctx.image_size,
         "labels": ctx.labels,
         "decision": ctx.decision,

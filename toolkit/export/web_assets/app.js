@@ -11,8 +11,9 @@ function bilinear(x) {
   return x < 1 ? 1 - x : 0;
 }
 
-// Pillow's precompute_coeffs + normalize_coeffs_8bpc for one axis: bounds and integer weights.
-function coefficients(inSize, outSize) {
+// Pillow's precompute_coeffs + normalize_coeffs_8bpc for one axis: bounds and integer weights
+// (fixedPoint false: the normalised floating-point weights Pillow uses for "F" images, the heatmap).
+function coefficients(inSize, outSize, fixedPoint = true) {
   const scale = inSize / outSize;
   const filterscale = Math.max(scale, 1);
   const support = 1 * filterscale;
@@ -35,7 +36,7 @@ function coefficients(inSize, outSize) {
     }
     for (let x = 0; x < xmax; x++) {
       const w = total !== 0 ? k[x] / total : k[x];
-      weights[xx * ksize + x] = w < 0 ? Math.trunc(-0.5 + w * (1 << PRECISION_BITS))
+      weights[xx * ksize + x] = !fixedPoint ? w : w < 0 ? Math.trunc(-0.5 + w * (1 << PRECISION_BITS))
                                       : Math.trunc(0.5 + w * (1 << PRECISION_BITS));
     }
     bounds[xx * 2] = xmin;
@@ -78,6 +79,100 @@ function resizeBilinear(rgb, width, height, outW, outH) {
   if (outW !== w) { data = resamplePass(data, w, h, outW, true); w = outW; }
   if (outH !== h) { data = resamplePass(data, w, h, outH, false); h = outH; }
   return data;
+}
+
+// One pass of Pillow's BILINEAR resize of a one-channel float map (mode "F", no rounding or clipping).
+function mapPass(src, width, height, outSize, horizontal) {
+  const { bounds, weights, ksize } = coefficients(horizontal ? width : height, outSize, false);
+  const outW = horizontal ? outSize : width;
+  const outH = horizontal ? height : outSize;
+  const out = new Float32Array(outW * outH);
+  for (let y = 0; y < outH; y++) {
+    for (let x = 0; x < outW; x++) {
+      const i = horizontal ? x : y;
+      const start = bounds[i * 2], count = bounds[i * 2 + 1];
+      let sum = 0;
+      for (let t = 0; t < count; t++) {
+        sum += src[horizontal ? y * width + start + t : (start + t) * width + x] * weights[i * ksize + t];
+      }
+      out[y * outW + x] = sum;
+    }
+  }
+  return out;
+}
+
+function resizeMap(map, width, height, outW, outH) {
+  let data = map, w = width, h = height;
+  if (outW !== w) { data = mapPass(data, w, h, outW, true); w = outW; }
+  if (outH !== h) { data = mapPass(data, w, h, outH, false); h = outH; }
+  return data;
+}
+
+// Each value over the map's peak (0..1); a map with no positive evidence stays zero (toolkit.runtime.heatmap).
+function normalized(map) {
+  let top = 0;
+  for (const v of map) if (v > top) top = v;
+  return Float32Array.from(map, (v) => (top > 0 ? Math.max(v, 0) / top : 0));
+}
+
+// The peak as (x, y) fractions of the side: the centre of the plateau at the maximum, as peak_of does.
+function peakOf(map, width, height) {
+  let top = -Infinity;
+  for (const v of map) if (v > top) top = v;
+  const tolerance = 1e-6 * Math.max(top, 1e-30);
+  let sx = 0, sy = 0, n = 0;
+  for (let y = 0; y < height; y++) {
+    for (let x = 0; x < width; x++) {
+      if (map[y * width + x] >= top - tolerance) { sx += x; sy += y; n++; }
+    }
+  }
+  return [(sx / n + 0.5) / width, (sy / n + 0.5) / height];
+}
+
+// A heatmap bundle's Grad-CAM of the reported class: the model's second output, one map per label on the
+// base's grid (N x h x w x labels), scaled to its peak and resized to the input as toolkit.runtime does.
+function heatmapOf(outputs, config, index) {
+  const record = config.toolkit_facts && config.toolkit_facts.extra && config.toolkit_facts.extra.heatmap;
+  if (!record) return null;
+  const tensor = outputs[record.output];
+  const [, h, w, k] = tensor.dims;
+  const grid = new Float32Array(h * w);
+  for (let i = 0; i < h * w; i++) grid[i] = tensor.data[i * k + index];
+  const size = config.image_size;
+  const map = normalized(resizeMap(grid, w, h, size, size));
+  return { grid: Array.from(normalized(grid)), width: w, height: h, map, peak: peakOf(map, size, size) };
+}
+
+// Jet-like colours for 0..1 (blue, cyan, yellow, red), as the overlays toolkit explain writes.
+function jet(v) {
+  const channel = (offset) => Math.round(255 * Math.min(Math.max(1.5 - Math.abs(4 * v - offset), 0), 1));
+  return [channel(3), channel(2), channel(1)];
+}
+
+// The model's input pixels with the map over them, half transparent, and a cross at the peak.
+function drawOverlay(canvas, result, size) {
+  canvas.width = size;
+  canvas.height = size;
+  const context = canvas.getContext("2d");
+  const image = context.createImageData(size, size);
+  for (let i = 0; i < size * size; i++) {
+    const [r, g, b] = jet(result.heatmap.map[i]);
+    image.data[i * 4] = Math.round(0.55 * result.pixels[i * 3] + 0.45 * r);
+    image.data[i * 4 + 1] = Math.round(0.55 * result.pixels[i * 3 + 1] + 0.45 * g);
+    image.data[i * 4 + 2] = Math.round(0.55 * result.pixels[i * 3 + 2] + 0.45 * b);
+    image.data[i * 4 + 3] = 255;
+  }
+  context.putImageData(image, 0, 0);
+  const [px, py] = result.heatmap.peak;
+  context.strokeStyle = "white";
+  context.lineWidth = Math.max(1, size / 100);
+  context.beginPath();
+  context.moveTo(px * size - size / 20, py * size);
+  context.lineTo(px * size + size / 20, py * size);
+  context.moveTo(px * size, py * size - size / 20);
+  context.lineTo(px * size, py * size + size / 20);
+  context.stroke();
+  canvas.hidden = false;
 }
 
 // RGBA from the canvas -> RGB, transparent regions over white (as toolkit.imaging does).
@@ -128,9 +223,10 @@ async function classify(session, config, blob) {
   const pixels = await preprocess(blob, config.image_size);
   const input = new ort.Tensor("float32", Float32Array.from(pixels), [1, config.image_size, config.image_size, 3]);
   const outputs = await session.run({ [config.input_name]: input });
-  const probs = Array.from(outputs[session.outputNames[0]].data);
+  const name = session.outputNames.includes(config.output_name) ? config.output_name : session.outputNames[0];
+  const probs = Array.from(outputs[name].data);
   const index = decide(probs, config);
-  return { label: config.labels[index], index, probabilities: probs, pixels };
+  return { label: config.labels[index], index, probabilities: probs, pixels, heatmap: heatmapOf(outputs, config, index) };
 }
 
 function show(result, config) {
@@ -142,6 +238,13 @@ function show(result, config) {
     row.insertCell().textContent = name;
     row.insertCell().textContent = result.probabilities[i].toFixed(4);
   });
+  if (result.heatmap) {
+    drawOverlay(document.getElementById("overlay"), result, config.image_size);
+    const [x, y] = result.heatmap.peak;
+    document.getElementById("explanation").textContent =
+      `Heatmap (Grad-CAM): the evidence for ${result.label} is strongest at ${Math.round(100 * x)}% across, ` +
+      `${Math.round(100 * y)}% down the image.`;
+  }
 }
 
 // What the numbers beside the labels are: people act on them, so the page says whether they are calibrated.
