@@ -79,10 +79,12 @@ bench-calibration: $(BIN)/toolkit
 		$(if $(wildcard $(ELPV_CACHE)/run/export/manifest.json),elpv=$(ELPV_CACHE)/run)
 
 # Does the heatmap point at the lesion? Grad-CAM (toolkit explain) of bench-calibration's demo run on the demo
-# test images against lesions.csv; writes benchmarks/EXPLAIN.md (~2 min).
+# test images against lesions.csv, from Keras and from every heatmap artifact (exported here with --heatmap; a
+# failed gate is reported, not fatal); writes benchmarks/EXPLAIN.md (~40 min on 2 cores).
 bench-explain: $(BIN)/toolkit
 	test -f $(CALIBRATION_RUN)/best.keras || { echo "run make bench-calibration first"; exit 2; }
 	$(BIN)/toolkit demo-data $(DEMO_DATA) --image-size $(DEMO_SIZE) --per-class 200
+	$(BIN)/toolkit export $(CALIBRATION_RUN) --heatmap --quiet || test $$? -eq 1
 	$(BIN)/python benchmarks/explain.py $(CALIBRATION_RUN) $(DEMO_DATA)
 
 # Every base network (toolkit bases) with random weights at 224 px: export --format all, then bench at batch 1:

@@ -6,19 +6,30 @@ its own name (`model_float32_heatmap.onnx`, `web-float32-heatmap/`), with the fa
 the maps are (`ModelFacts.heatmap`). The plain artifacts stay single-output, so MediaPipe Tasks and apps
 built on them are unaffected. The automatic int8 fix is not applied to heatmap artifacts: they are
 explanations beside a shipped model, gated like it on their probabilities and on their maps' agreement
-with the Keras model's (`toolkit.runtime.heatmap.agreement`).
+with the Keras model's (`toolkit.runtime.heatmap.agreement`). In the int8 ones the Grad-CAM layer's own
+ops (`in_scope`) stay float: its gradient terms and products span ranges one int8 scale cannot hold,
+and they cost next to nothing beside the base's convolutions, which are quantised as usual.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import re
+from collections.abc import Iterable
 from pathlib import Path
 
 from toolkit.export.base import ExportContext, ExportFormat, variant_filename, work_dir
 from toolkit.facts import HEATMAP_OUTPUT
 
 VARIANT = "heatmap"
+SCOPE = rf".*/{HEATMAP_OUTPUT}(_\d+)?/.*"  # the Grad-CAM layer's op names in every converted graph (a regex)
+
+
+def in_scope(names: Iterable[str]) -> list[str]:
+    """The node or tensor names among `names` that belong to the Grad-CAM layer: what int8 keeps in float."""
+    pattern = re.compile(SCOPE)
+    return [name for name in names if pattern.fullmatch(name)]
 
 
 def heatmap_context(ctx: ExportContext) -> ExportContext:

@@ -15,6 +15,7 @@ import numpy as np
 from toolkit.errors import ExportError
 from toolkit.export.base import ExportContext, ExportFormat, calibration_key, work_dir
 from toolkit.export.diagnose import rank_onnx_layers
+from toolkit.export.heatmap import in_scope
 from toolkit.export.onnx_calibration import calibrate_ranges, calibration_reader, calibrator_options
 from toolkit.export.onnx_float import convert_float32, describe_onnx, save_with_facts
 
@@ -71,12 +72,21 @@ def convert_int8(ctx: ExportContext, dest: Path) -> None:
                 weight_type=QuantType.QInt8,
                 calibrate_method=method,
                 calibration_cache_path=str(_ranges(ctx, prepared)),
-                nodes_to_exclude=list(ctx.float_layers),
+                nodes_to_exclude=list(ctx.float_layers) + _heatmap_nodes(ctx, prepared),
             )
         except Exception as exc:
             raise ExportError(f"ONNX int8 quantisation failed: {' '.join(str(exc).split())[:200]}") from exc
         model = onnx.load(str(quantized))
     save_with_facts(model, ctx.facts, dest)
+
+
+def _heatmap_nodes(ctx: ExportContext, prepared: Path) -> list[str]:
+    """A heatmap artifact's Grad-CAM nodes (kept in float, export/heatmap.py); none for the plain artifact."""
+    import onnx
+
+    if not ctx.variant:
+        return []
+    return in_scope(node.name for node in onnx.load(str(prepared), load_external_data=False).graph.node)
 
 
 def _rank_layers(ctx: ExportContext, images: np.ndarray) -> list[list[str]]:

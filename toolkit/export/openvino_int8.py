@@ -27,6 +27,7 @@ import numpy as np
 
 from toolkit.errors import ExportError
 from toolkit.export.base import AccuracyControl, ExportContext, ExportFormat, work_dir
+from toolkit.export.heatmap import SCOPE
 from toolkit.export.int8_fix import finish_fix, fix_summary
 from toolkit.export.openvino import describe_ir, float_ir, save_ir
 from toolkit.progress import phase
@@ -79,8 +80,9 @@ def _quantize(ctx: ExportContext, model, control: AccuracyControl | None):
         "target_device": nncf.TargetDevice.CPU,
         "subset_size": len(ctx.calibration_images),
     }
-    if ctx.float_layers:
-        common["ignored_scope"] = nncf.IgnoredScope(names=list(ctx.float_layers), validate=False)
+    if ctx.float_layers or ctx.variant:  # the fix's float layers; a heatmap artifact's Grad-CAM (export/heatmap.py)
+        patterns = [SCOPE] if ctx.variant else []
+        common["ignored_scope"] = nncf.IgnoredScope(names=list(ctx.float_layers), patterns=patterns, validate=False)
     calibration = _dataset(ctx.calibration_images)
     if control is None:
         return nncf.quantize(model, calibration, advanced_parameters=advanced, **common)

@@ -19,6 +19,7 @@ import numpy as np
 
 from toolkit.errors import ExportError
 from toolkit.export.base import ExportContext, ExportFormat, calibration_key, work_dir
+from toolkit.export.heatmap import in_scope
 from toolkit.export.onnx_calibration import calibrator_options
 from toolkit.export.tflite import anchored_calibration, describe_tflite, finish_tflite, tflite_converter
 
@@ -128,8 +129,19 @@ def quantize(calibrated: bytes, float_layers: list[str], debug: bool = False) ->
         raise ExportError(f"TFLite int8 quantisation failed: {' '.join(str(exc).split())[:200]}") from exc
 
 
+def _heatmap_tensors(ctx: ExportContext, model: bytes) -> list[str]:
+    """A heatmap artifact's Grad-CAM tensors (kept in float, export/heatmap.py); none for the plain artifact."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    if not ctx.variant:
+        return []
+    graph = flatbuffer_utils.convert_bytearray_to_object(bytearray(model)).subgraphs[0]
+    return in_scope(t.name.decode() if isinstance(t.name, bytes) else t.name for t in graph.tensors)
+
+
 def convert_int8(ctx: ExportContext, dest: Path) -> None:
-    dest.write_bytes(quantize(ranged_model(ctx), ctx.float_layers))
+    ranged = ranged_model(ctx)
+    dest.write_bytes(quantize(ranged, ctx.float_layers + _heatmap_tensors(ctx, ranged)))
     finish_tflite(ctx, dest)
     scale, zero_point = describe_tflite(dest)["input"]["quantization"]
     if abs(scale - 1.0) > 1e-6 or zero_point != 0:
