@@ -42,6 +42,7 @@ RENAMED = {
         "min_agreement": (ParityOverrides, "min_agreement"),
         "max_accuracy_drop": (ParityOverrides, "max_accuracy_drop"),
         "max_ece_increase": (ParityOverrides, "max_ece_increase"),
+        "max_map_diff": (ParityOverrides, "max_map_diff"),
     },
     "bench": {
         "format": (BenchOptions, "formats"),

@@ -17,7 +17,18 @@ import re
 from pathlib import Path
 
 from toolkit.fileio import write_json_atomic, write_text_atomic
-from toolkit.layout import BENCH_DIR, BENCH_JSON, CONFIG, DATA_REPORT, EXPORT_DIR, LABELS, MANIFEST, METRICS, RUN
+from toolkit.layout import (
+    BENCH_DIR,
+    BENCH_JSON,
+    CONFIG,
+    DATA_REPORT,
+    EXPORT_DIR,
+    LABELS,
+    MANIFEST,
+    METRICS,
+    RUN,
+    artifact_name,
+)
 from toolkit.parity import clopper_pearson
 
 CARD_MD, CARD_JSON = "model_card.md", "model_card.json"
@@ -74,9 +85,10 @@ def _artifacts(manifest: dict | None, bench: dict | None) -> list[dict]:
     for a in (manifest or {}).get("artifacts", []):
         p = a["parity"]
         rows.append({
-            "format": a["format"], "precision": a["precision"], "path": a["path"], "size_mb": a["size_bytes"] / 1e6,
+            "format": a["format"], "precision": " ".join(filter(None, (a["precision"], a.get("variant")))),
+            "path": a["path"], "size_mb": a["size_bytes"] / 1e6,
             "gate_passed": p["passed"], "agreement": p["top1_agreement"], "accuracy": p["accuracy"],
-            "ece": p.get("ece"), "batch1_p50_ms": latency.get(f"{a['format']} {a['precision']}"),
+            "ece": p.get("ece"), "batch1_p50_ms": latency.get(artifact_name(a)),
         })  # fmt: skip
     return rows
 

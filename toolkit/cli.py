@@ -230,6 +230,9 @@ def export(
     max_ece_increase: Annotated[
         float | None, Opt(min=0, max=1, help="Relax the bound on an artifact's ECE increase over Keras's (0..1).")
     ] = EXPORT.overrides.max_ece_increase,
+    max_map_diff: Annotated[
+        float | None, Opt(min=0, max=1, help="--heatmap: relax the bound on the maps' difference from Keras's (0..1).")
+    ] = EXPORT.overrides.max_map_diff,
     heatmap: Annotated[bool, Opt(help=HEATMAP_HELP)] = EXPORT.heatmap,
     wait: WaitFlag = EXPORT.wait,
     quiet: QuietFlag = False,
@@ -244,7 +247,7 @@ def export(
     from toolkit.parity import ParityOverrides
 
     use_progress(quiet or json_output)
-    overrides = ParityOverrides(max_diff, min_agreement, max_accuracy_drop, max_ece_increase)
+    overrides = ParityOverrides(max_diff, min_agreement, max_accuracy_drop, max_ece_increase, max_map_diff)
     data_dir = str(data) if data else None
     options = _options(ExportOptions, ctx.params, precisions=precision, data_dir=data_dir, overrides=overrides)
     report = export_run(run_dir, options)

@@ -90,7 +90,7 @@ def print_export_table(manifest: dict) -> None:
         p = a["parity"]
         table.add_row(
             a["format"],
-            " ".join(filter(None, (a["precision"], a.get("variant")))),
+            " ".join(filter(None, (a["precision"], a.get("variant")))),  # as layout.artifact_name, format apart
             f"{a['size_bytes'] / 1e6:.1f}",
             f"{p['max_abs_diff']:.1e}",
             f"{p['top1_agreement']:.1%} ({p.get('flips', 0)}/{p['images']})",

@@ -48,3 +48,8 @@ def manifest_artifacts(path: Path) -> list[dict]:
         ):
             raise ModelError(f"{path}: each entry of 'artifacts' needs 'format', 'precision' and 'path' strings")
     return artifacts
+
+
+def artifact_name(entry: dict) -> str:
+    """How tables and bench rows name a manifest entry: "onnx int8", or "onnx int8 heatmap" for a variant."""
+    return " ".join(filter(None, (entry["format"], entry["precision"], entry.get("variant"))))

@@ -8,6 +8,7 @@ from pathlib import Path
 from toolkit.bench.types import BenchTarget
 from toolkit.errors import BenchError
 from toolkit.hardware import cpu_supports_bf16
+from toolkit.layout import artifact_name
 from toolkit.run_folder import BEST, EXPORT_DIR, MANIFEST, manifest_artifacts
 
 
@@ -24,7 +25,7 @@ def discover_targets(run_dir: Path, cuda: bool) -> list[BenchTarget]:
                 continue  # the same ONNX file as the onnx row, run by a browser rather than here
             path = str(_inside_export(run_dir, a["path"]))
             passed = bool(a.get("parity", {}).get("passed"))
-            name = f"{a['format']} {a['precision']}"
+            name = artifact_name(a)
             targets.append(BenchTarget(name, a["format"], path, a["precision"], gate_passed=passed))
             if cuda and a["format"] == "onnx":
                 targets.append(BenchTarget(f"{name} (cuda)", "onnx", path, a["precision"], "cuda", passed))
