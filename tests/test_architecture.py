@@ -111,6 +111,7 @@ LAYERS = [
             "toolkit.serve*",
             "toolkit.card",
             "toolkit.explain",
+            "toolkit.tune*",
         ],
     ),
     ("cli", ["toolkit.console", "toolkit.cli_flags", "toolkit.cli_runtime", "toolkit.cli_train", "toolkit.cli"]),

@@ -26,10 +26,11 @@ from toolkit.parity import ParityOverrides
 from toolkit.runtime import LoadOptions, PredictOptions
 from toolkit.runtime.base import Device, PixelScale
 from toolkit.serve import ServeOptions
-from toolkit.train.config import ClassWeight, Monitor, Schedule, TrainConfig
+from toolkit.train.config import BaseConfig, ClassWeight, DataConfig, Monitor, OptimConfig, Schedule, TrainConfig
+from toolkit.tune import TuneOptions, TunerKind
 
 # Options that belong to the command line alone (where output goes, how it is shown), not to the library.
-CLI_ONLY = {"out", "quiet", "json_output", "resume", "help"}
+CLI_ONLY = {"out", "quiet", "json_output", "resume", "help", "settings_file"}
 TRAIN_CALL = {"wait"}  # train(..., wait=): how to run, not what the run is (config.json stores no such field)
 
 # command -> {parameter: (dataclass, field)} where the names differ or the owner is not the command's own options
@@ -43,6 +44,17 @@ RENAMED = {
         "max_accuracy_drop": (ParityOverrides, "max_accuracy_drop"),
         "max_ece_increase": (ParityOverrides, "max_ece_increase"),
         "max_map_diff": (ParityOverrides, "max_map_diff"),
+    },
+    "tune": {
+        "time_budget": (TuneOptions, "time_budget_s"),
+        "base": (BaseConfig, "name"),
+        "image_size": (BaseConfig, "image_size"),
+        "weights": (BaseConfig, "weights"),
+        "val_split": (DataConfig, "val_split"),
+        "groups": (DataConfig, "groups"),
+        "group_pattern": (DataConfig, "group_pattern"),
+        "cache_dir": (DataConfig, "cache_dir"),
+        "seed": (OptimConfig, "seed"),
     },
     "bench": {
         "format": (BenchOptions, "formats"),
@@ -60,6 +72,7 @@ OWNERS = {
     "serve": [ServeOptions],
     "evaluate": [EvaluateOptions, LoadOptions],
     "check": [CheckOptions, SplitOptions],
+    "tune": [TuneOptions],
 }
 CHOICES = {
     ("train", "base_precision"): BasePrecision,
@@ -77,6 +90,7 @@ CHOICES = {
     ("serve", "device"): Device,
     ("evaluate", "device"): Device,
     ("bench", "device"): Device,
+    ("tune", "tuner"): TunerKind,
 }
 LISTED = {("export", "precision"): Precision, ("bench", "precision"): Precision, ("bench", "format"): BenchFormat}
 

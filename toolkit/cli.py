@@ -345,6 +345,7 @@ def bench(
 
 
 app.command(cls=PanelledCommand)(cli_train.train)
+app.command()(cli_train.tune)
 app.command()(cli_runtime.predict)
 app.command()(cli_runtime.serve)
 

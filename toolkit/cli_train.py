@@ -8,6 +8,7 @@ what is wrong in one line (exit 2), so the CLI and the library cannot disagree.
 from __future__ import annotations
 
 import functools
+import json
 import sys
 from enum import Enum
 from pathlib import Path
@@ -23,7 +24,8 @@ from toolkit.console import echo_json, use_progress, user_errors
 from toolkit.errors import ToolkitError
 from toolkit.hardware import BasePrecision, Strategy
 from toolkit.model import Head
-from toolkit.train.config import FLAT_NAMES, RUN_FIELDS, ClassWeight, Monitor, Schedule, TrainConfig
+from toolkit.train.config import FLAT_NAMES, RUN_FIELDS, ClassWeight, Monitor, Schedule, TrainConfig, read_settings
+from toolkit.tune.search import TuneOptions, TunerKind
 
 FLAT = (*FLAT_NAMES, *RUN_FIELDS)
 # Every default below is TrainConfig's, by its flat name (tests/test_cli_defaults.py checks them).
@@ -61,11 +63,18 @@ def _run_folder(out: Path | None, resume: bool) -> Path:
     return Path("models") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
-def _config(ctx: typer.Context, data_dir: Path, out: Path, cache_dir: Path | None, precision) -> TrainConfig:
-    """The TrainConfig of the parsed options, by their flat names."""
+def _config(
+    ctx: typer.Context, data_dir: Path, out: Path, cache_dir: Path | None, precision, settings_file: Path | None
+) -> TrainConfig:
+    """The TrainConfig of the parsed options, by their flat names; `--config FILE`'s settings replace the
+    defaults, and the options typed on the command line win over both."""
     paths = {"data_dir": str(data_dir), "out": str(out), "cache_dir": str(cache_dir) if cache_dir else None}
     given = {k: (v.value if isinstance(v, Enum) else v) for k, v in ctx.params.items() if k in FLAT}
-    return TrainConfig.from_flat(**{**given, "precision": precision.value, **paths})
+    settings = {**given, "precision": precision.value}
+    if settings_file is not None:
+        typed = {"precision" if name == "base_precision" else name for name in _explicit_options(ctx)}
+        settings.update({k: v for k, v in read_settings(settings_file).items() if k not in typed})
+    return TrainConfig.from_flat(**{**settings, **paths})
 
 
 @user_errors
@@ -156,6 +165,9 @@ def train(
         DecideOpt(help="temperature: fit one temperature on validation and fold it into the last layer."),
     ] = TRAIN.score_calibration,
     out: Annotated[Path | None, RunOpt(help="Run folder (default models/<timestamp>).")] = None,
+    settings_file: Annotated[
+        Path | None, RunOpt("--config", help="Settings from a file (toolkit tune's best.json); typed options win.")
+    ] = None,
     strategy: Annotated[Strategy, RunOpt(help="multiworker reads TF_CONFIG.")] = TRAIN.strategy,
     resume: Annotated[bool, RunOpt(help="Continue an interrupted run in --out (only --epochs may change).")] = False,
     wait: Annotated[bool, RunOpt(help="If another process writes --out, wait for it (default: exit 2).")] = False,
@@ -170,8 +182,8 @@ def train(
     from toolkit.train import train as run_training
 
     use_progress(quiet or json_output)
-    config = _config(ctx, data_dir, _run_folder(out, resume), cache_dir, base_precision)
-    explicit = _explicit_options(ctx) - {"out", "resume", "quiet", "json_output", "wait"}
+    config = _config(ctx, data_dir, _run_folder(out, resume), cache_dir, base_precision, settings_file)
+    explicit = _explicit_options(ctx) - {"out", "resume", "quiet", "json_output", "wait", "settings_file"}
     explicit = {"precision" if name == "base_precision" else name for name in explicit} | {"data_dir"}
     log = (lambda _m: None) if json_output else typer.echo
     quiet_fit = 0 if quiet or json_output else (1 if sys.stdout.isatty() else 2)  # 2: one line per epoch
@@ -179,3 +191,52 @@ def train(
     if json_output:
         return echo_json(result)
     print_train_result(result)
+
+
+TUNE = TuneOptions()
+
+
+@user_errors
+def tune(
+    data_dir: Annotated[Path, Arg(help="The data folder, as `toolkit train` takes it (test images stay out).")],
+    out: Annotated[Path, Opt(help="Run folder: the search goes to OUT/tune (rerun to resume it).")],
+    tuner: Annotated[TunerKind, Opt(help="bayesian (Gaussian process) or hyperband (early-stopped brackets).")] = (
+        TUNE.tuner
+    ),
+    max_trials: Annotated[int, Opt(min=1, help="Trials at most (a rerun counts the finished ones).")] = TUNE.max_trials,
+    time_budget: Annotated[
+        float | None, Opt(min=1, help="Seconds: no new trial starts after this (per run of the command).")
+    ] = TUNE.time_budget_s,
+    folds: Annotated[int, Opt(min=1, help="Stratified K-fold CV on the non-test images (1: the validation split).")] = (
+        TUNE.folds
+    ),
+    base: Annotated[str, Opt(help="The frozen network (toolkit bases).")] = TRAIN.base,
+    image_size: Annotated[int | None, Opt(help="Input size (default: the base's own).")] = TRAIN.image_size,
+    weights: Annotated[str, Opt(help="imagenet, none, or a weights file.")] = TRAIN.weights,
+    val_split: Annotated[float, Opt(help="Validation share (used by --folds 1).")] = TRAIN.val_split,
+    groups: Annotated[str | None, Opt(help="CSV path,group: a group stays in one fold.")] = TRAIN.groups,
+    group_pattern: Annotated[str | None, Opt(help="Or a regex on each path naming its group.")] = TRAIN.group_pattern,
+    cache_dir: Annotated[Path | None, Opt(help="Decoded-image cache (default: OUT/tune/cache).")] = None,
+    seed: Annotated[int, Opt(help="Seeds the folds, the tuner and each head.")] = TRAIN.seed,
+    quiet: Annotated[bool, Opt(help="No progress output.")] = False,
+    json_output: Annotated[bool, Opt("--json", help="Print best.json (no progress output).")] = False,
+) -> None:
+    """Search the head's settings with Keras Tuner on cached features; `toolkit train --config OUT/tune/best.json`."""
+    from toolkit.tf_setup import import_tensorflow
+
+    import_tensorflow()
+    from toolkit.tune import search
+
+    use_progress(quiet or json_output)
+    flat = {"data_dir": str(data_dir), "out": str(out), "base": base, "image_size": image_size, "weights": weights,
+            "val_split": val_split, "groups": groups, "group_pattern": group_pattern, "seed": seed,
+            "cache_dir": str(cache_dir) if cache_dir else None, "augment": False}  # fmt: skip
+    config = TrainConfig.from_flat(**flat)
+    config.validate()
+    options = TuneOptions(tuner=tuner, max_trials=max_trials, time_budget_s=time_budget, folds=folds)
+    log = (lambda _m: None) if json_output or quiet else typer.echo
+    folder = search(config, options, log=log)
+    best = folder / "best.json"
+    if json_output:
+        return echo_json(json.loads(best.read_text()) if best.is_file() else None)
+    typer.echo(f"wrote {folder}/trials.csv, trials.png" + (", best.json" if best.is_file() else " (no trial finished)"))

@@ -314,3 +314,26 @@ class TrainResult:
     val_summary: str = ""  # balanced accuracy and per-class recall (metrics.recall_summary)
     test_summary: str = ""
     calibration_summary: str = ""  # the temperature and ECE/Brier/log loss before -> after (calibration.summary)
+
+
+# What a settings file may not set: where the data and the run are (the command line says that).
+PLACE_SETTINGS = ("data_dir", "out", "cache_dir", "strategy")
+
+
+def read_settings(path) -> dict:
+    """Flat training settings from `--config FILE`: `toolkit tune`'s best.json ({"settings": {...}}) or a run's
+    config.json (flat); where the data and run go (PLACE_SETTINGS) is left out. A bad file is one line."""
+    import json
+    from pathlib import Path
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"--config {path}: {' '.join(str(exc).split())[:160]}") from None
+    settings = data.get("settings", data) if isinstance(data, dict) else None
+    if not isinstance(settings, dict):
+        raise DatasetError(f"--config {path}: expected a JSON object of training settings")
+    unknown = sorted(set(settings) - set(FLAT_NAMES) - set(RUN_FIELDS))
+    if unknown:
+        raise DatasetError(f"--config {path}: unknown setting(s) {', '.join(unknown)}")
+    return {k: v for k, v in settings.items() if k not in PLACE_SETTINGS}

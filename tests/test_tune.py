@@ -1,0 +1,111 @@
+"""`toolkit tune`: Keras Tuner over the head on cached features; folds, budget, resume after a kill, report, and
+`toolkit train --config best.json` reproducing the best trial's settings."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from tests.conftest import train_config
+from toolkit.cli import app
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _rows(run: Path) -> list[dict]:
+    with open(run / "tune" / "trials.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_folds_are_stratified_and_keep_a_group_in_one_fold():
+    from toolkit.tune.search import CachedFeatures, fold_indices
+
+    labels = np.array([0, 1] * 12)
+    groups = [f"g{i // 4}" for i in range(24)]  # six groups of four images
+    cached = CachedFeatures(np.zeros((24, 1)), labels, np.arange(24) >= 18, groups, 2)
+    folds = fold_indices(cached, 3, seed=0)
+    assert len(folds) == 3 and sorted(np.concatenate([held for _, held in folds]).tolist()) == list(range(24))
+    for train, held in folds:
+        assert not {groups[i] for i in train} & {groups[i] for i in held}
+        assert set(labels[held]) == {0, 1}
+    ((train, held),) = fold_indices(cached, 1, seed=0)  # the run's own validation split
+    assert held.tolist() == list(range(18, 24)) and train.tolist() == list(range(18))
+
+
+@pytest.mark.slow  # TensorFlow and Keras Tuner
+def test_a_search_resumes_reports_and_its_best_trains(demo_dir, tmp_path):
+    from toolkit.tune import TuneOptions, search
+
+    run = tmp_path / "run"
+    config = train_config(demo_dir, run)
+    search(config, TuneOptions(max_trials=2, folds=2), log=lambda _m: None)
+    first = _rows(run)
+    assert [r["trial"] for r in first] == ["0", "1"] and all(r["status"] == "COMPLETED" for r in first)
+    search(config, TuneOptions(max_trials=3, folds=2), log=lambda _m: None)  # resumes: one more trial
+    rows = _rows(run)
+    assert len(rows) == 3 and rows[:2] == first  # the finished trials are kept, not re-run
+    best = json.loads((run / "tune" / "best.json").read_text())
+    assert best["accuracy"] == max(float(r["accuracy"]) for r in rows) and best["trials"] == 3
+    assert (run / "tune" / "trials.png").stat().st_size > 0
+    out = tmp_path / "best-run"
+    result = runner.invoke(
+        app, ["train", str(demo_dir), "--config", str(run / "tune" / "best.json"), "--out", str(out), "--quiet",
+              "--epochs", "1"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    trained = json.loads((out / "config.json").read_text())
+    for name in ("head", "dropout", "feature_norm", "lr", "weight_decay", "label_smoothing", "class_weight", "base"):
+        assert trained[name] == best["settings"][name], name
+    assert trained["epochs"] == 1  # a typed option wins over the file
+
+
+@pytest.mark.slow
+def test_the_time_budget_stops_new_trials(demo_dir, tmp_path):
+    from toolkit.tune import TuneOptions, search
+
+    run = tmp_path / "run"
+    search(train_config(demo_dir, run), TuneOptions(max_trials=10, folds=2, time_budget_s=1), log=lambda _m: None)
+    assert len(_rows(run)) == 1
+
+
+@pytest.mark.slow  # a subprocess killed mid-search
+def test_a_search_killed_mid_trial_resumes(demo_dir, tmp_path):
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "toolkit.cli", "tune", str(demo_dir), "--out", str(run), "--base", "tiny",
+               "--image-size", "32", "--weights", "none", "--max-trials", "30", "--folds", "2"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in process.stdout:  # wait for a finished trial, then kill during the next one
+        if line.startswith("trial 1:"):
+            break
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = len([t for t in (run / "tune" / "keras_tuner").glob("trial_*/trial.json")
+                if json.loads(t.read_text())["status"] == "COMPLETED"])  # fmt: skip
+    assert done >= 2
+    started = time.monotonic()
+    resumed = subprocess.run([*command[:-4], "--max-trials", str(done + 1), "--folds", "2"], env=env,
+                             capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stdout[-2000:]
+    rows = _rows(run)
+    assert len([r for r in rows if r["status"] == "COMPLETED"]) >= done + 1
+    assert time.monotonic() - started < 300
+    assert (run / "tune" / "best.json").is_file()
+
+
+def test_a_settings_file_with_an_unknown_setting_is_one_line(demo_dir, tmp_path):
+    bad = tmp_path / "best.json"
+    bad.write_text(json.dumps({"settings": {"head": "gap", "learning_rate": 0.1}}))
+    result = runner.invoke(app, ["train", str(demo_dir), "--config", str(bad), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "learning_rate" in result.stderr

@@ -1,0 +1,225 @@
+"""`toolkit tune DATA`: Keras Tuner over the head on cached features, scored by stratified K-fold CV.
+
+The frozen base's features of every non-test image are extracted once into RUN/tune/features.npy
+(test images are never decoded into the search), so a trial costs only its head. A trial trains its
+head on K-1 folds and scores the held-out fold, K times (`--folds 1`: the run's own validation split);
+its score is the mean fold accuracy and its spread the folds' standard deviation. With `--groups` or
+`--group-pattern`, a group stays in one fold (scikit-learn's StratifiedGroupKFold), as the splits do.
+
+Keras Tuner's project folder (RUN/tune/keras_tuner) holds the oracle's state after every trial, so a
+search stopped by Ctrl-C or a kill resumes where it was when run again (one writer: the folder lock).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from enum import StrEnum
+from pathlib import Path
+
+import numpy as np
+
+from toolkit.errors import TrainingError
+from toolkit.fileio import folder_lock, write_json_atomic
+from toolkit.progress import phase
+from toolkit.tune.space import SPACE, sample_all, values_of
+
+OBJECTIVE = "val_accuracy"  # the mean over folds; its spread is recorded as val_accuracy_std
+FEATURES = "features.npy"
+LABELS = "labels.npy"
+GROUPS = "groups.json"
+
+
+class TunerKind(StrEnum):
+    """`--tuner`: Bayesian optimisation (a Gaussian process over the space) or Hyperband (early-stopped brackets)."""
+
+    bayesian = "bayesian"
+    hyperband = "hyperband"
+
+
+@dataclasses.dataclass
+class TuneOptions:
+    """What `toolkit tune` is asked to do beyond the training settings: the only home of its defaults."""
+
+    tuner: TunerKind = TunerKind.bayesian
+    max_trials: int = 20
+    time_budget_s: float | None = None  # no new trial starts after this many seconds of the search
+    folds: int = 3  # 1: train on the train split, score the validation split
+    batch_size: int = 32
+
+
+@dataclasses.dataclass
+class CachedFeatures:
+    """The frozen base's output for every non-test image, with labels, the validation mask and the groups."""
+
+    features: np.ndarray  # N x h x w x C (a memmap)
+    labels: np.ndarray
+    in_val: np.ndarray  # bool: the run's own validation split (used by --folds 1)
+    groups: list[str] | None
+    num_classes: int
+
+
+def cache_features(config, tune_dir: Path, log: Callable[[str], None]) -> CachedFeatures:
+    """Extract (once) the features of the train and validation splits; a finished store is reused."""
+    from toolkit.data.groups import path_groups
+    from toolkit.fileio import atomic_path
+    from toolkit.model import build_classifier
+    from toolkit.train.features import extract_features
+    from toolkit.train.loop import load_training_data
+    from toolkit.weights import WeightsRequest
+
+    data = load_training_data(config, Path(config.data.cache_dir or tune_dir / "cache"), log)
+    labels = np.concatenate([data.train.labels, data.val.labels]).astype(np.int64)
+    in_val = np.arange(len(labels)) >= len(data.train.labels)
+    paths = list(data.train.paths) + list(data.val.paths)
+    found = path_groups(Path(config.data.folder), paths, config.data.groups, config.data.group_pattern)
+    groups = [found[p] for p in paths] if found else None
+    store = tune_dir / FEATURES
+    if not store.is_file() or np.load(store, mmap_mode="r").shape[0] != len(labels):
+        model, _ = build_classifier(
+            len(data.classes), config.base.image_size, WeightsRequest(config.base.weights, log=log),
+            base=config.base.name,
+        )  # fmt: skip
+        images = np.concatenate([np.asarray(data.train.images), np.asarray(data.val.images)])
+        with atomic_path(store) as tmp:
+            extract_features(model.get_layer("features"), images, tmp, 16, description="features for the search")
+    np.save(tune_dir / LABELS, labels)
+    return CachedFeatures(np.load(store, mmap_mode="r"), labels, in_val, groups, len(data.classes))
+
+
+def fold_indices(cached: CachedFeatures, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train rows, held-out rows) per fold: stratified, whole groups where given; --folds 1 is the run's split."""
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    rows = np.arange(len(cached.labels))
+    if folds == 1:
+        return [(rows[~cached.in_val], rows[cached.in_val])]
+    if np.bincount(cached.labels).min() < folds:
+        raise TrainingError(f"--folds {folds}: a class has fewer images than folds")
+    if cached.groups is not None:
+        splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+        return [(a, b) for a, b in splitter.split(rows, cached.labels, cached.groups)]
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return [(a, b) for a, b in splitter.split(rows, cached.labels)]
+
+
+def _train_fold(values: dict, cached: CachedFeatures, train: np.ndarray, held: np.ndarray, epochs: int, seed: int,
+                batch_size: int) -> tuple[float, float]:  # fmt: skip
+    """(accuracy, log loss) on the held-out rows of a head with `values`, trained on the other rows."""
+    import keras
+
+    from toolkit.model import build_head, feature_norm, pre_norm, set_feature_statistics
+    from toolkit.train.config import TrainConfig
+    from toolkit.train.fit import class_weights, compile_model
+
+    keras.utils.set_random_seed(seed)
+    head = build_head(tuple(cached.features.shape[1:]), cached.num_classes, values["head"], values["dropout"],
+                      values["feature_norm"])  # fmt: skip
+    x_train = np.asarray(cached.features[np.sort(train)], np.float32)
+    y_train = cached.labels[np.sort(train)]
+    if feature_norm(head) is not None:
+        pooled = pre_norm(head).predict(x_train, batch_size=256, verbose=0).astype(np.float64)
+        set_feature_statistics(head, pooled.mean(0), pooled.var(0))
+    config = TrainConfig.from_flat(**{k: values[k] for k in ("lr", "weight_decay", "label_smoothing")})
+    compile_model(head, values["lr"], config)
+    onehot = keras.utils.to_categorical(y_train, cached.num_classes)
+    weights = class_weights(values["class_weight"], y_train, cached.num_classes)
+    head.fit(x_train, onehot, batch_size=batch_size, epochs=epochs, class_weight=weights, verbose=0, shuffle=True)
+    x_held = np.asarray(cached.features[np.sort(held)], np.float32)
+    probs = head.predict(x_held, batch_size=256, verbose=0)
+    y_held = cached.labels[np.sort(held)]
+    accuracy = float((probs.argmax(1) == y_held).mean())
+    loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(y_held)), y_held], 1e-7, 1.0))))
+    return accuracy, loss
+
+
+def _space():
+    import keras_tuner as kt
+
+    class HeadSpace(kt.HyperModel):
+        """Registers SPACE with the tuner; trials train heads on features (`_score`), not a model built here."""
+
+        def build(self, hp):
+            sample_all(hp)
+
+    return HeadSpace()
+
+
+def _score(values: dict, epochs: int, cached: CachedFeatures, folds: list, options: TuneOptions, seed: int) -> dict:
+    """A trial's metrics: mean and spread of the held-out accuracy over the folds, and the mean log loss."""
+    scores = [_train_fold(values, cached, a, b, epochs, seed, options.batch_size) for a, b in folds]
+    accuracy = np.array([s[0] for s in scores])
+    return {
+        OBJECTIVE: float(accuracy.mean()),
+        f"{OBJECTIVE}_std": float(accuracy.std()),
+        "val_loss": float(np.mean([s[1] for s in scores])),
+    }
+
+
+def _tuner(kind: str, score: Callable[[dict, int], dict], options: TuneOptions, folder: Path, seed: int,
+           deadline: float | None, log):  # fmt: skip
+    import keras_tuner as kt
+
+    objective = kt.Objective(OBJECTIVE, direction="max")
+    common = {"objective": objective, "directory": str(folder), "project_name": "keras_tuner", "overwrite": False,
+              "seed": seed}  # fmt: skip
+    if kind == TunerKind.hyperband:
+        max_epochs = max(h.choices for h in SPACE if h.name == "epochs")[-1]
+        base = kt.Hyperband
+        settings = {"max_epochs": max_epochs, "factor": 3, "max_retries_per_trial": 0, **common}
+    else:
+        base = kt.BayesianOptimization
+        settings = {"max_trials": options.max_trials, "max_retries_per_trial": 0, **common}
+
+    class Budgeted(base):
+        """Stops starting trials at the time budget or max_trials, and prints one line per finished trial."""
+
+        def run_trial(self, trial, *args, **kwargs):
+            values = values_of(trial.hyperparameters.values)
+            # Hyperband's bracket sets the epochs (its "tuner/epochs"); Bayesian trials sample them.
+            return score(values, int(trial.hyperparameters.values.get("tuner/epochs", values["epochs"])))
+
+        def on_trial_end(self, trial):
+            super().on_trial_end(trial)
+            metrics = trial.metrics.metrics
+            score = metrics[OBJECTIVE].get_best_value() if OBJECTIVE in metrics else float("nan")
+            spread = metrics[f"{OBJECTIVE}_std"].get_best_value() if f"{OBJECTIVE}_std" in metrics else float("nan")
+            done = len([t for t in self.oracle.trials.values() if t.status == "COMPLETED"])
+            log(f"trial {trial.trial_id}: accuracy {score:.4f} ± {spread:.4f} ({done} done)")
+            over_time = deadline is not None and time.monotonic() >= deadline
+            if over_time or (kind == TunerKind.hyperband and done >= options.max_trials):
+                self.oracle.max_trials = len(self.oracle.trials)  # no new trial; not saved, so a rerun goes on
+
+    return Budgeted(_space(), **settings)
+
+
+def search(config, options: TuneOptions, log: Callable[[str], None] = print) -> Path:
+    """Run (or resume) the search into RUN/tune; return the folder with its report (report.write_report)."""
+    from toolkit.tf_setup import import_tensorflow
+    from toolkit.tune.report import write_report
+
+    import_tensorflow()
+    tune_dir = Path(config.out) / "tune"
+    tune_dir.mkdir(parents=True, exist_ok=True)
+    with folder_lock(tune_dir, False):
+        write_json_atomic(
+            tune_dir / "search.json", {"config": config.to_flat(), "options": dataclasses.asdict(options)}
+        )
+        cached = cache_features(config, tune_dir, log)
+        folds = fold_indices(cached, options.folds, config.optim.seed)
+        deadline = time.monotonic() + options.time_budget_s if options.time_budget_s else None
+        seed = config.optim.seed
+        score = lambda values, epochs: _score(values, epochs, cached, folds, options, seed)  # noqa: E731
+        tuner = _tuner(options.tuner, score, options, tune_dir, seed, deadline, log)
+        with phase(f"searching ({options.tuner}, up to {options.max_trials} trials, {options.folds} folds)"):
+            tuner.search(verbose=0)
+        write_report(tuner, config, tune_dir)
+    return tune_dir
+
+
+def best_settings(path: Path) -> dict:
+    """best.json's flat training settings (what `toolkit train --config` reads)."""
+    data = json.loads(Path(path).read_text())
+    return dict(data["settings"])

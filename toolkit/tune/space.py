@@ -1,0 +1,58 @@
+"""The search space of `toolkit tune`: one record per hyperparameter, named as `toolkit train`'s setting it sets.
+
+Each record says how Keras Tuner samples it (a choice, or a float range, log-scaled where the scale
+spans decades) and which `TrainConfig` flat setting it becomes, so the best trial is a `toolkit train
+--config best.json` away. The defaults of the frozen phase are among the choices, so a search can only
+find them or something its folds score higher.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from toolkit.model import Head
+from toolkit.train.config import ClassWeight
+
+
+@dataclasses.dataclass(frozen=True)
+class Hyper:
+    name: str  # the TrainConfig flat name (and the Keras Tuner hyperparameter's)
+    choices: tuple[Any, ...] = ()
+    low: float | None = None  # a float range instead of choices
+    high: float | None = None
+    log: bool = False
+
+    def value(self, raw):
+        """A stored value as the setting's own type (Keras Tuner keeps a boolean choice as 0 or 1)."""
+        if self.choices and isinstance(self.choices[0], bool):
+            return bool(raw)
+        return raw
+
+    def sample(self, hp):
+        if self.choices:
+            return hp.Choice(self.name, list(self.choices))
+        return hp.Float(self.name, self.low, self.high, sampling="log" if self.log else "linear")
+
+
+SPACE: tuple[Hyper, ...] = (
+    Hyper("head", choices=tuple(str(h) for h in Head)),
+    Hyper("dropout", choices=(0.0, 0.2, 0.3, 0.5)),
+    Hyper("feature_norm", choices=(True, False)),
+    Hyper("lr", low=1e-4, high=1e-2, log=True),
+    Hyper("weight_decay", choices=(0.0, 1e-4, 1e-3, 1e-2)),
+    Hyper("label_smoothing", choices=(0.0, 0.05, 0.1)),
+    Hyper("class_weight", choices=tuple(str(c) for c in ClassWeight)),
+    Hyper("epochs", choices=(5, 10, 20)),
+)
+NAMES = tuple(h.name for h in SPACE)
+
+
+def values_of(stored: dict) -> dict[str, Any]:
+    """A trial's values of SPACE, each as its setting's type."""
+    return {h.name: h.value(stored.get(h.name)) for h in SPACE}
+
+
+def sample_all(hp) -> dict[str, Any]:
+    """Every hyperparameter of SPACE for this trial, by its flat name."""
+    return {h.name: h.sample(hp) for h in SPACE}
