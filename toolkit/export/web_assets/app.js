@@ -50,61 +50,37 @@ function clip8(value) {
   return v < 0 ? 0 : v > 255 ? 255 : v;
 }
 
-// One resampling pass along x (horizontal) or y (vertical) on an RGB Uint8Array of width*height.
-function resamplePass(src, width, height, outSize, horizontal) {
-  const { bounds, weights, ksize } = coefficients(horizontal ? width : height, outSize);
+// One resampling pass along x (horizontal) or y (vertical) of an image of `channels` values per pixel:
+// uint8 with Pillow's fixed-point weights (the pixels), or floating point as Pillow resizes "F" images (a map).
+function resamplePass(src, width, height, outSize, horizontal, channels, fixedPoint) {
+  const { bounds, weights, ksize } = coefficients(horizontal ? width : height, outSize, fixedPoint);
   const outW = horizontal ? outSize : width;
   const outH = horizontal ? height : outSize;
-  const out = new Uint8Array(outW * outH * 3);
+  const out = fixedPoint ? new Uint8Array(outW * outH * channels) : new Float32Array(outW * outH * channels);
+  const sums = new Float64Array(channels);
   for (let y = 0; y < outH; y++) {
     for (let x = 0; x < outW; x++) {
       const i = horizontal ? x : y;
       const start = bounds[i * 2], count = bounds[i * 2 + 1];
-      let r = 1 << (PRECISION_BITS - 1), g = r, b = r;
+      sums.fill(fixedPoint ? 1 << (PRECISION_BITS - 1) : 0);
       for (let t = 0; t < count; t++) {
         const w = weights[i * ksize + t];
-        const p = horizontal ? (y * width + start + t) * 3 : ((start + t) * width + x) * 3;
-        r += src[p] * w; g += src[p + 1] * w; b += src[p + 2] * w;
+        const p = (horizontal ? y * width + start + t : (start + t) * width + x) * channels;
+        for (let c = 0; c < channels; c++) sums[c] += src[p + c] * w;
       }
-      const o = (y * outW + x) * 3;
-      out[o] = clip8(r); out[o + 1] = clip8(g); out[o + 2] = clip8(b);
+      const o = (y * outW + x) * channels;
+      for (let c = 0; c < channels; c++) out[o + c] = fixedPoint ? clip8(sums[c]) : sums[c];
     }
   }
   return out;
 }
 
 // Pillow's Image.resize(size, BILINEAR): a horizontal pass, then a vertical one, each only if needed.
-function resizeBilinear(rgb, width, height, outW, outH) {
-  let data = rgb, w = width, h = height;
-  if (outW !== w) { data = resamplePass(data, w, h, outW, true); w = outW; }
-  if (outH !== h) { data = resamplePass(data, w, h, outH, false); h = outH; }
-  return data;
-}
-
-// One pass of Pillow's BILINEAR resize of a one-channel float map (mode "F", no rounding or clipping).
-function mapPass(src, width, height, outSize, horizontal) {
-  const { bounds, weights, ksize } = coefficients(horizontal ? width : height, outSize, false);
-  const outW = horizontal ? outSize : width;
-  const outH = horizontal ? height : outSize;
-  const out = new Float32Array(outW * outH);
-  for (let y = 0; y < outH; y++) {
-    for (let x = 0; x < outW; x++) {
-      const i = horizontal ? x : y;
-      const start = bounds[i * 2], count = bounds[i * 2 + 1];
-      let sum = 0;
-      for (let t = 0; t < count; t++) {
-        sum += src[horizontal ? y * width + start + t : (start + t) * width + x] * weights[i * ksize + t];
-      }
-      out[y * outW + x] = sum;
-    }
-  }
-  return out;
-}
-
-function resizeMap(map, width, height, outW, outH) {
-  let data = map, w = width, h = height;
-  if (outW !== w) { data = mapPass(data, w, h, outW, true); w = outW; }
-  if (outH !== h) { data = mapPass(data, w, h, outH, false); h = outH; }
+// RGB pixels by default; `channels` 1 and `fixedPoint` false for a float map (toolkit.runtime.heatmap.to_image).
+function resizeBilinear(data, width, height, outW, outH, channels = 3, fixedPoint = true) {
+  let w = width, h = height;
+  if (outW !== w) { data = resamplePass(data, w, h, outW, true, channels, fixedPoint); w = outW; }
+  if (outH !== h) { data = resamplePass(data, w, h, outH, false, channels, fixedPoint); h = outH; }
   return data;
 }
 
@@ -139,7 +115,7 @@ function heatmapOf(outputs, config, index) {
   const grid = new Float32Array(h * w);
   for (let i = 0; i < h * w; i++) grid[i] = tensor.data[i * k + index];
   const size = config.image_size;
-  const map = normalized(resizeMap(grid, w, h, size, size));
+  const map = normalized(resizeBilinear(grid, w, h, size, size, 1, false));
   return { grid: Array.from(normalized(grid)), width: w, height: h, map, peak: peakOf(map, size, size) };
 }
 
