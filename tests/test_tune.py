@@ -104,6 +104,18 @@ def test_a_search_killed_mid_trial_resumes(demo_dir, tmp_path):
     assert (run / "tune" / "best.json").is_file()
 
 
+@pytest.mark.slow  # three processes: the chief oracle and two workers
+def test_two_local_workers_share_one_search(demo_dir, tmp_path):
+    from toolkit.tune import TuneOptions, search
+
+    run, lines = tmp_path / "run", []
+    search(train_config(demo_dir, run), TuneOptions(max_trials=4, folds=2, workers=2), log=lines.append)
+    rows = _rows(run)
+    assert len(rows) == 4 and all(r["status"] == "COMPLETED" for r in rows)
+    assert {line.split(" on ")[-1] for line in lines if line.startswith("trial ")} == {"tuner0", "tuner1"}
+    assert (run / "tune" / "best.json").is_file()
+
+
 def test_a_settings_file_with_an_unknown_setting_is_one_line(demo_dir, tmp_path):
     bad = tmp_path / "best.json"
     bad.write_text(json.dumps({"settings": {"head": "gap", "learning_rate": 0.1}}))

@@ -218,6 +218,14 @@ def tune(
     group_pattern: Annotated[str | None, Opt(help="Or a regex on each path naming its group.")] = TRAIN.group_pattern,
     cache_dir: Annotated[Path | None, Opt(help="Decoded-image cache (default: OUT/tune/cache).")] = None,
     seed: Annotated[int, Opt(help="Seeds the folds, the tuner and each head.")] = TRAIN.seed,
+    workers: Annotated[int, Opt(min=0, help="A chief oracle and N worker processes on this machine.")] = TUNE.workers,
+    oracle_host: Annotated[str, Opt(help="--workers: the chief's address (0.0.0.0: let others join).")] = (
+        TUNE.oracle_host
+    ),
+    oracle_port: Annotated[int | None, Opt(help="--workers: the chief's port (default: a free one).")] = (
+        TUNE.oracle_port
+    ),
+    chief: Annotated[str | None, Opt(help="HOST:PORT: run as one worker of a chief started elsewhere.")] = TUNE.chief,
     quiet: Annotated[bool, Opt(help="No progress output.")] = False,
     json_output: Annotated[bool, Opt("--json", help="Print best.json (no progress output).")] = False,
 ) -> None:
@@ -233,7 +241,8 @@ def tune(
             "cache_dir": str(cache_dir) if cache_dir else None, "augment": False}  # fmt: skip
     config = TrainConfig.from_flat(**flat)
     config.validate()
-    options = TuneOptions(tuner=tuner, max_trials=max_trials, time_budget_s=time_budget, folds=folds)
+    options = TuneOptions(tuner=tuner, max_trials=max_trials, time_budget_s=time_budget, folds=folds, workers=workers,
+                          oracle_host=oracle_host, oracle_port=oracle_port, chief=chief)  # fmt: skip
     log = (lambda _m: None) if json_output or quiet else typer.echo
     folder = search(config, options, log=log)
     best = folder / "best.json"

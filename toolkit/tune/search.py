@@ -12,7 +12,9 @@ search stopped by Ctrl-C or a kill resumes where it was when run again (one writ
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 import time
 from collections.abc import Callable
@@ -28,8 +30,7 @@ from toolkit.tune.space import SPACE, sample_all, values_of
 
 OBJECTIVE = "val_accuracy"  # the mean over folds; its spread is recorded as val_accuracy_std
 FEATURES = "features.npy"
-LABELS = "labels.npy"
-GROUPS = "groups.json"
+SEARCH = "search.json"
 
 
 class TunerKind(StrEnum):
@@ -48,6 +49,10 @@ class TuneOptions:
     time_budget_s: float | None = None  # no new trial starts after this many seconds of the search
     folds: int = 3  # 1: train on the train split, score the validation split
     batch_size: int = 32
+    workers: int = 0  # >= 1: a chief oracle and this many worker processes here (toolkit.tune.distributed)
+    oracle_host: str = "127.0.0.1"  # where the local chief listens (0.0.0.0: workers on other machines join)
+    oracle_port: int | None = None  # None: a free port
+    chief: str | None = None  # HOST:PORT: run as one worker of a chief started elsewhere
 
 
 @dataclasses.dataclass
@@ -85,7 +90,6 @@ def cache_features(config, tune_dir: Path, log: Callable[[str], None]) -> Cached
         images = np.concatenate([np.asarray(data.train.images), np.asarray(data.val.images)])
         with atomic_path(store) as tmp:
             extract_features(model.get_layer("features"), images, tmp, 16, description="features for the search")
-    np.save(tune_dir / LABELS, labels)
     return CachedFeatures(np.load(store, mmap_mode="r"), labels, in_val, groups, len(data.classes))
 
 
@@ -174,29 +178,88 @@ def _tuner(kind: str, score: Callable[[dict, int], dict], options: TuneOptions, 
         settings = {"max_trials": options.max_trials, "max_retries_per_trial": 0, **common}
 
     class Budgeted(base):
-        """Stops starting trials at the time budget or max_trials, and prints one line per finished trial."""
+        """Trials on cached features; no new trial after the time budget (or, Hyperband, max_trials finished)."""
 
         def run_trial(self, trial, *args, **kwargs):
             values = values_of(trial.hyperparameters.values)
             # Hyperband's bracket sets the epochs (its "tuner/epochs"); Bayesian trials sample them.
-            return score(values, int(trial.hyperparameters.values.get("tuner/epochs", values["epochs"])))
+            self.last_metrics = {}
+            self.last_metrics = score(values, int(trial.hyperparameters.values.get("tuner/epochs", values["epochs"])))
+            return self.last_metrics  # a worker's trial keeps no metrics locally: the chief's oracle holds them
+
+        def pre_create_trial(self):
+            super().pre_create_trial()
+            if deadline is not None and time.monotonic() >= deadline:
+                raise StopSearch("time budget")
+            if kind == TunerKind.hyperband and not self._is_worker() and _completed(self) >= options.max_trials:
+                raise StopSearch("max trials")
 
         def on_trial_end(self, trial):
             super().on_trial_end(trial)
-            metrics = trial.metrics.metrics
-            score = metrics[OBJECTIVE].get_best_value() if OBJECTIVE in metrics else float("nan")
-            spread = metrics[f"{OBJECTIVE}_std"].get_best_value() if f"{OBJECTIVE}_std" in metrics else float("nan")
-            done = len([t for t in self.oracle.trials.values() if t.status == "COMPLETED"])
-            log(f"trial {trial.trial_id}: accuracy {score:.4f} ± {spread:.4f} ({done} done)")
-            over_time = deadline is not None and time.monotonic() >= deadline
-            if over_time or (kind == TunerKind.hyperband and done >= options.max_trials):
-                self.oracle.max_trials = len(self.oracle.trials)  # no new trial; not saved, so a rerun goes on
+            metrics = getattr(self, "last_metrics", {})
+            score_, spread = metrics.get(OBJECTIVE, float("nan")), metrics.get(f"{OBJECTIVE}_std", float("nan"))
+            where = f" on {self.tuner_id}" if self._is_worker() else f" ({_completed(self)} done)"
+            log(f"trial {trial.trial_id}: accuracy {score_:.4f} ± {spread:.4f}{where}")
 
-    return Budgeted(_space(), **settings)
+    with contextlib.redirect_stdout(io.StringIO()):  # "Reloading Tuner from ...": not on a --json stdout
+        return Budgeted(_space(), **settings)
+
+
+class StopSearch(Exception):
+    """Raised before a new trial when the search must not start one (caught by `run_search`)."""
+
+
+def _completed(tuner) -> int:
+    return len([t for t in tuner.oracle.trials.values() if t.status == "COMPLETED"])
+
+
+def write_search_record(config, options: TuneOptions, tune_dir: Path) -> None:
+    """search.json: the settings and options a worker process rebuilds the search from."""
+    write_json_atomic(tune_dir / SEARCH, {"config": config.to_flat(), "options": dataclasses.asdict(options)})
+
+
+def read_search_record(tune_dir: Path):
+    """(TrainConfig, TuneOptions) from search.json."""
+    from toolkit.train.config import TrainConfig
+
+    data = json.loads((tune_dir / SEARCH).read_text())
+    options = dict(data["options"])
+    options["tuner"] = TunerKind(options["tuner"])
+    return TrainConfig.from_flat(**data["config"]), TuneOptions(**options)
+
+
+def run_search(config, options: TuneOptions, tune_dir: Path, log: Callable[[str], None], trials: bool = True):
+    """Build the tuner (a distributed role from KERASTUNER_* in the environment) and search until it stops.
+
+    `trials` False: the chief oracle, which serves the others and never trains, needs no features.
+    """
+    seed = config.optim.seed
+    if trials:
+        cached = cache_features(config, tune_dir, log)
+        folds = fold_indices(cached, options.folds, seed)
+        score = lambda values, epochs: _score(values, epochs, cached, folds, options, seed)  # noqa: E731
+    else:
+        score = None
+    deadline = time.monotonic() + options.time_budget_s if options.time_budget_s else None
+    tuner = _tuner(options.tuner, score, options, tune_dir, seed, deadline, log)
+    try:
+        tuner.search(verbose=0)
+    except StopSearch as reason:
+        log(f"no new trial: {reason}")
+    return tuner
+
+
+def report_tuner(config, options: TuneOptions, tune_dir: Path):
+    """The search's tuner, reloaded from its project folder in this process (for the report)."""
+    return _tuner(options.tuner, None, options, tune_dir, config.optim.seed, None, lambda _m: None)
 
 
 def search(config, options: TuneOptions, log: Callable[[str], None] = print) -> Path:
-    """Run (or resume) the search into RUN/tune; return the folder with its report (report.write_report)."""
+    """Run (or resume) the search into RUN/tune; return the folder with its report (report.write_report).
+
+    `options.workers` >= 1: a chief oracle and that many worker processes here; `options.chief`: this
+    process is one worker of a chief elsewhere (`toolkit.tune.distributed`).
+    """
     from toolkit.tf_setup import import_tensorflow
     from toolkit.tune.report import write_report
 
@@ -204,22 +267,23 @@ def search(config, options: TuneOptions, log: Callable[[str], None] = print) -> 
     tune_dir = Path(config.out) / "tune"
     tune_dir.mkdir(parents=True, exist_ok=True)
     with folder_lock(tune_dir, False):
-        write_json_atomic(
-            tune_dir / "search.json", {"config": config.to_flat(), "options": dataclasses.asdict(options)}
-        )
-        cached = cache_features(config, tune_dir, log)
-        folds = fold_indices(cached, options.folds, config.optim.seed)
-        deadline = time.monotonic() + options.time_budget_s if options.time_budget_s else None
-        seed = config.optim.seed
-        score = lambda values, epochs: _score(values, epochs, cached, folds, options, seed)  # noqa: E731
-        tuner = _tuner(options.tuner, score, options, tune_dir, seed, deadline, log)
-        with phase(f"searching ({options.tuner}, up to {options.max_trials} trials, {options.folds} folds)"):
-            tuner.search(verbose=0)
+        write_search_record(config, options, tune_dir)
+        what = f"searching ({options.tuner}, up to {options.max_trials} trials, {options.folds} folds"
+        if options.chief:
+            from toolkit.tune.distributed import run_worker_of
+
+            with phase(f"{what}, a worker of {options.chief})"):
+                run_worker_of(options.chief, config, options, tune_dir, log)
+            return tune_dir  # the chief's machine holds the trials and writes the report
+        if options.workers:
+            from toolkit.tune.distributed import run_local_cluster
+
+            cache_features(config, tune_dir, log)  # once, before the workers read it
+            with phase(f"{what}, {options.workers} workers)"):
+                run_local_cluster(tune_dir, options.workers, log, options.oracle_host, options.oracle_port)
+            tuner = report_tuner(config, options, tune_dir)
+        else:
+            with phase(f"{what})"):
+                tuner = run_search(config, options, tune_dir, log)
         write_report(tuner, config, tune_dir)
     return tune_dir
-
-
-def best_settings(path: Path) -> dict:
-    """best.json's flat training settings (what `toolkit train --config` reads)."""
-    data = json.loads(Path(path).read_text())
-    return dict(data["settings"])
