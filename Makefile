@@ -12,7 +12,7 @@ DEMO_SIZE ?= 224
 # with pip (docs/training.md "Weights"); run.json names the weights actually used.
 WEIGHTS_FLAGS := --weights $(or $(VGG16_WEIGHTS),imagenet)
 
-.PHONY: install system-deps demo test check lint format bench bench-real bench-int8 bench-serve bench-serve-hostile bench-calibration bench-explain bench-bases bench-defaults clean-demo
+.PHONY: install system-deps demo test check lint format bench bench-real bench-int8 bench-serve bench-serve-hostile bench-calibration bench-explain bench-tune bench-bases bench-defaults clean-demo
 
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 ORT_WEB := node_modules/onnxruntime-web/dist/ort.wasm.min.js
@@ -86,6 +86,13 @@ bench-explain: $(BIN)/toolkit
 	$(BIN)/toolkit demo-data $(DEMO_DATA) --image-size $(DEMO_SIZE) --per-class 200
 	$(BIN)/toolkit export $(CALIBRATION_RUN) --heatmap --quiet || test $$? -eq 1
 	$(BIN)/python benchmarks/explain.py $(CALIBRATION_RUN) $(DEMO_DATA)
+
+# toolkit tune (#41): a 20-trial search on the demo data, its best trained, against bench-calibration's run trained
+# with the defaults, both on the test images; writes benchmarks/TUNE.md (~25 min on 2 cores).
+bench-tune: $(BIN)/toolkit
+	test -f $(CALIBRATION_RUN)/best.keras || { echo "run make bench-calibration first"; exit 2; }
+	$(BIN)/toolkit demo-data $(DEMO_DATA) --image-size $(DEMO_SIZE) --per-class 200
+	$(BIN)/python benchmarks/tune.py $(DEMO_DATA) --defaults-run $(CALIBRATION_RUN) --weights $(or $(VGG16_WEIGHTS),imagenet)
 
 # Every base network (toolkit bases) with random weights at 224 px: export --format all, then bench at batch 1:
 # size and latency per format, GFLOP counted on the graph; writes benchmarks/BASES.md (~60 min, 2 cores).
