@@ -70,6 +70,7 @@ class ExportContext:
     accuracy_control: AccuracyControl | None = None  # OpenVINO int8 under the fix: NNCF restores accuracy itself
     scratch: dict[str, Path] = dataclasses.field(default_factory=dict)  # shared intermediates
     variant: str = ""  # "heatmap": the model has a second output (export/heatmap.py); "" for the plain artifacts
+    float_scope: str = ""  # int8: a regex of node names kept in float (a heatmap artifact's map; export/heatmap.py)
     variants: dict[str, ExportContext] = dataclasses.field(default_factory=dict)  # variant -> its context, made once
 
 

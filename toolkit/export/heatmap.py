@@ -6,9 +6,10 @@ its own name (`model_float32_heatmap.onnx`, `web-float32-heatmap/`), with the fa
 the maps are (`ModelFacts.heatmap`). The plain artifacts stay single-output, so MediaPipe Tasks and apps
 built on them are unaffected. The automatic int8 fix is not applied to heatmap artifacts: they are
 explanations beside a shipped model, gated like it on their probabilities and on their maps' agreement
-with the Keras model's (`toolkit.runtime.heatmap.agreement`). In the int8 ones the Grad-CAM layer's own
-ops (`in_scope`) stay float: its gradient terms and products span ranges one int8 scale cannot hold,
-and they cost next to nothing beside the base's convolutions, which are quantised as usual.
+with the Keras model's (`toolkit.runtime.heatmap.agreement`). In the int8 ones the map's own path stays
+float (`float_scope`): the Grad-CAM layer (its gradient terms and products span ranges one int8 scale
+cannot hold) and the base's last block, whose activations the map is made of (the base's first
+fine-tuning cut, from its record); the blocks below are quantised as usual. Measured: benchmarks/EXPLAIN.md.
 """
 
 from __future__ import annotations
@@ -23,13 +24,24 @@ from toolkit.export.base import ExportContext, ExportFormat, variant_filename, w
 from toolkit.facts import HEATMAP_OUTPUT
 
 VARIANT = "heatmap"
-SCOPE = rf".*/{HEATMAP_OUTPUT}(_\d+)?/.*"  # the Grad-CAM layer's op names in every converted graph (a regex)
 
 
-def in_scope(names: Iterable[str]) -> list[str]:
-    """The node or tensor names among `names` that belong to the Grad-CAM layer: what int8 keeps in float."""
-    pattern = re.compile(SCOPE)
-    return [name for name in names if pattern.fullmatch(name)]
+def float_scope(model) -> str:
+    """A regex matching the converted graphs' op names of the Grad-CAM layer and the base's last block.
+
+    Keras names ops by the layers' scopes ("classifier_1/features_1/vgg16_1/block5_conv1_1/convolution"),
+    and ONNX, TFLite and OpenVINO keep those names, so one pattern selects the same layers in each.
+    """
+    from toolkit.model import base_spec, fine_tuned_base_layers
+
+    names = [HEATMAP_OUTPUT, *(layer.name for layer in fine_tuned_base_layers(model, base_spec(model).default_cut))]
+    return rf".*/({'|'.join(re.escape(name) for name in names)})(_\d+)?/.*"
+
+
+def in_scope(names: Iterable[str], pattern: str) -> list[str]:
+    """The node or tensor names among `names` that `pattern` (a `float_scope`) selects: what int8 keeps float."""
+    compiled = re.compile(pattern)
+    return [name for name in names if compiled.fullmatch(name)]
 
 
 def heatmap_context(ctx: ExportContext) -> ExportContext:
@@ -41,7 +53,13 @@ def heatmap_context(ctx: ExportContext) -> ExportContext:
         work.mkdir(exist_ok=True)
         facts = dataclasses.replace(ctx.facts, extra={**ctx.facts.extra, HEATMAP_OUTPUT: heatmap_record(ctx.model)})
         ctx.variants[VARIANT] = dataclasses.replace(
-            ctx, model=heatmap_model(ctx.model), facts=facts, variant=VARIANT, scratch={"work": work}, variants={}
+            ctx,
+            model=heatmap_model(ctx.model),
+            facts=facts,
+            variant=VARIANT,
+            scratch={"work": work},
+            variants={},
+            float_scope=float_scope(ctx.model),
         )
     variant = ctx.variants[VARIANT]
     variant.calibration = ctx.calibration  # the user's int8 calibration, as the plain artifacts use it

@@ -81,12 +81,13 @@ def convert_int8(ctx: ExportContext, dest: Path) -> None:
 
 
 def _heatmap_nodes(ctx: ExportContext, prepared: Path) -> list[str]:
-    """A heatmap artifact's Grad-CAM nodes (kept in float, export/heatmap.py); none for the plain artifact."""
+    """A heatmap artifact's map path (kept in float, export/heatmap.py); none for the plain artifact."""
     import onnx
 
-    if not ctx.variant:
+    if not ctx.float_scope:
         return []
-    return in_scope(node.name for node in onnx.load(str(prepared), load_external_data=False).graph.node)
+    nodes = onnx.load(str(prepared), load_external_data=False).graph.node
+    return in_scope((node.name for node in nodes), ctx.float_scope)
 
 
 def _rank_layers(ctx: ExportContext, images: np.ndarray) -> list[list[str]]:

@@ -27,7 +27,6 @@ import numpy as np
 
 from toolkit.errors import ExportError
 from toolkit.export.base import AccuracyControl, ExportContext, ExportFormat, work_dir
-from toolkit.export.heatmap import SCOPE
 from toolkit.export.int8_fix import finish_fix, fix_summary
 from toolkit.export.openvino import describe_ir, float_ir, save_ir
 from toolkit.progress import phase
@@ -80,8 +79,8 @@ def _quantize(ctx: ExportContext, model, control: AccuracyControl | None):
         "target_device": nncf.TargetDevice.CPU,
         "subset_size": len(ctx.calibration_images),
     }
-    if ctx.float_layers or ctx.variant:  # the fix's float layers; a heatmap artifact's Grad-CAM (export/heatmap.py)
-        patterns = [SCOPE] if ctx.variant else []
+    if ctx.float_layers or ctx.float_scope:  # the fix's float layers; a heatmap artifact's map (export/heatmap.py)
+        patterns = [ctx.float_scope] if ctx.float_scope else []
         common["ignored_scope"] = nncf.IgnoredScope(names=list(ctx.float_layers), patterns=patterns, validate=False)
     calibration = _dataset(ctx.calibration_images)
     if control is None:

@@ -130,13 +130,14 @@ def quantize(calibrated: bytes, float_layers: list[str], debug: bool = False) ->
 
 
 def _heatmap_tensors(ctx: ExportContext, model: bytes) -> list[str]:
-    """A heatmap artifact's Grad-CAM tensors (kept in float, export/heatmap.py); none for the plain artifact."""
+    """A heatmap artifact's map path (kept in float, export/heatmap.py); none for the plain artifact."""
     from tensorflow.lite.tools import flatbuffer_utils
 
-    if not ctx.variant:
+    if not ctx.float_scope:
         return []
     graph = flatbuffer_utils.convert_bytearray_to_object(bytearray(model)).subgraphs[0]
-    return in_scope(t.name.decode() if isinstance(t.name, bytes) else t.name for t in graph.tensors)
+    names = (t.name.decode() if isinstance(t.name, bytes) else t.name for t in graph.tensors)
+    return in_scope(names, ctx.float_scope)
 
 
 def convert_int8(ctx: ExportContext, dest: Path) -> None:
