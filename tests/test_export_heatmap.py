@@ -89,3 +89,20 @@ def test_explain_on_an_artifact_gives_the_keras_files_labels_and_peaks(heatmap_r
     assert [r["label"] for r in keras] == [r["label"] for r in tflite]
     for a, b in zip(keras, tflite):
         assert np.allclose(a["peak"], b["peak"], atol=0.02) and abs(a["probability"] - b["probability"]) < 1e-4
+
+
+def test_int8_keeps_the_maps_path_float_by_one_name_pattern():
+    """The Grad-CAM layer and the base's last block (its first fine-tuning cut), as every converter names them."""
+    from toolkit.export.heatmap import float_scope, in_scope
+    from toolkit.model import build_classifier
+
+    model, _ = build_classifier(2, 64, "none", head="gap", base="tiny")
+    pattern = float_scope(model)
+    names = [
+        "classifier_with_heatmap_1/heatmap_1/Tensordot/MatMul",  # ONNX and OpenVINO node names
+        "classifier_with_heatmap_1/features_1/tiny_1/block5_conv1_1/convolution",
+        "classifier_with_heatmap_1/features_1/tiny_1/block5_pool_1/MaxPool2d;block5_conv1",  # a TFLite tensor
+        "classifier_with_heatmap_1/features_1/tiny_1/block4_conv1_1/convolution",
+        "classifier_with_heatmap_1/head_1/probs_1/MatMul",
+    ]
+    assert in_scope(names, pattern) == names[:3]
