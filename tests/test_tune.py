@@ -33,7 +33,7 @@ def test_folds_are_stratified_and_keep_a_group_in_one_fold():
 
     labels = np.array([0, 1] * 12)
     groups = [f"g{i // 4}" for i in range(24)]  # six groups of four images
-    cached = CachedFeatures(np.zeros((24, 1)), labels, np.arange(24) >= 18, groups, 2)
+    cached = CachedFeatures({"tiny": np.zeros((24, 1))}, labels, np.arange(24) >= 18, groups, 2)
     folds = fold_indices(cached, 3, seed=0)
     assert len(folds) == 3 and sorted(np.concatenate([held for _, held in folds]).tolist()) == list(range(24))
     for train, held in folds:
@@ -114,6 +114,23 @@ def test_two_local_workers_share_one_search(demo_dir, tmp_path):
     assert len(rows) == 4 and all(r["status"] == "COMPLETED" for r in rows)
     assert {line.split(" on ")[-1] for line in lines if line.startswith("trial ")} == {"tuner0", "tuner1"}
     assert (run / "tune" / "best.json").is_file()
+
+
+@pytest.mark.slow
+def test_several_bases_are_one_more_choice_each_with_its_features(demo_dir, tmp_path):
+    from toolkit.tune import TuneOptions, search
+
+    run = tmp_path / "run"
+    search(
+        train_config(demo_dir, run), TuneOptions(max_trials=4, folds=2, bases=["tiny", "vgg16"]), log=lambda _m: None
+    )
+    assert {p.name for p in (run / "tune").glob("features-*.npy")} == {"features-tiny.npy", "features-vgg16.npy"}
+    rows = _rows(run)
+    assert len(rows) == 4 and {r["base"] for r in rows} <= {"tiny", "vgg16"}
+    best = json.loads((run / "tune" / "best.json").read_text())
+    assert best["settings"]["base"] == next(r["base"] for r in rows if r["trial"] == best["trial"])
+    unknown = runner.invoke(app, ["tune", str(demo_dir), "--out", str(tmp_path / "x"), "--bases", "tiny,vgg99"])
+    assert unknown.exit_code == 2 and "vgg99" in unknown.stderr
 
 
 def test_a_settings_file_with_an_unknown_setting_is_one_line(demo_dir, tmp_path):

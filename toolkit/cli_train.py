@@ -17,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from toolkit.bases import base_names, cuts_help
+from toolkit.bases import base_names, cuts_help, get_base
 from toolkit.calibration import ScoreCalibration
 from toolkit.cli_flags import Arg, Opt
 from toolkit.console import echo_json, use_progress, user_errors
@@ -211,6 +211,9 @@ def tune(
         TUNE.folds
     ),
     base: Annotated[str, Opt(help="The frozen network (toolkit bases).")] = TRAIN.base,
+    bases: Annotated[
+        str | None, Opt(help="Comma-separated bases to search among (each one's features cached once).")
+    ] = TUNE.bases,
     image_size: Annotated[int | None, Opt(help="Input size (default: the base's own).")] = TRAIN.image_size,
     weights: Annotated[str, Opt(help="imagenet, none, or a weights file.")] = TRAIN.weights,
     val_split: Annotated[float, Opt(help="Validation share (used by --folds 1).")] = TRAIN.val_split,
@@ -241,8 +244,11 @@ def tune(
             "cache_dir": str(cache_dir) if cache_dir else None, "augment": False}  # fmt: skip
     config = TrainConfig.from_flat(**flat)
     config.validate()
+    searched = [name.strip() for name in bases.split(",") if name.strip()] if bases else None
+    for name in searched or []:
+        get_base(name)  # an unknown base: one line, before any image is decoded
     options = TuneOptions(tuner=tuner, max_trials=max_trials, time_budget_s=time_budget, folds=folds, workers=workers,
-                          oracle_host=oracle_host, oracle_port=oracle_port, chief=chief)  # fmt: skip
+                          oracle_host=oracle_host, oracle_port=oracle_port, chief=chief, bases=searched)  # fmt: skip
     log = (lambda _m: None) if json_output or quiet else typer.echo
     folder = search(config, options, log=log)
     best = folder / "best.json"

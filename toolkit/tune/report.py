@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 
 from toolkit.fileio import write_json_atomic, write_text_atomic, write_with
-from toolkit.tune.space import NAMES, values_of
+from toolkit.tune.space import BASE, NAMES, values_of
 
 OBJECTIVE = "val_accuracy"
 
@@ -19,7 +19,7 @@ def _metric(trial, name: str) -> float:
     return float(metrics[name].get_best_value()) if name in metrics else math.nan
 
 
-def trial_rows(tuner) -> list[dict]:
+def trial_rows(tuner, bases: list[str]) -> list[dict]:
     """Every trial, in the order they were created: id, status, score, spread, loss, and its settings."""
     rows = []
     for trial_id, trial in sorted(tuner.oracle.trials.items(), key=lambda kv: int(kv[0])):
@@ -27,7 +27,7 @@ def trial_rows(tuner) -> list[dict]:
         rows.append({
             "trial": trial_id, "status": trial.status, "accuracy": _metric(trial, OBJECTIVE),
             "accuracy_std": _metric(trial, f"{OBJECTIVE}_std"), "log_loss": _metric(trial, "val_loss"),
-            **values_of(values),
+            **values_of(values, bases),
             "epochs": values.get("tuner/epochs", values.get("epochs")),
         })  # fmt: skip
     return rows
@@ -65,16 +65,16 @@ def _plot(rows: list[dict], dest: Path) -> None:
     plt.close(fig)
 
 
-def write_report(tuner, config, tune_dir: Path) -> dict | None:
+def write_report(tuner, config, tune_dir: Path, bases: list[str]) -> dict | None:
     """Write the three files; return best.json's content (None when no trial finished)."""
-    rows = trial_rows(tuner)
+    rows = trial_rows(tuner, bases)
     write_text_atomic(tune_dir / "trials.csv", _csv(rows))
     _plot(rows, tune_dir / "trials.png")
     finished = [r for r in rows if not math.isnan(r["accuracy"])]
     if not finished:
         return None
     best = max(finished, key=lambda r: (r["accuracy"], -r["log_loss"]))
-    settings = {**config.to_flat(), **{name: best[name] for name in NAMES}, "epochs": int(best["epochs"])}
+    settings = {**config.to_flat(), **{name: best[name] for name in (*NAMES, BASE)}, "epochs": int(best["epochs"])}
     settings.pop("out", None)
     record = {"settings": settings, "trial": best["trial"], "accuracy": best["accuracy"],
               "accuracy_std": best["accuracy_std"], "log_loss": best["log_loss"], "trials": len(finished)}  # fmt: skip

@@ -29,7 +29,7 @@ from toolkit.progress import phase
 from toolkit.tune.space import SPACE, sample_all, values_of
 
 OBJECTIVE = "val_accuracy"  # the mean over folds; its spread is recorded as val_accuracy_std
-FEATURES = "features.npy"
+FEATURES = "features-{base}.npy"  # one store per base searched
 SEARCH = "search.json"
 
 
@@ -53,21 +53,27 @@ class TuneOptions:
     oracle_host: str = "127.0.0.1"  # where the local chief listens (0.0.0.0: workers on other machines join)
     oracle_port: int | None = None  # None: a free port
     chief: str | None = None  # HOST:PORT: run as one worker of a chief started elsewhere
+    bases: list[str] | None = None  # several bases: one more choice (None: the config's base)
 
 
 @dataclasses.dataclass
 class CachedFeatures:
     """The frozen base's output for every non-test image, with labels, the validation mask and the groups."""
 
-    features: np.ndarray  # N x h x w x C (a memmap)
+    features: dict[str, np.ndarray]  # base name -> N x h x w x C (a memmap)
     labels: np.ndarray
     in_val: np.ndarray  # bool: the run's own validation split (used by --folds 1)
     groups: list[str] | None
     num_classes: int
 
 
-def cache_features(config, tune_dir: Path, log: Callable[[str], None]) -> CachedFeatures:
-    """Extract (once) the features of the train and validation splits; a finished store is reused."""
+def bases_of(config, options: TuneOptions) -> list[str]:
+    """The bases a search covers: --bases, else the config's one."""
+    return list(options.bases or []) or [config.base.name]
+
+
+def cache_features(config, options: TuneOptions, tune_dir: Path, log: Callable[[str], None]) -> CachedFeatures:
+    """Extract (once per base) the features of the train and validation splits; a finished store is reused."""
     from toolkit.data.groups import path_groups
     from toolkit.fileio import atomic_path
     from toolkit.model import build_classifier
@@ -81,16 +87,18 @@ def cache_features(config, tune_dir: Path, log: Callable[[str], None]) -> Cached
     paths = list(data.train.paths) + list(data.val.paths)
     found = path_groups(Path(config.data.folder), paths, config.data.groups, config.data.group_pattern)
     groups = [found[p] for p in paths] if found else None
-    store = tune_dir / FEATURES
-    if not store.is_file() or np.load(store, mmap_mode="r").shape[0] != len(labels):
-        model, _ = build_classifier(
-            len(data.classes), config.base.image_size, WeightsRequest(config.base.weights, log=log),
-            base=config.base.name,
-        )  # fmt: skip
-        images = np.concatenate([np.asarray(data.train.images), np.asarray(data.val.images)])
-        with atomic_path(store) as tmp:
-            extract_features(model.get_layer("features"), images, tmp, 16, description="features for the search")
-    return CachedFeatures(np.load(store, mmap_mode="r"), labels, in_val, groups, len(data.classes))
+    features = {}
+    for base in bases_of(config, options):
+        store = tune_dir / FEATURES.format(base=base)
+        if not store.is_file() or np.load(store, mmap_mode="r").shape[0] != len(labels):
+            model, _ = build_classifier(
+                len(data.classes), config.base.image_size, WeightsRequest(config.base.weights, log=log), base=base
+            )
+            images = np.concatenate([np.asarray(data.train.images), np.asarray(data.val.images)])
+            with atomic_path(store) as tmp:
+                extract_features(model.get_layer("features"), images, tmp, 16, description=f"{base} features")
+        features[base] = np.load(store, mmap_mode="r")
+    return CachedFeatures(features, labels, in_val, groups, len(data.classes))
 
 
 def fold_indices(cached: CachedFeatures, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -119,9 +127,10 @@ def _train_fold(values: dict, cached: CachedFeatures, train: np.ndarray, held: n
     from toolkit.train.fit import class_weights, compile_model
 
     keras.utils.set_random_seed(seed)
-    head = build_head(tuple(cached.features.shape[1:]), cached.num_classes, values["head"], values["dropout"],
+    features = cached.features[values["base"]]
+    head = build_head(tuple(features.shape[1:]), cached.num_classes, values["head"], values["dropout"],
                       values["feature_norm"])  # fmt: skip
-    x_train = np.asarray(cached.features[np.sort(train)], np.float32)
+    x_train = np.asarray(features[np.sort(train)], np.float32)
     y_train = cached.labels[np.sort(train)]
     if feature_norm(head) is not None:
         pooled = pre_norm(head).predict(x_train, batch_size=256, verbose=0).astype(np.float64)
@@ -131,7 +140,7 @@ def _train_fold(values: dict, cached: CachedFeatures, train: np.ndarray, held: n
     onehot = keras.utils.to_categorical(y_train, cached.num_classes)
     weights = class_weights(values["class_weight"], y_train, cached.num_classes)
     head.fit(x_train, onehot, batch_size=batch_size, epochs=epochs, class_weight=weights, verbose=0, shuffle=True)
-    x_held = np.asarray(cached.features[np.sort(held)], np.float32)
+    x_held = np.asarray(features[np.sort(held)], np.float32)
     probs = head.predict(x_held, batch_size=256, verbose=0)
     y_held = cached.labels[np.sort(held)]
     accuracy = float((probs.argmax(1) == y_held).mean())
@@ -139,14 +148,14 @@ def _train_fold(values: dict, cached: CachedFeatures, train: np.ndarray, held: n
     return accuracy, loss
 
 
-def _space():
+def _space(bases: list[str]):
     import keras_tuner as kt
 
     class HeadSpace(kt.HyperModel):
-        """Registers SPACE with the tuner; trials train heads on features (`_score`), not a model built here."""
+        """Registers SPACE (and the base, when several) with the tuner; trials train heads on features (`_score`)."""
 
         def build(self, hp):
-            sample_all(hp)
+            sample_all(hp, bases)
 
     return HeadSpace()
 
@@ -162,8 +171,8 @@ def _score(values: dict, epochs: int, cached: CachedFeatures, folds: list, optio
     }
 
 
-def _tuner(kind: str, score: Callable[[dict, int], dict], options: TuneOptions, folder: Path, seed: int,
-           deadline: float | None, log):  # fmt: skip
+def _tuner(kind: str, score: Callable[[dict, int], dict], options: TuneOptions, bases: list[str], folder: Path,
+           seed: int, deadline: float | None, log):  # fmt: skip
     import keras_tuner as kt
 
     objective = kt.Objective(OBJECTIVE, direction="max")
@@ -181,7 +190,7 @@ def _tuner(kind: str, score: Callable[[dict, int], dict], options: TuneOptions, 
         """Trials on cached features; no new trial after the time budget (or, Hyperband, max_trials finished)."""
 
         def run_trial(self, trial, *args, **kwargs):
-            values = values_of(trial.hyperparameters.values)
+            values = values_of(trial.hyperparameters.values, bases)
             # Hyperband's bracket sets the epochs (its "tuner/epochs"); Bayesian trials sample them.
             self.last_metrics = {}
             self.last_metrics = score(values, int(trial.hyperparameters.values.get("tuner/epochs", values["epochs"])))
@@ -202,7 +211,7 @@ def _tuner(kind: str, score: Callable[[dict, int], dict], options: TuneOptions, 
             log(f"trial {trial.trial_id}: accuracy {score_:.4f} ± {spread:.4f}{where}")
 
     with contextlib.redirect_stdout(io.StringIO()):  # "Reloading Tuner from ...": not on a --json stdout
-        return Budgeted(_space(), **settings)
+        return Budgeted(_space(bases), **settings)
 
 
 class StopSearch(Exception):
@@ -233,15 +242,15 @@ def run_search(config, options: TuneOptions, tune_dir: Path, log: Callable[[str]
 
     `trials` False: the chief oracle, which serves the others and never trains, needs no features.
     """
-    seed = config.optim.seed
+    seed, bases = config.optim.seed, bases_of(config, options)
     if trials:
-        cached = cache_features(config, tune_dir, log)
+        cached = cache_features(config, options, tune_dir, log)
         folds = fold_indices(cached, options.folds, seed)
         score = lambda values, epochs: _score(values, epochs, cached, folds, options, seed)  # noqa: E731
     else:
         score = None
     deadline = time.monotonic() + options.time_budget_s if options.time_budget_s else None
-    tuner = _tuner(options.tuner, score, options, tune_dir, seed, deadline, log)
+    tuner = _tuner(options.tuner, score, options, bases, tune_dir, seed, deadline, log)
     try:
         tuner.search(verbose=0)
     except StopSearch as reason:
@@ -251,7 +260,8 @@ def run_search(config, options: TuneOptions, tune_dir: Path, log: Callable[[str]
 
 def report_tuner(config, options: TuneOptions, tune_dir: Path):
     """The search's tuner, reloaded from its project folder in this process (for the report)."""
-    return _tuner(options.tuner, None, options, tune_dir, config.optim.seed, None, lambda _m: None)
+    bases = bases_of(config, options)
+    return _tuner(options.tuner, None, options, bases, tune_dir, config.optim.seed, None, lambda _m: None)
 
 
 def search(config, options: TuneOptions, log: Callable[[str], None] = print) -> Path:
@@ -278,12 +288,12 @@ def search(config, options: TuneOptions, log: Callable[[str], None] = print) -> 
         if options.workers:
             from toolkit.tune.distributed import run_local_cluster
 
-            cache_features(config, tune_dir, log)  # once, before the workers read it
+            cache_features(config, options, tune_dir, log)  # once, before the workers read it
             with phase(f"{what}, {options.workers} workers)"):
                 run_local_cluster(tune_dir, options.workers, log, options.oracle_host, options.oracle_port)
             tuner = report_tuner(config, options, tune_dir)
         else:
             with phase(f"{what})"):
                 tuner = run_search(config, options, tune_dir, log)
-        write_report(tuner, config, tune_dir)
+        write_report(tuner, config, tune_dir, bases_of(config, options))
     return tune_dir

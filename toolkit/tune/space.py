@@ -48,11 +48,16 @@ SPACE: tuple[Hyper, ...] = (
 NAMES = tuple(h.name for h in SPACE)
 
 
-def values_of(stored: dict) -> dict[str, Any]:
-    """A trial's values of SPACE, each as its setting's type."""
-    return {h.name: h.value(stored.get(h.name)) for h in SPACE}
+BASE = "base"  # one more choice when a search covers several bases (`--bases`)
 
 
-def sample_all(hp) -> dict[str, Any]:
-    """Every hyperparameter of SPACE for this trial, by its flat name."""
-    return {h.name: h.sample(hp) for h in SPACE}
+def values_of(stored: dict, bases: list[str]) -> dict[str, Any]:
+    """A trial's values of SPACE, each as its setting's type, and its base."""
+    return {**{h.name: h.value(stored.get(h.name)) for h in SPACE}, BASE: stored.get(BASE, bases[0])}
+
+
+def sample_all(hp, bases: list[str]) -> dict[str, Any]:
+    """Every hyperparameter of SPACE for this trial, by its flat name; the base too when there are several."""
+    values = {h.name: h.sample(hp) for h in SPACE}
+    values[BASE] = hp.Choice(BASE, list(bases)) if len(bases) > 1 else bases[0]
+    return values
