@@ -96,6 +96,11 @@ class MissingDependencyError(ToolkitError):
     """A command needs a package that this install left out (the base install has no TensorFlow)."""
 
 
+class SearchStopped(Exception):
+    """`toolkit tune`: raised before a trial the search must not start (time budget, max trials); caught in
+    `toolkit.tune.search.run_search`, never shown as an error."""
+
+
 class Interrupted(ToolkitError):
     """The user pressed Ctrl-C; state needed to resume was saved."""
 

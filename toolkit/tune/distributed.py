@@ -2,7 +2,7 @@
 
 Roles come from the environment Keras Tuner reads: KERASTUNER_TUNER_ID ("chief" or a worker's id),
 KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT (the chief's gRPC address). `toolkit tune --workers N`
-starts the chief and N workers as processes of this machine (`python -m toolkit.tune.distributed
+starts the chief and N workers as processes of this machine (`python -m toolkit.tune.worker
 RUN/tune`, each rebuilding the search from search.json and sharing the cached features), streams their
 trial lines, and ends the chief once every worker has stopped (the search finished, or the time budget
 left no room for another trial). `toolkit tune --chief HOST:PORT` runs one worker in this process for a
@@ -40,7 +40,7 @@ def _start(tune_dir: Path, tuner_id: str, host: str, port: int) -> subprocess.Po
     env = {**os.environ, **role_environment(tuner_id, host, port)}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     return subprocess.Popen(
-        [sys.executable, "-m", "toolkit.tune.distributed", str(tune_dir)],
+        [sys.executable, "-m", "toolkit.tune.worker", str(tune_dir)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
     )  # fmt: skip
 
@@ -73,29 +73,9 @@ def run_local_cluster(tune_dir: Path, workers: int, log: Callable[[str], None], 
         raise TrainingError(f"a tuning worker failed (exit codes {codes}); its lines are above")
 
 
-def run_worker_of(chief: str, config, options, tune_dir: Path, log: Callable[[str], None]):
-    """This process as one worker of the chief at HOST:PORT (`toolkit tune --chief`)."""
-    from toolkit.tune.search import run_search
-
+def join_chief(chief: str) -> None:
+    """Make this process one worker of the chief at HOST:PORT (`toolkit tune --chief`)."""
     host, _, port = chief.rpartition(":")
     if not host or not port.isdigit():
         raise TrainingError(f"--chief must be HOST:PORT, got {chief}")
     os.environ.update(role_environment(f"tuner-{socket.gethostname()}-{os.getpid()}", host, int(port)))
-    return run_search(config, options, tune_dir, log)
-
-
-def main(argv: list[str]) -> int:
-    """A role of the local cluster: the chief serves the oracle, a worker runs trials until the oracle stops it."""
-    from toolkit.tf_setup import import_tensorflow
-    from toolkit.tune.search import read_search_record, run_search
-
-    import_tensorflow()
-    tune_dir = Path(argv[0])
-    config, options = read_search_record(tune_dir)
-    is_chief = os.environ.get("KERASTUNER_TUNER_ID") == CHIEF
-    run_search(config, options, tune_dir, lambda line: print(line, flush=True), trials=not is_chief)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

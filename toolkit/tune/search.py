@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.errors import TrainingError
+from toolkit.errors import SearchStopped, TrainingError
 from toolkit.fileio import folder_lock, write_json_atomic
 from toolkit.progress import phase
 from toolkit.tune.space import SPACE, sample_all, values_of
@@ -171,10 +171,11 @@ def _score(values: dict, epochs: int, cached: CachedFeatures, folds: list, optio
     }
 
 
-def _tuner(kind: str, score: Callable[[dict, int], dict], options: TuneOptions, bases: list[str], folder: Path,
+def _tuner(score: Callable[[dict, int], dict] | None, options: TuneOptions, bases: list[str], folder: Path,
            seed: int, deadline: float | None, log):  # fmt: skip
     import keras_tuner as kt
 
+    kind = options.tuner
     objective = kt.Objective(OBJECTIVE, direction="max")
     common = {"objective": objective, "directory": str(folder), "project_name": "keras_tuner", "overwrite": False,
               "seed": seed}  # fmt: skip
@@ -199,9 +200,9 @@ def _tuner(kind: str, score: Callable[[dict, int], dict], options: TuneOptions, 
         def pre_create_trial(self):
             super().pre_create_trial()
             if deadline is not None and time.monotonic() >= deadline:
-                raise StopSearch("time budget")
+                raise SearchStopped("time budget")
             if kind == TunerKind.hyperband and not self._is_worker() and _completed(self) >= options.max_trials:
-                raise StopSearch("max trials")
+                raise SearchStopped("max trials")
 
         def on_trial_end(self, trial):
             super().on_trial_end(trial)
@@ -212,10 +213,6 @@ def _tuner(kind: str, score: Callable[[dict, int], dict], options: TuneOptions, 
 
     with contextlib.redirect_stdout(io.StringIO()):  # "Reloading Tuner from ...": not on a --json stdout
         return Budgeted(_space(bases), **settings)
-
-
-class StopSearch(Exception):
-    """Raised before a new trial when the search must not start one (caught by `run_search`)."""
 
 
 def _completed(tuner) -> int:
@@ -250,10 +247,10 @@ def run_search(config, options: TuneOptions, tune_dir: Path, log: Callable[[str]
     else:
         score = None
     deadline = time.monotonic() + options.time_budget_s if options.time_budget_s else None
-    tuner = _tuner(options.tuner, score, options, bases, tune_dir, seed, deadline, log)
+    tuner = _tuner(score, options, bases, tune_dir, seed, deadline, log)
     try:
         tuner.search(verbose=0)
-    except StopSearch as reason:
+    except SearchStopped as reason:
         log(f"no new trial: {reason}")
     return tuner
 
@@ -261,7 +258,7 @@ def run_search(config, options: TuneOptions, tune_dir: Path, log: Callable[[str]
 def report_tuner(config, options: TuneOptions, tune_dir: Path):
     """The search's tuner, reloaded from its project folder in this process (for the report)."""
     bases = bases_of(config, options)
-    return _tuner(options.tuner, None, options, bases, tune_dir, config.optim.seed, None, lambda _m: None)
+    return _tuner(None, options, bases, tune_dir, config.optim.seed, None, lambda _m: None)
 
 
 def search(config, options: TuneOptions, log: Callable[[str], None] = print) -> Path:
@@ -280,10 +277,11 @@ def search(config, options: TuneOptions, log: Callable[[str], None] = print) -> 
         write_search_record(config, options, tune_dir)
         what = f"searching ({options.tuner}, up to {options.max_trials} trials, {options.folds} folds"
         if options.chief:
-            from toolkit.tune.distributed import run_worker_of
+            from toolkit.tune.distributed import join_chief
 
             with phase(f"{what}, a worker of {options.chief})"):
-                run_worker_of(options.chief, config, options, tune_dir, log)
+                join_chief(options.chief)  # this process's role, in the environment Keras Tuner reads
+                run_search(config, options, tune_dir, log)
             return tune_dir  # the chief's machine holds the trials and writes the report
         if options.workers:
             from toolkit.tune.distributed import run_local_cluster
