@@ -80,6 +80,7 @@ def test_the_time_budget_stops_new_trials(demo_dir, tmp_path):
 
 
 @pytest.mark.slow  # a subprocess killed mid-search
+@pytest.mark.xdist_group("processes")  # with the other multi-process tests, one at a time
 def test_a_search_killed_mid_trial_resumes(demo_dir, tmp_path):
     run = tmp_path / "run"
     command = [sys.executable, "-m", "toolkit.cli", "tune", str(demo_dir), "--out", str(run), "--base", "tiny",
@@ -105,6 +106,7 @@ def test_a_search_killed_mid_trial_resumes(demo_dir, tmp_path):
 
 
 @pytest.mark.slow  # three processes: the chief oracle and two workers
+@pytest.mark.xdist_group("processes")  # with the other multi-process tests, one at a time
 def test_two_local_workers_share_one_search(demo_dir, tmp_path):
     from toolkit.tune import TuneOptions, search
 

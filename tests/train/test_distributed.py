@@ -51,6 +51,7 @@ def test_mirrored_strategy_on_two_logical_cpus(demo_dir, tmp_path):
     assert (tmp_path / "run" / "best.keras").is_file()
 
 
+@pytest.mark.xdist_group("processes")  # several TF processes in lockstep: never beside the tuning cluster's
 def test_multiworker_strategy_with_two_local_workers_sharing_one_run_folder(demo_dir, tmp_path):
     """Plain augmented mode: each worker refreshes its own features every epoch, in its own files."""
     ports = [_free_port(), _free_port()]
