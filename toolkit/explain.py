@@ -52,21 +52,22 @@ def check_explainable(classifier) -> None:
         )
 
 
-def _maps(classifier, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _heatmaps_of(classifier):
+    """batch -> (probabilities, maps): the artifact's own outputs, or a `.keras` model's graph traced once."""
     if classifier.format == "keras":
-        from toolkit.heatmap_model import keras_heatmaps
+        from toolkit.heatmap_model import heatmap_function
 
-        return keras_heatmaps(classifier.backend.model, pixels)
-    return classifier.heatmap_arrays(pixels)
+        return heatmap_function(classifier.backend.model)
+    return classifier.heatmap_arrays
 
 
 def explain_images(classifier, images: list[Path], batch_size: int = 8) -> list[Explanation]:
     """One explanation per image, decoded as training decoded it; the label and probability are the model's own."""
-    out = []
+    out, heatmaps = [], _heatmaps_of(classifier)
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
         pixels = np.stack([classifier.preprocess(p) for p in chunk])
-        probs, raw = _maps(classifier, pixels)
+        probs, raw = heatmaps(pixels)
         decided = classifier.decide(probs)
         for path, grid, p, index in zip(chunk, class_maps(raw, decided), probs, decided):
             heatmap = to_image(grid, classifier.image_size)

@@ -143,24 +143,24 @@ def heatmap_record(model) -> dict:
     }
 
 
-def keras_heatmaps(model, images, batch_size: int = 32):
+def heatmap_function(model):
+    """The classifier's two outputs as one traced function of a uint8 batch: (probabilities, maps)."""
+    from toolkit.keras_io import inference_function
+
+    return inference_function(heatmap_model(model))
+
+
+def keras_heatmaps(model, images, batch_size: int = 32, forward=None):
     """(probabilities N x K, maps N x h x w x K) of the classifier `model` for uint8 `images`, in batches.
 
-    The reference every heatmap artifact is compared with, and `toolkit explain`'s maps for a `.keras` file.
+    The reference every heatmap artifact is compared with, and `toolkit explain`'s maps for a `.keras` file;
+    `forward` (`heatmap_function(model)`) lets a caller with many batches trace the graph once.
     """
     import numpy as np
-    import tensorflow as tf
 
-    two = heatmap_model(model)
-    forward = tf.function(
-        lambda x: two(x, training=False), input_signature=[tf.TensorSpec((None, *two.input_shape[1:]), tf.float32)]
-    )
-    probs, maps = [], []
-    for start in range(0, len(images), batch_size):
-        p, m = forward(tf.constant(np.asarray(images[start : start + batch_size], np.float32)))
-        probs.append(p.numpy())
-        maps.append(m.numpy())
-    if not probs:
-        grid = heatmap_record(model)["grid"]
-        return np.zeros((0, two.output_shape[0][-1]), np.float32), np.zeros((0, *grid, two.output_shape[0][-1]))
-    return np.concatenate(probs), np.concatenate(maps)
+    forward = forward or heatmap_function(model)
+    chunks = [forward(images[start : start + batch_size]) for start in range(0, len(images), batch_size)]
+    if not chunks:
+        grid, classes = heatmap_record(model)["grid"], model.output_shape[-1]
+        return np.zeros((0, classes), np.float32), np.zeros((0, *grid, classes), np.float32)
+    return np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks])

@@ -62,7 +62,12 @@ def inference_function(model):
 
     signature = [tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)]
     forward = tf.function(lambda x: model(x, training=False), input_signature=signature)
-    return lambda batch: forward(tf.constant(np.asarray(batch, dtype=np.float32))).numpy()
+
+    def run(batch):
+        out = forward(tf.constant(np.asarray(batch, dtype=np.float32)))
+        return tuple(o.numpy() for o in out) if isinstance(out, list | tuple) else out.numpy()  # several outputs
+
+    return run
 
 
 def predict_in_batches(model, images, batch_size: int = 32):

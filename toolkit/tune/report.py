@@ -9,9 +9,7 @@ import math
 from pathlib import Path
 
 from toolkit.fileio import write_json_atomic, write_text_atomic, write_with
-from toolkit.tune.space import BASE, NAMES, values_of
-
-OBJECTIVE = "val_accuracy"
+from toolkit.tune.space import BASE, NAMES, OBJECTIVE, values_of
 
 
 def _metric(trial, name: str) -> float:

@@ -26,9 +26,8 @@ import numpy as np
 from toolkit.errors import SearchStopped, TrainingError
 from toolkit.fileio import folder_lock, write_json_atomic
 from toolkit.progress import phase
-from toolkit.tune.space import SPACE, sample_all, values_of
+from toolkit.tune.space import OBJECTIVE, SPACE, sample_all, values_of
 
-OBJECTIVE = "val_accuracy"  # the mean over folds; its spread is recorded as val_accuracy_std
 FEATURES = "features-{base}.npy"  # one store per base searched
 SEARCH = "search.json"
 
@@ -130,8 +129,9 @@ def _train_fold(values: dict, cached: CachedFeatures, train: np.ndarray, held: n
     features = cached.features[values["base"]]
     head = build_head(tuple(features.shape[1:]), cached.num_classes, values["head"], values["dropout"],
                       values["feature_norm"])  # fmt: skip
-    x_train = np.asarray(features[np.sort(train)], np.float32)
-    y_train = cached.labels[np.sort(train)]
+    train, held = np.sort(train), np.sort(held)  # memmap rows in order
+    x_train = np.asarray(features[train], np.float32)
+    y_train = cached.labels[train]
     if feature_norm(head) is not None:
         pooled = pre_norm(head).predict(x_train, batch_size=256, verbose=0).astype(np.float64)
         set_feature_statistics(head, pooled.mean(0), pooled.var(0))
@@ -140,9 +140,9 @@ def _train_fold(values: dict, cached: CachedFeatures, train: np.ndarray, held: n
     onehot = keras.utils.to_categorical(y_train, cached.num_classes)
     weights = class_weights(values["class_weight"], y_train, cached.num_classes)
     head.fit(x_train, onehot, batch_size=batch_size, epochs=epochs, class_weight=weights, verbose=0, shuffle=True)
-    x_held = np.asarray(features[np.sort(held)], np.float32)
+    x_held = np.asarray(features[held], np.float32)
     probs = head.predict(x_held, batch_size=256, verbose=0)
-    y_held = cached.labels[np.sort(held)]
+    y_held = cached.labels[held]
     accuracy = float((probs.argmax(1) == y_held).mean())
     loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(y_held)), y_held], 1e-7, 1.0))))
     return accuracy, loss

@@ -48,6 +48,7 @@ SPACE: tuple[Hyper, ...] = (
 NAMES = tuple(h.name for h in SPACE)
 
 
+OBJECTIVE = "val_accuracy"  # a trial's score: the mean held-out accuracy over folds (its spread: val_accuracy_std)
 BASE = "base"  # one more choice when a search covers several bases (`--bases`)
 
 
