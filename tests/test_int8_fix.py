@@ -82,18 +82,21 @@ def test_the_fix_turns_a_failing_int8_gate_into_a_pass_and_says_what_it_cost(nea
 def _plant_outlier_channel(run, layer: str, following: str, factor: float = 1000.0) -> None:
     """Make `layer` hard to quantize: its most active output channel `factor` times larger, `following` compensating.
 
-    `following` is the convolution that reads `layer`'s output directly, so scaling that channel's input
-    weights down by `factor` leaves the float model computing what it did (ReLU commutes with a positive
-    scale); but `layer`'s activation now spans a range `factor` times wider in one channel, which one
-    int8 range per tensor cannot hold without crushing every other channel. The head's logits are scaled
-    up too, so the tiny random model's decisions stop being near-ties that any rounding flips: what int8
-    breaks here is the planted layer.
+    `following` is the convolution that reads `layer`'s output (through a max-pool), so scaling that channel's
+    input weights down by `factor` leaves the float model computing what it did (ReLU and max-pooling commute
+    with a positive scale); but `layer`'s activation now spans a range `factor` times wider in one channel,
+    which one int8 range per tensor cannot hold without crushing every other channel, and `following`'s
+    weights for that channel are `factor` times smaller than the rest. The head's logits are then centred and
+    spread (standard deviation 4) and the operating point put in the widest gap among the middle half of the
+    scores, so the tiny random model's decisions are split and far from ties: what int8 breaks here is the
+    planted layer, and nothing else.
     """
     import keras
     import numpy as np
 
     from toolkit.keras_io import load_keras_model
     from toolkit.model import base_model
+    from toolkit.run_folder import load_run
 
     model = load_keras_model(run / "best.keras")
     vgg = base_model(model)
@@ -107,15 +110,57 @@ def _plant_outlier_channel(run, layer: str, following: str, factor: float = 1000
     next_kernel, next_bias = vgg.get_layer(following).get_weights()
     next_kernel[:, :, k, :] /= factor
     vgg.get_layer(following).set_weights([next_kernel, next_bias])
-    dense = next(w for w in model.get_layer("head").layers if w.get_weights())
-    dense.set_weights([w * 50.0 for w in dense.get_weights()])
+    data = load_run(run).load_data()
+    images = np.concatenate([np.asarray(data.val.images), np.asarray(data.train.images)])
+    features = np.asarray(model.get_layer("features").predict(images, verbose=0)).reshape(len(images), -1)
+    dense = model.get_layer("head").get_layer("probs")
+    weights, biases = dense.get_weights()
+    logits = features @ weights + biases
+    margin = logits[:, 1] - logits[:, 0]
+    biases = biases + np.array([1, -1]) * margin.mean() / 2
+    dense.set_weights([weights * 4 / margin.std(), biases * 4 / margin.std()])
     model.save(run / "best.keras")
+    scores = np.sort(np.asarray(model.predict(images, verbose=0))[:, 1])
+    middle = scores[len(scores) // 4 : 3 * len(scores) // 4 + 1]
+    i = int(np.argmax(np.diff(middle)))
+    threshold = float((middle[i] + middle[i + 1]) / 2)
+    payload = json.loads((run / "labels.json").read_text())
+    payload.update(positive_class=payload["labels"][1], threshold=threshold, criterion=f"threshold={threshold}")
+    (run / "labels.json").write_text(json.dumps(payload))
 
 
-def test_a_layer_made_hard_to_quantize_is_ranked_first_and_its_figures_are_consistent(near_tie_run, tmp_path):
-    run = tmp_path / "run"
+@pytest.fixture(scope="module")
+def planted_run(near_tie_run, tmp_path_factory):
+    run = tmp_path_factory.mktemp("planted") / "run"
     shutil.copytree(near_tie_run, run)
     _plant_outlier_channel(run, "block3_conv1", "block4_conv1")
+    return run
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "tflite"])
+def test_the_planted_layer_group_alone_in_float_brings_int8_through_the_gate(planted_run, tmp_path, fmt):
+    """Every calibration fails on the planted model; keeping block3's stretch (to block4_conv1) float passes."""
+    run = tmp_path / "run"
+    shutil.copytree(planted_run, run)
+    fixed = CliRunner().invoke(
+        app,
+        ["export", str(run), "--format", fmt, "--precision", "int8", "--calib-images", "8"]
+        + ["--int8-max-drop", "0", "--int8-max-float-layers", "4"],
+    )
+    assert fixed.exit_code == 0, fixed.output
+    (entry,) = json.loads((run / "export" / "manifest.json").read_text())["artifacts"]
+    fix = entry["int8_fix"]
+    assert [a["passed"] for a in fix["attempts"][:3]] == [False] * 3  # no calibration holds the planted range
+    assert entry["parity"]["passed"] and entry["parity"]["flips"] == 0
+    stretch = ["block3_conv1", "block3_pool", "block4_conv1"]  # the planted layer, the pool, the layer it feeds
+    assert fix["float_layers"] == fix["ranking"][0]["layers"]  # one group, the one that repairs most decisions
+    assert all(any(part in name for part in stretch) for name in fix["float_layers"]), fix["float_layers"]
+    assert all(any(part in name for name in fix["float_layers"]) for part in stretch), fix["float_layers"]
+
+
+def test_a_layer_made_hard_to_quantize_is_ranked_first_and_its_figures_are_consistent(planted_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(planted_run, run)
     plain = export_run(run, ExportOptions(format="onnx", precisions=["int8"], calib_images=8, diagnose=True))
     assert plain.failed, [a["parity"] for a in plain.manifest["artifacts"]]
     report = json.loads((run / "export" / "quant_report.json").read_text())["artifacts"][0]

@@ -166,26 +166,18 @@ def _add_noise_increments(rows: list[LayerError]) -> None:
 
 
 def rank_onnx_layers(float_model: Path, int8_model: Path, prepared: Path, images: np.ndarray) -> list[list[str]]:
-    """Node groups to keep in float, the layer that adds most drift first: each tensor's producer and consumers.
+    """Node groups to keep in float, the layer that adds most drift first (export/layer_groups.py).
 
-    Keeping the producer (with the layer under a fused activation) and consumers of a tensor in float
-    removes its quantize/dequantize pair and that layer's int8 weights; names are the pre-processed
-    float model's, as `nodes_to_exclude` wants.
+    Names are the pre-processed float model's, as `nodes_to_exclude` wants.
     """
     import onnx
 
+    from toolkit.export.layer_groups import ONNX_PASS_THROUGH, Node, float_groups
+
     rows = layer_errors(float_model, int8_model, images)
     graph = onnx.load(str(prepared), load_external_data=False).graph
-    producer = {out: n for n in graph.node for out in n.output}
-    groups: list[list[str]] = []
-    for row in rows:
-        group = [n.name for n in graph.node if row.tensor in n.output or row.tensor in n.input]
-        made_by = producer.get(row.tensor)
-        if made_by is not None and made_by.op_type in ("Relu", "Clip") and made_by.input[0] in producer:
-            group.insert(0, producer[made_by.input[0]].name)  # the Conv/MatMul whose output the activation clips
-        if group and group not in groups:
-            groups.append(group)
-    return groups
+    nodes = [Node(n.name, n.op_type, tuple(n.input), tuple(n.output)) for n in graph.node]
+    return float_groups(nodes, [row.tensor for row in rows], ONNX_PASS_THROUGH)
 
 
 @dataclasses.dataclass

@@ -20,6 +20,7 @@ import numpy as np
 from toolkit.errors import ExportError
 from toolkit.export.base import ExportContext, ExportFormat, calibration_key, work_dir
 from toolkit.export.heatmap import in_scope
+from toolkit.export.layer_groups import TFLITE_PASS_THROUGH, Node, float_groups
 from toolkit.export.onnx_calibration import calibrator_options
 from toolkit.export.tflite import anchored_calibration, describe_tflite, finish_tflite, tflite_converter
 
@@ -173,8 +174,33 @@ def layer_noise(ctx: ExportContext, images: np.ndarray) -> list[tuple[str, float
     return sorted(rows, key=lambda r: -r[1])
 
 
+def graph_nodes(model: bytes) -> list[Node]:
+    """The operators of a TFLite model, each named by its first output tensor (the MLIR quantizer's node name)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+    parsed = flatbuffer_utils.convert_bytearray_to_object(bytearray(model))
+    graph = parsed.subgraphs[0]
+
+    def tensor(i: int) -> str:
+        name = graph.tensors[i].name
+        return name.decode() if isinstance(name, bytes) else name
+
+    nodes = []
+    for op in graph.operators:
+        code = parsed.operatorCodes[op.opcodeIndex]
+        op_name = names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
+        inputs = tuple(tensor(i) for i in op.inputs if i >= 0)
+        outputs = tuple(tensor(i) for i in op.outputs)
+        nodes.append(Node(outputs[0], op_name, inputs, outputs))
+    return nodes
+
+
 def _rank_layers(ctx: ExportContext, images: np.ndarray) -> list[list[str]]:
-    return [[name] for name, _ in layer_noise(ctx, images)]
+    """Operator groups to keep float (export/layer_groups.py), the noisiest layer's first."""
+    tensors = [name for name, _ in layer_noise(ctx, images)]
+    return float_groups(graph_nodes(ranged_model(ctx)), tensors, TFLITE_PASS_THROUGH)
 
 
 FORMAT = ExportFormat(
