@@ -65,8 +65,11 @@ def test_a_search_resumes_reports_and_its_best_trains(demo_dir, tmp_path):
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     trained = json.loads((out / "config.json").read_text())
-    for name in ("head", "dropout", "feature_norm", "lr", "weight_decay", "label_smoothing", "class_weight", "base"):
+    fine_tuning = ("fine_tune_epochs", "fine_tune_lr", "fine_tune_schedule", "fine_tune_from")
+    for name in ("head", "dropout", "feature_norm", "lr", "weight_decay", "label_smoothing", "class_weight", "base",
+                 *fine_tuning):  # fmt: skip
         assert trained[name] == best["settings"][name], name
+    assert best["settings"]["fine_tune_from"] in ("block5", "block4")  # the cut by its name, not its position
     assert trained["epochs"] == 1  # a typed option wins over the file
 
 
@@ -126,13 +129,58 @@ def test_several_bases_are_one_more_choice_each_with_its_features(demo_dir, tmp_
     search(
         train_config(demo_dir, run), TuneOptions(max_trials=4, folds=2, bases=["tiny", "vgg16"]), log=lambda _m: None
     )
-    assert {p.name for p in (run / "tune").glob("features-*.npy")} == {"features-tiny.npy", "features-vgg16.npy"}
+    stores = {p.name for p in (run / "tune").glob("features-*.npy")}
+    cuts = {f"features-{b}-{c}.npy" for b in ("tiny", "vgg16") for c in ("block5", "block4")}
+    assert stores == {"features-tiny.npy", "features-vgg16.npy"} | cuts
     rows = _rows(run)
     assert len(rows) == 4 and {r["base"] for r in rows} <= {"tiny", "vgg16"}
     best = json.loads((run / "tune" / "best.json").read_text())
     assert best["settings"]["base"] == next(r["base"] for r in rows if r["trial"] == best["trial"])
     unknown = runner.invoke(app, ["tune", str(demo_dir), "--out", str(tmp_path / "x"), "--bases", "tiny,vgg99"])
     assert unknown.exit_code == 2 and "vgg99" in unknown.stderr
+
+
+@pytest.mark.slow  # TensorFlow
+def test_a_fine_tuning_trial_trains_the_base_above_its_cut_from_the_pretrained_weights(demo_dir, tmp_path):
+    from toolkit.model import base_model, build_head
+    from toolkit.tune import TuneOptions
+    from toolkit.tune.finetune import FineTuneStep, fine_tune_fold
+    from toolkit.tune.search import cache_features, fold_indices
+
+    cached = cache_features(train_config(demo_dir, tmp_path / "run"), TuneOptions(), tmp_path, lambda _m: None)
+    assert set(cached.cuts["tiny"]) == {"block5", "block4"}
+    ((train, held),) = fold_indices(cached, 1, seed=0)
+    top, cut = np.asarray(cached.features["tiny"], np.float32), np.asarray(cached.cuts["tiny"]["block5"], np.float32)
+    pretrained = cached.pretrained_base("tiny")
+    above = pretrained.reset("block5")
+    np.testing.assert_allclose(above.predict(cut, verbose=0), top, rtol=0.02, atol=0.02 * np.abs(top).max())
+    before = [w.copy() for w in above.get_weights()]
+    below = base_model(cached.classifier("tiny")).get_layer("block1_conv1").get_weights()[0].copy()
+    head = build_head(top.shape[1:], 2, "flatten", 0.0)
+    head_only = head.predict(top[held], verbose=0)
+    values = {"fine_tune_from": "block5", "fine_tune_epochs": 3, "fine_tune_lr": 1e-2, "fine_tune_schedule": "cosine",
+              "weight_decay": 0.0, "label_smoothing": 0.0}  # fmt: skip
+    probs = fine_tune_fold(values, FineTuneStep(pretrained, cached.cuts["tiny"]["block5"], cached.labels, 2, 8), head,
+                           (train, held), None)  # fmt: skip
+    assert probs.shape == (len(held), 2)
+    assert not np.allclose(np.log(probs + 1e-30), np.log(head_only + 1e-30), atol=0.1)  # raw features: saturated
+    assert any(not np.allclose(a, b) for a, b in zip(above.get_weights(), before))  # the base above the cut trained
+    np.testing.assert_array_equal(base_model(cached.classifier("tiny")).get_layer("block1_conv1").get_weights()[0],
+                                  below)  # fmt: skip
+    pretrained.reset("block5")  # the next fold starts from the pretrained weights again
+    assert all(np.array_equal(a, b) for a, b in zip(above.get_weights(), before))
+
+
+@pytest.mark.slow
+def test_a_heads_only_search_caches_no_cut_and_records_no_fine_tuning(demo_dir, tmp_path):
+    from toolkit.tune import TuneOptions, search
+
+    run = tmp_path / "run"
+    search(train_config(demo_dir, run), TuneOptions(max_trials=1, folds=2, fine_tune=False), log=lambda _m: None)
+    assert [p.name for p in (run / "tune").glob("features-*.npy")] == ["features-tiny.npy"]
+    (row,) = _rows(run)
+    assert row["fine_tune_epochs"] == "0" and "fine_tune_lr" not in row
+    assert json.loads((run / "tune" / "best.json").read_text())["settings"]["fine_tune_epochs"] == 0
 
 
 def test_a_settings_file_with_an_unknown_setting_is_one_line(demo_dir, tmp_path):

@@ -214,6 +214,9 @@ def tune(
     bases: Annotated[
         str | None, Opt(help="Comma-separated bases to search among (each one's features cached once).")
     ] = TUNE.bases,
+    fine_tune: Annotated[
+        bool, Opt(help="Search the fine-tuning schedule too (epochs, rate, schedule, cut), on cached cut features.")
+    ] = TUNE.fine_tune,
     image_size: Annotated[int | None, Opt(help="Input size (default: the base's own).")] = TRAIN.image_size,
     weights: Annotated[str, Opt(help="imagenet, none, or a weights file.")] = TRAIN.weights,
     val_split: Annotated[float, Opt(help="Validation share (used by --folds 1).")] = TRAIN.val_split,
@@ -232,7 +235,8 @@ def tune(
     quiet: Annotated[bool, Opt(help="No progress output.")] = False,
     json_output: Annotated[bool, Opt("--json", help="Print best.json (no progress output).")] = False,
 ) -> None:
-    """Search the head's settings with Keras Tuner on cached features; `toolkit train --config OUT/tune/best.json`."""
+    """Search the head's settings and the fine-tuning schedule with Keras Tuner on cached features, scored by K-fold CV;
+    `toolkit train --config OUT/tune/best.json` trains the best."""
     from toolkit.tf_setup import import_tensorflow
 
     import_tensorflow()
@@ -248,7 +252,8 @@ def tune(
     for name in searched or []:
         get_base(name)  # an unknown base: one line, before any image is decoded
     options = TuneOptions(tuner=tuner, max_trials=max_trials, time_budget_s=time_budget, folds=folds, workers=workers,
-                          oracle_host=oracle_host, oracle_port=oracle_port, chief=chief, bases=searched)  # fmt: skip
+                          oracle_host=oracle_host, oracle_port=oracle_port, chief=chief, bases=searched,
+                          fine_tune=fine_tune)  # fmt: skip
     log = (lambda _m: None) if json_output or quiet else typer.echo
     folder = search(config, options, log=log)
     best = folder / "best.json"

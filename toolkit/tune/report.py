@@ -72,7 +72,8 @@ def write_report(tuner, config, tune_dir: Path, bases: list[str]) -> dict | None
     if not finished:
         return None
     best = max(finished, key=lambda r: (r["accuracy"], -r["log_loss"]))
-    settings = {**config.to_flat(), **{name: best[name] for name in (*NAMES, BASE)}, "epochs": int(best["epochs"])}
+    chosen = {name: best[name] for name in (*NAMES, BASE) if name in best}  # a heads-only search: no fine-tuning
+    settings = {**config.to_flat(), **chosen, "epochs": int(best["epochs"])}
     settings.pop("out", None)
     record = {"settings": settings, "trial": best["trial"], "accuracy": best["accuracy"],
               "accuracy_std": best["accuracy_std"], "log_loss": best["log_loss"], "trials": len(finished)}  # fmt: skip

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.errors import SearchStopped, TrainingError
-from toolkit.fileio import folder_lock, write_json_atomic
+from toolkit.fileio import atomic_path, folder_lock, write_json_atomic
 from toolkit.progress import phase
 from toolkit.tune.space import OBJECTIVE, SPACE, sample_all, values_of
 
@@ -53,6 +53,7 @@ class TuneOptions:
     oracle_port: int | None = None  # None: a free port
     chief: str | None = None  # HOST:PORT: run as one worker of a chief started elsewhere
     bases: list[str] | None = None  # several bases: one more choice (None: the config's base)
+    fine_tune: bool = True  # the fine-tuning schedule in the space (tune/finetune.py); False: heads only
 
 
 @dataclasses.dataclass
@@ -64,6 +65,17 @@ class CachedFeatures:
     in_val: np.ndarray  # bool: the run's own validation split (used by --folds 1)
     groups: list[str] | None
     num_classes: int
+    cuts: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)  # base -> cut -> features
+    classifier: Callable[[str], object] | None = None  # base -> its classifier, built once per process
+    pretrained: dict[str, object] = dataclasses.field(default_factory=dict)  # base -> finetune.Pretrained
+
+    def pretrained_base(self, base: str):
+        """The base's pretrained weights above each cut (tune/finetune.py), made on the first trial that fine-tunes."""
+        from toolkit.tune.finetune import pretrained
+
+        if base not in self.pretrained:
+            self.pretrained[base] = pretrained(self.classifier(base))
+        return self.pretrained[base]
 
 
 def bases_of(config, options: TuneOptions) -> list[str]:
@@ -72,12 +84,13 @@ def bases_of(config, options: TuneOptions) -> list[str]:
 
 
 def cache_features(config, options: TuneOptions, tune_dir: Path, log: Callable[[str], None]) -> CachedFeatures:
-    """Extract (once per base) the features of the train and validation splits; a finished store is reused."""
+    """Extract (once per base) the features of the train and validation splits, at the top and at every cut
+    when the search fine-tunes; finished stores are reused."""
     from toolkit.data.groups import path_groups
-    from toolkit.fileio import atomic_path
     from toolkit.model import build_classifier
     from toolkit.train.features import extract_features
     from toolkit.train.loop import load_training_data
+    from toolkit.tune.finetune import cache_cut_features
     from toolkit.weights import WeightsRequest
 
     data = load_training_data(config, Path(config.data.cache_dir or tune_dir / "cache"), log)
@@ -86,18 +99,29 @@ def cache_features(config, options: TuneOptions, tune_dir: Path, log: Callable[[
     paths = list(data.train.paths) + list(data.val.paths)
     found = path_groups(Path(config.data.folder), paths, config.data.groups, config.data.group_pattern)
     groups = [found[p] for p in paths] if found else None
-    features = {}
+    models: dict[str, object] = {}
+
+    def classifier(base: str):
+        if base not in models:
+            request = WeightsRequest(config.base.weights, log=log)
+            models[base], _ = build_classifier(len(data.classes), config.base.image_size, request, base=base)
+        return models[base]
+
+    def images() -> np.ndarray:
+        return np.concatenate([np.asarray(data.train.images), np.asarray(data.val.images)])
+
+    cached = CachedFeatures({}, labels, in_val, groups, len(data.classes), classifier=classifier)
     for base in bases_of(config, options):
         store = tune_dir / FEATURES.format(base=base)
         if not store.is_file() or np.load(store, mmap_mode="r").shape[0] != len(labels):
-            model, _ = build_classifier(
-                len(data.classes), config.base.image_size, WeightsRequest(config.base.weights, log=log), base=base
-            )
-            images = np.concatenate([np.asarray(data.train.images), np.asarray(data.val.images)])
             with atomic_path(store) as tmp:
-                extract_features(model.get_layer("features"), images, tmp, 16, description=f"{base} features")
-        features[base] = np.load(store, mmap_mode="r")
-    return CachedFeatures(features, labels, in_val, groups, len(data.classes))
+                extract_features(classifier(base).get_layer("features"), images(), tmp, 16,
+                                 description=f"{base} features")  # fmt: skip
+        cached.features[base] = np.load(store, mmap_mode="r")
+        if options.fine_tune:
+            build = lambda base=base: classifier(base)  # noqa: E731
+            cached.cuts[base] = cache_cut_features(build, images, len(labels), tune_dir, base)
+    return cached
 
 
 def fold_indices(cached: CachedFeatures, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -140,22 +164,29 @@ def _train_fold(values: dict, cached: CachedFeatures, train: np.ndarray, held: n
     onehot = keras.utils.to_categorical(y_train, cached.num_classes)
     weights = class_weights(values["class_weight"], y_train, cached.num_classes)
     head.fit(x_train, onehot, batch_size=batch_size, epochs=epochs, class_weight=weights, verbose=0, shuffle=True)
-    x_held = np.asarray(features[held], np.float32)
-    probs = head.predict(x_held, batch_size=256, verbose=0)
+    if values["fine_tune_epochs"] > 0:
+        from toolkit.tune.finetune import FineTuneStep, fine_tune_fold
+
+        base = values["base"]
+        step = FineTuneStep(cached.pretrained_base(base), cached.cuts[base][values["fine_tune_from"]], cached.labels,
+                            cached.num_classes, batch_size)  # fmt: skip
+        probs = fine_tune_fold(values, step, head, (train, held), weights)
+    else:
+        probs = head.predict(np.asarray(features[held], np.float32), batch_size=256, verbose=0)
     y_held = cached.labels[held]
     accuracy = float((probs.argmax(1) == y_held).mean())
     loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(y_held)), y_held], 1e-7, 1.0))))
     return accuracy, loss
 
 
-def _space(bases: list[str]):
+def _space(bases: list[str], fine_tune: bool):
     import keras_tuner as kt
 
     class HeadSpace(kt.HyperModel):
-        """Registers SPACE (and the base, when several) with the tuner; trials train heads on features (`_score`)."""
+        """Registers the space (and the base, when several) with the tuner; trials train on features (`_score`)."""
 
         def build(self, hp):
-            sample_all(hp, bases)
+            sample_all(hp, bases, fine_tune)
 
     return HeadSpace()
 
@@ -212,7 +243,7 @@ def _tuner(score: Callable[[dict, int], dict] | None, options: TuneOptions, base
             log(f"trial {trial.trial_id}: accuracy {score_:.4f} ± {spread:.4f}{where}")
 
     with contextlib.redirect_stdout(io.StringIO()):  # "Reloading Tuner from ...": not on a --json stdout
-        return Budgeted(_space(bases), **settings)
+        return Budgeted(_space(bases, options.fine_tune), **settings)
 
 
 def _completed(tuner) -> int:

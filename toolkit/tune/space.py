@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from toolkit.bases import get_base
 from toolkit.model import Head
-from toolkit.train.config import ClassWeight
+from toolkit.train.config import ClassWeight, Schedule
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,20 +46,48 @@ SPACE: tuple[Hyper, ...] = (
     Hyper("class_weight", choices=tuple(str(c) for c in ClassWeight)),
     Hyper("epochs", choices=(5, 10, 20)),
 )
-NAMES = tuple(h.name for h in SPACE)
+# The fine-tuning schedule: epochs with the base above the cut unfrozen (0: none), its rate and schedule, and the
+# cut as a position in the base's `cuts` (0: its first, shallowest one), so one choice serves every base searched.
+FINE_TUNE: tuple[Hyper, ...] = (
+    Hyper("fine_tune_epochs", choices=(0, 3, 6)),
+    Hyper("fine_tune_lr", low=1e-5, high=1e-3, log=True),
+    Hyper("fine_tune_schedule", choices=tuple(str(s) for s in Schedule)),
+    Hyper("fine_tune_from", choices=(0, 1)),
+)
+CUT = "fine_tune_from"
+NAMES = tuple(h.name for h in SPACE + FINE_TUNE)
 
 
 OBJECTIVE = "val_accuracy"  # a trial's score: the mean held-out accuracy over folds (its spread: val_accuracy_std)
 BASE = "base"  # one more choice when a search covers several bases (`--bases`)
 
 
+def space(fine_tune: bool) -> tuple[Hyper, ...]:
+    """The records a search samples: the head's, and the fine-tuning schedule's unless it is left out."""
+    return SPACE + FINE_TUNE if fine_tune else SPACE
+
+
+def cut_name(base: str, position: int) -> str:
+    """The base's cut at `position` in its `cuts` (every base has two: the default, then a deeper one)."""
+    cuts = list(get_base(base).cuts)
+    return cuts[min(int(position), len(cuts) - 1)]
+
+
 def values_of(stored: dict, bases: list[str]) -> dict[str, Any]:
-    """A trial's values of SPACE, each as its setting's type, and its base."""
-    return {**{h.name: h.value(stored.get(h.name)) for h in SPACE}, BASE: stored.get(BASE, bases[0])}
+    """A trial's settings, each as its setting's type: the base, and the cut by its name in that base.
+
+    A search without the fine-tuning records stores none of them: its trials did not fine-tune.
+    """
+    values = {h.name: h.value(stored[h.name]) for h in SPACE + FINE_TUNE if h.name in stored}
+    values.setdefault("fine_tune_epochs", 0)
+    values[BASE] = stored.get(BASE, bases[0])
+    if CUT in values:
+        values[CUT] = cut_name(values[BASE], values[CUT])
+    return values
 
 
-def sample_all(hp, bases: list[str]) -> dict[str, Any]:
-    """Every hyperparameter of SPACE for this trial, by its flat name; the base too when there are several."""
-    values = {h.name: h.sample(hp) for h in SPACE}
+def sample_all(hp, bases: list[str], fine_tune: bool = True) -> dict[str, Any]:
+    """Every hyperparameter of the space for this trial, by its flat name; the base too when there are several."""
+    values = {h.name: h.sample(hp) for h in space(fine_tune)}
     values[BASE] = hp.Choice(BASE, list(bases)) if len(bases) > 1 else bases[0]
     return values
