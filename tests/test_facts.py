@@ -51,6 +51,10 @@ def test_every_artifact_carries_the_same_record_as_its_manifest(exported_run):
     for entry in manifest["artifacts"]:  # each artifact's calibration beside Keras's
         assert {"ece", "reference_ece", "brier", "reference_brier", "ece_increase_ci95"} <= set(entry["parity"])
         assert entry["timings_s"]["convert"] > 0 and entry["timings_s"]["parity"] >= 0  # each phase's time
+    phases = manifest["export_timings_s"]  # the last export's shared phases and each artifact's whole time
+    assert {"load", "keras_reference", "diagnosis", "total"} <= set(phases) and phases["keras_reference"] > 0
+    per_artifact = [v for k, v in phases.items() if k not in ("load", "keras_reference", "diagnosis", "total")]
+    assert per_artifact and sum(per_artifact) + phases["load"] + phases["keras_reference"] <= phases["total"]
     assert manifest["facts"] == first
 
 

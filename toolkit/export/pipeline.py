@@ -24,7 +24,7 @@ from toolkit.export import heatmap, onnx_float, onnx_int8, openvino, openvino_in
 from toolkit.export.base import Calibration, ExportContext, ExportFormat, ExportTarget, Precision
 from toolkit.export.manifest import MANIFEST, converter_versions, open_manifest, record_artifact
 from toolkit.facts import InputSpec, ModelFacts
-from toolkit.fileio import atomic_path, folder_lock, remove_stale_temporaries, sha256_file
+from toolkit.fileio import atomic_path, folder_lock, remove_stale_temporaries, sha256_file, write_json_atomic
 from toolkit.parity import MAX_MAP_DIFF, ParityOverrides, compare_outputs, thresholds_for
 from toolkit.progress import phase
 from toolkit.quiet import silenced
@@ -265,10 +265,13 @@ def export_run(run_dir: str | Path, options: ExportOptions = ExportOptions()) ->
 def _export_locked(run: RunFolder, formats: list[ExportFormat], options: ExportOptions) -> ExportReport:
     from toolkit.keras_io import load_keras_model
 
+    started = time.perf_counter()
     model = load_keras_model(run.best)
     data = run.load_data(options.data_dir)
     seed = int(run.config.get("seed", 0))
+    loaded = time.perf_counter()
     parity = _parity_set(model, data, options, seed, run.decision)
+    timings = {"load": loaded - started, "keras_reference": time.perf_counter() - loaded}
     export_dir = run.export_dir
     export_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(export_dir)
@@ -294,14 +297,22 @@ def _export_locked(run: RunFolder, formats: list[ExportFormat], options: ExportO
     diagnosis = None
     try:
         for fmt in formats:
+            began = time.perf_counter()
             entry = _export_or_fix(fmt, ctx, parity, options)
+            timings[fmt.key] = time.perf_counter() - began  # the fix's attempts included
             if not entry["parity"]["passed"]:
                 failed.append(entry)
             record_artifact(export_dir, manifest, entry)
+        began = time.perf_counter()
         diagnosis = _diagnose_if_asked(ctx, parity, options, failed)
+        timings["diagnosis"] = time.perf_counter() - began
     finally:
         if "work" in ctx.scratch:
             shutil.rmtree(ctx.scratch["work"], ignore_errors=True)
+    timings["total"] = time.perf_counter() - started
+    # This export's phases (the shared ones, then each artifact's whole time); each entry's timings_s splits its own.
+    manifest["export_timings_s"] = {name: round(seconds, 3) for name, seconds in timings.items()}
+    write_json_atomic(export_dir / MANIFEST, manifest)
     write_model_card(export_dir.parent)  # every artifact's gate, size and ECE into the card
     return ExportReport(manifest, failed, export_dir / MANIFEST, diagnosis)
 
