@@ -11,6 +11,7 @@ Usage: python benchmarks/tune.py DATA --defaults-run RUN [--weights W] [--out DI
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import shutil
 import subprocess
@@ -43,29 +44,37 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path.home() / ".cache" / "toolkit-tune")
     parser.add_argument("--max-trials", type=int, default=20)
     parser.add_argument("--folds", type=int, default=3)
+    parser.add_argument("--fine-tune", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args()
     shutil.rmtree(args.out, ignore_errors=True)
     started = time.monotonic()
     toolkit("tune", str(args.data), "--out", str(args.out / "search"), "--weights", args.weights,
-            "--max-trials", str(args.max_trials), "--folds", str(args.folds), "--quiet")  # fmt: skip
+            "--max-trials", str(args.max_trials), "--folds", str(args.folds), "--quiet",
+            "--fine-tune" if args.fine_tune else "--no-fine-tune")  # fmt: skip
     search_s = time.monotonic() - started
     best = json.loads((args.out / "search" / "tune" / "best.json").read_text())
     toolkit("train", str(args.data), "--config", str(args.out / "search" / "tune" / "best.json"),
             "--out", str(args.out / "best"), "--weights", args.weights, "--quiet")  # fmt: skip
     tuned, defaults = test_accuracy(args.out / "best"), test_accuracy(args.defaults_run)
-    trials = (args.out / "search" / "tune" / "trials.csv").read_text().strip().splitlines()[1:]
+    with open(args.out / "search" / "tune" / "trials.csv") as handle:
+        trials = list(csv.DictReader(handle))
+    fine_tuning = sum(1 for t in trials if int(t.get("fine_tune_epochs") or 0) > 0)
     report = {"machine": machine_header(0), "search_s": search_s, "trials": len(trials), "folds": args.folds,
-              "best": best, "test_accuracy": {"tuned": tuned, "defaults": defaults}}  # fmt: skip
+              "fine_tuning_trials": fine_tuning, "best": best,
+              "test_accuracy": {"tuned": tuned, "defaults": defaults}}  # fmt: skip
     here = Path(__file__).resolve().parent
     (here / "tune.json").write_text(json.dumps(report, indent=2) + "\n")
     m, s = report["machine"], best["settings"]
-    chosen = ", ".join(f"{k} {s[k]}" for k in ("head", "dropout", "feature_norm", "lr", "weight_decay",
-                                               "label_smoothing", "class_weight", "epochs"))  # fmt: skip
+    names = ("head", "dropout", "feature_norm", "lr", "weight_decay", "label_smoothing", "class_weight", "epochs",
+             "fine_tune_epochs", "fine_tune_lr", "fine_tune_schedule", "fine_tune_from")  # fmt: skip
+    chosen = ", ".join(f"{k} {s[k]}" for k in names if k in s)
     lines = [
         "# `toolkit tune` against the defaults",
         "",
         f"`make bench-tune` on {m['cpu']} ({m['cores']} cores), {m['date'][:10]}: `toolkit tune` on the demo data "
-        f"(VGG16, offline ImageNet-derived weights, 224 px), {len(trials)} trials (Bayesian), {args.folds}-fold "
+        f"(VGG16, offline ImageNet-derived weights, 224 px), {len(trials)} trials (Bayesian; "
+        + (f"{fine_tuning} of them fine-tuning" if args.fine_tune else "heads only, --no-fine-tune")
+        + f"), {args.folds}-fold "
         "cross-validation on the non-test images; its best trial trained with `toolkit train --config best.json`, "
         "against a run trained with the defaults (`toolkit train DATA`), both scored on the held-out test images.",
         "",
