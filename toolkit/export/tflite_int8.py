@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from toolkit.export.onnx_calibration import calibrator_options
 from toolkit.export.tflite import anchored_calibration, describe_tflite, finish_tflite, tflite_converter
 
 FILENAME = "model_int8.tflite"
+PROBE_BATCH = 8  # images per probe run: every activation of VGG16 at 224 px is ~60 MB per image
 
 
 def _representative(images: np.ndarray):
@@ -35,22 +37,41 @@ def _representative(images: np.ndarray):
     return dataset
 
 
-def calibrated_model(ctx: ExportContext) -> bytes:
-    """The float model with min/max ranges from the calibration images (made once per export)."""
-    cached = work_dir(ctx) / "tflite-calibrated.tflite"
-    if cached.is_file():
-        return cached.read_bytes()
+def converter_calibration(ctx: ExportContext, images: np.ndarray) -> bytes:
+    """The float model as TFLite's own calibrator writes it: min/max ranges of `images` in every range field.
+
+    The calibrator runs the float model one image at a time on one thread (minutes for VGG16's calibration
+    set), so `calibrated_model` gives it one image, for the structure, and measures the ranges itself.
+    """
     tf, converter = tflite_converter(ctx)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = _representative(anchored_calibration(ctx.calibration_images))
+    converter.representative_dataset = _representative(images)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.uint8
     converter.inference_output_type = tf.float32
     converter._experimental_calibrate_only = True  # noqa: SLF001 (TFLite's own debugger uses it the same way)
     try:
-        blob = converter.convert()
+        return converter.convert()
     except Exception as exc:
         raise ExportError(f"TFLite calibration failed: {' '.join(str(exc).split())[:200]}") from exc
+
+
+def calibrated_model(ctx: ExportContext) -> bytes:
+    """The float model with min/max ranges from the calibration images (made once per export).
+
+    The converter calibrates on the anchored image alone (its pixels span 0..255, so the input keeps scale 1
+    and zero point 0); every range is then measured on all calibration images by `probe_batches`.
+    """
+    cached = work_dir(ctx) / "tflite-calibrated.tflite"
+    if cached.is_file():
+        return cached.read_bytes()
+    structure = converter_calibration(ctx, anchored_calibration(ctx.calibration_images)[:1])
+    low_high: dict[int, list[float]] = {}
+    for batch in probe_batches(structure, anchored_calibration(ctx.calibration_images)):
+        for i, values in batch.items():
+            low, high = low_high.setdefault(i, [float("inf"), -float("inf")])
+            low_high[i] = [min(low, float(values.min())), max(high, float(values.max()))]
+    blob = with_ranges(structure, {i: (low, high) for i, (low, high) in low_high.items()})
     cached.write_bytes(blob)
     return blob
 
@@ -66,13 +87,38 @@ def _range_tensors(model) -> list[int]:
     ]
 
 
-def histogram_ranges(calibrated: bytes, images: np.ndarray, calibration: dict) -> dict[int, tuple[float, float]]:
-    """Entropy or percentile ranges per activation tensor, one image at a time (memory stays flat)."""
+def probe_batches(calibrated: bytes, images: np.ndarray, batch_size: int = PROBE_BATCH):
+    """Every range tensor's values, a batch of images at a time: {tensor index: values}.
+
+    The float model with each range tensor made a graph output runs in LiteRT with XNNPACK on every core,
+    batched (what the calibrator and `experimental_preserve_all_tensors` cannot: both run the reference
+    kernels, the calibrator one image at a time). Float results are the same to float rounding.
+    """
     from ai_edge_litert.interpreter import Interpreter
-    from onnxruntime.quantization.calibrate import HistogramCollector
     from tensorflow.lite.tools import flatbuffer_utils
 
-    tensors = _range_tensors(flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated)))
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated))
+    graph = model.subgraphs[0]
+    tensors = _range_tensors(model)
+    graph.outputs = list(graph.outputs) + [i for i in tensors if i not in graph.outputs]
+    probe = bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    interpreter = Interpreter(model_content=probe, num_threads=os.cpu_count() or 1)
+    index, size = interpreter.get_input_details()[0]["index"], None
+    for start in range(0, len(images), batch_size):
+        batch = np.asarray(images[start : start + batch_size], np.float32)
+        if size != len(batch):
+            interpreter.resize_tensor_input(index, [len(batch), *batch.shape[1:]])
+            interpreter.allocate_tensors()
+            size = len(batch)
+        interpreter.set_tensor(index, batch)
+        interpreter.invoke()
+        yield {i: interpreter.get_tensor(i) for i in tensors}
+
+
+def histogram_ranges(calibrated: bytes, images: np.ndarray, calibration: dict) -> dict[int, tuple[float, float]]:
+    """Entropy or percentile ranges per activation tensor, from histograms collected a batch at a time."""
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
     _, options = calibrator_options(calibration)
     collector = HistogramCollector(
         calibration["method"],
@@ -82,13 +128,8 @@ def histogram_ranges(calibrated: bytes, images: np.ndarray, calibration: dict) -
         percentile=options.get("percentile", 99.999),
         scenario="same",
     )
-    interpreter = Interpreter(model_content=calibrated, experimental_preserve_all_tensors=True)
-    interpreter.allocate_tensors()
-    index = interpreter.get_input_details()[0]["index"]
-    for image in images:
-        interpreter.set_tensor(index, image[None].astype(np.float32))
-        interpreter.invoke()
-        collector.collect({str(i): [interpreter.get_tensor(i).astype(np.float32)] for i in tensors})
+    for batch in probe_batches(calibrated, images):
+        collector.collect({str(i): [values.astype(np.float32)] for i, values in batch.items()})
     return {int(k): (float(v[0]), float(v[1])) for k, v in collector.compute_collection_result().items()}
 
 
