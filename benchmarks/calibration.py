@@ -43,6 +43,7 @@ def read_run(name: str, run: Path) -> dict:
             "passed": a["parity"]["passed"],
         }
         for a in manifest["artifacts"]
+        if not a.get("variant")  # the plain artifacts (a heatmap twin's probabilities are gated the same way)
     ]
     splits = {
         split: {
