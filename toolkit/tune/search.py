@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import io
 import json
 import time
@@ -107,7 +108,8 @@ def cache_features(config, options: TuneOptions, tune_dir: Path, log: Callable[[
             models[base], _ = build_classifier(len(data.classes), config.base.image_size, request, base=base)
         return models[base]
 
-    def images() -> np.ndarray:
+    @functools.cache
+    def images() -> np.ndarray:  # concatenated once, and only when a store has to be made
         return np.concatenate([np.asarray(data.train.images), np.asarray(data.val.images)])
 
     cached = CachedFeatures({}, labels, in_val, groups, len(data.classes), classifier=classifier)
