@@ -7,7 +7,13 @@ layers kept in float; then the float alternatives (ONNX float32, OpenVINO bf16).
 Writes benchmarks/INT8.md and benchmarks/int8.json (one section per run; a rerun replaces
 that run's section).
 
-Usage: python benchmarks/int8.py NAME RUN TEST_DIR   (e.g. elpv ~/.cache/toolkit-elpv/run DATA/test)
+`--whole-export FLAGS` first times the export a user runs (`toolkit export RUN --format all FLAGS`, e.g.
+`--int8-max-drop 1`) and records each artifact's gate, the layers the fix kept in float, the decisions they
+repaired, their interleaved latency cost and the manifest's phase times. `--train DATA` trains RUN with
+the project defaults (`toolkit train DATA`) when it has no best.keras yet, so the bench can be resumed.
+
+Usage: python benchmarks/int8.py NAME RUN TEST_DIR [--train DATA --weights W --positive-class C]
+           [--whole-export FLAGS]   (e.g. elpv ~/.cache/toolkit-elpv/run DATA/test)
 """
 
 from __future__ import annotations
@@ -15,8 +21,10 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -29,6 +37,7 @@ VARIANTS = [
     ("entropy", ["--calibration", "entropy"]),
     ("percentile 99.999", ["--calibration", "percentile"]),
     ("fix: --int8-max-drop 1", ["--int8-max-drop", "1"]),
+    ("fix, agreement >= 99.5%", ["--int8-max-drop", "1", "--min-agreement", "0.995"]),
 ]
 LATENCY_RUNS = 20
 
@@ -79,6 +88,60 @@ def exported(run: Path) -> dict[str, dict]:
     return {f"{a['format']} {a['precision']}": a for a in manifest["artifacts"]}
 
 
+def train_defaults(run: Path, data: Path, extra: list[str]) -> float | None:
+    """`toolkit train DATA` with the project defaults into RUN, unless RUN already holds a trained model."""
+    if (run / "best.keras").is_file():
+        return None
+    began = time.perf_counter()
+    if toolkit("train", str(data), "--out", str(run), "--quiet", *extra) != 0:
+        raise SystemExit(f"toolkit train {data} failed")
+    return time.perf_counter() - began
+
+
+def repaired(fix: dict, flips: int) -> int:
+    """Decisions the float layers gave back: the chosen calibration's all-int8 flips minus the final flips."""
+    all_int8 = [
+        a["flips"] for a in fix.get("attempts", []) if not a["float_layers"] and a["calibration"] == fix["calibration"]
+    ]
+    return min(all_int8) - flips if fix.get("float_layers") and all_int8 else 0
+
+
+def whole_export(run: Path, flags: list[str]) -> dict:
+    """The export a user runs, timed: every format, each artifact's gate and what the fix did."""
+    began = time.perf_counter()
+    code = toolkit("export", str(run), "--format", "all", "--quiet", *flags)
+    seconds = time.perf_counter() - began
+    manifest = json.loads((run / "export" / "manifest.json").read_text())
+    phases = manifest.get("export_timings_s", {})
+    artifacts = []
+    for a in manifest["artifacts"]:
+        fix, parity = a.get("int8_fix", {}), a["parity"]
+        kept, key = fix.get("float_layers", []), "-".join(filter(None, (a["format"], a["precision"], a.get("variant"))))
+        artifacts.append(
+            {
+                "artifact": key.replace("-", " "),
+                "passed": parity["passed"],
+                "agreement": parity["top1_agreement"],
+                "accuracy": parity.get("accuracy"),
+                "reference_accuracy": parity.get("reference_accuracy"),
+                "images": parity["images"],
+                "attempts": len(fix.get("attempts", [])),
+                "calibration": a.get("calibration", {}).get("method"),
+                "float_layers": kept,
+                "repaired": repaired(fix, parity["flips"]),
+                "latency_cost_ms": fix.get("latency_ms", {}).get("cost"),
+                "seconds": phases.get(key),
+            }
+        )
+    return {
+        "command": "toolkit export RUN --format all " + " ".join(flags),
+        "exit_code": code,
+        "seconds": seconds,
+        "phases_s": phases,
+        "artifacts": artifacts,
+    }
+
+
 def measure(run: Path, test_dir: Path) -> dict:
     from toolkit.evaluate import evaluate_model
     from toolkit.runtime import load
@@ -98,6 +161,30 @@ def measure(run: Path, test_dir: Path) -> dict:
     return sections
 
 
+def whole_export_lines(w: dict | None) -> list[str]:
+    """The user's export, timed: one row per artifact, then the phase times."""
+    if w is None:
+        return []
+    verdict = "every artifact passed" if w["exit_code"] == 0 else f"exit {w['exit_code']}: a gate failed"
+    lines = [
+        f"`{w['command']}`: **{w['seconds'] / 60:.1f} min**, {verdict}.",
+        "",
+        "| artifact | gate images | agreement | accuracy (Keras) | calibration | float layers | decisions repaired "
+        "| latency cost ms | seconds | gate |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for a in w["artifacts"]:
+        cost, seconds = a["latency_cost_ms"], a["seconds"]
+        accuracy = "" if a["accuracy"] is None else f"{a['accuracy']:.1%} ({a['reference_accuracy']:.1%})"
+        lines.append(
+            f"| {a['artifact']} | {a['images']} | {a['agreement']:.1%} | {accuracy} | {a['calibration'] or ''} | "
+            f"{', '.join(a['float_layers']) or 0} | {a['repaired']} | {'' if cost is None else f'{cost:+.1f}'} | "
+            f"{'' if seconds is None else f'{seconds:.0f}'} | {'pass' if a['passed'] else 'FAIL'} |"
+        )
+    phases = ", ".join(f"{k} {v:.0f} s" for k, v in w["phases_s"].items())
+    return lines + ["", f"Phases (manifest `export_timings_s`): {phases}.", ""]
+
+
 def write_markdown(results: dict, dest: Path) -> None:
     lines = [
         "# int8 on real data: calibration methods, the automatic fix, and bf16",
@@ -111,8 +198,10 @@ def write_markdown(results: dict, dest: Path) -> None:
             "",
             f"## {name}",
             "",
-            f"Run `{r['run']}`, {r['date']}, {r['machine']}; Keras test accuracy {r['keras_test_accuracy']:.1%}.",
+            f"Run `{r['run']}`, {r['date']}, {r['machine']}; Keras test accuracy {r['keras_test_accuracy']:.1%}."
+            + (f" Trained by `{r['trained_with']}`." if r.get("trained_with") else ""),
             "",
+            *whole_export_lines(r.get("whole_export")),
             "| variant | artifact | val agreement | val acc. (Keras) | test acc. | max diff | batch-1 ms | float layers | gate |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
@@ -130,10 +219,21 @@ def main() -> None:
     parser.add_argument("name")
     parser.add_argument("run", type=Path)
     parser.add_argument("test_dir", type=Path)
+    parser.add_argument("--train", type=Path, default=None, help="train RUN from DATA with the defaults if needed")
+    parser.add_argument("--weights", default="imagenet")
+    parser.add_argument("--positive-class", default=None)
+    parser.add_argument("--whole-export", default=None, metavar="FLAGS", help="time `export --format all FLAGS`")
     args = parser.parse_args()
     store = HERE / "int8.json"
     results = json.loads(store.read_text()) if store.is_file() else {}
-    section = measure(args.run, args.test_dir)
+    section: dict = {}
+    if args.train is not None:
+        extra = ["--weights", args.weights] + (["--positive-class", args.positive_class] if args.positive_class else [])
+        section["train_seconds"] = train_defaults(args.run, args.train, extra)
+        section["trained_with"] = "toolkit train DATA " + " ".join(extra[2:] if Path(args.weights).is_file() else extra)
+    if args.whole_export is not None:
+        section["whole_export"] = whole_export(args.run, shlex.split(args.whole_export))
+    section.update(measure(args.run, args.test_dir))
     section.update(run=str(args.run), date=datetime.date.today().isoformat(), machine=machine())
     results[args.name] = section
     store.write_text(json.dumps(results, indent=2) + "\n")

@@ -6,13 +6,18 @@ every artifact on the 25% test split (655 cells), measures batch-1 latency, and 
 benchmarks/REAL.md + benchmarks/real.json beside the published results on the same task and split sizes
 (Deitsch et al., Solar Energy 2019).
 
-Usage: python benchmarks/real.py [--cache ~/.cache/toolkit-elpv] [--weights imagenet|PATH] [--out DIR]
+Resumable: a rerun keeps the data cache, continues an interrupted training (`toolkit train --resume`),
+reuses a finished one and its export when the manifest was made from that best.keras, and only scores;
+`--fresh` starts the run over.
+
+Usage: python benchmarks/real.py [--cache ~/.cache/toolkit-elpv] [--weights imagenet|PATH] [--out DIR] [--fresh]
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import shutil
@@ -66,6 +71,30 @@ def toolkit(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return result
 
 
+def trained(run: Path) -> bool:
+    state = run / "train_state.json"
+    return state.is_file() and json.loads(state.read_text())["phase"] == "done" and (run / "run.json").is_file()
+
+
+def train(run: Path, data: Path, weights: str, cache: Path) -> None:
+    """Train the recipe into RUN, continuing an interrupted run (`toolkit train --resume`)."""
+    resume = ["--resume"] if (run / "train_state.json").is_file() else []
+    if not resume:
+        shutil.rmtree(run, ignore_errors=True)  # a start that never finished an epoch is redone
+    toolkit("train", str(data), "--out", str(run), "--weights", weights, "--positive-class", POSITIVE,
+            "--cache-dir", str(cache / "decoded"), *RECIPE, "--quiet", *resume)  # fmt: skip
+
+
+def export_is_current(run: Path) -> bool:
+    """The manifest was written from this best.keras and every file it lists is there."""
+    manifest = run / "export" / "manifest.json"
+    if not manifest.is_file():
+        return False
+    m = json.loads(manifest.read_text())
+    digest = hashlib.sha256((run / "best.keras").read_bytes()).hexdigest()
+    return m["source"]["sha256"] == digest and all((run / "export" / a["path"]).is_file() for a in m["artifacts"])
+
+
 def evaluate_artifacts(run: Path, test_dir: Path) -> list[dict]:
     """Test-split metrics of best.keras and every exported artifact, through toolkit.runtime."""
     from toolkit.evaluate import evaluate_model
@@ -115,6 +144,47 @@ def machine() -> str:
     return f"{m['cpu']}, {m['cores']} cores, {m['platform']}, Python {m['python']}"
 
 
+def summary(result: dict) -> dict:
+    """One line of the 'tried' table: what a past run of this benchmark reached."""
+    by_name = {f"{r['format']} {r['precision']}": r for r in result["artifacts"]}
+    keras = by_name["keras float32"]
+    return {
+        "date": result["date"],
+        "machine": result["machine"].split(",")[0],
+        "recipe": " ".join(result["recipe"]),
+        "keras_accuracy": keras["accuracy"],
+        "sensitivity": keras["sensitivity"],
+        "int8_accuracy": {k: r["accuracy"] for k, r in by_name.items() if r["precision"] == "int8"},
+        "train_minutes": result["train_seconds"] / 60,
+    }
+
+
+def tried(previous: dict, result: dict) -> list[dict]:
+    """Every recipe this benchmark has run, oldest first, the current one last (a rerun replaces its own line)."""
+    rows = list(previous.get("tried", []))
+    if "artifacts" in previous and summary(previous) not in rows:
+        rows.append(summary(previous))
+    now = summary(result)
+    rows = [r for r in rows if (r["date"], r["recipe"]) != (now["date"], now["recipe"])]
+    return [*rows, now]
+
+
+def tried_lines(rows: list[dict]) -> list[str]:
+    lines = [
+        "## Recipes tried",
+        "",
+        "| date | machine | recipe (`toolkit train DATA ...`) | Keras test acc. | sensitivity | int8 test acc. | training min |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        int8 = ", ".join(f"{k.split()[0]} {v:.1%}" for k, v in r["int8_accuracy"].items())
+        lines.append(
+            f"| {r['date']} | {r['machine']} | `{r['recipe']}` | {r['keras_accuracy']:.1%} | {r['sensitivity']:.1%} | "
+            f"{int8} | {r['train_minutes']:.0f} |"
+        )
+    return [*lines, ""]
+
+
 def write_report(result: dict, out_md: Path) -> None:
     lines = [
         "# Real data: ELPV solar cells (functional vs defective)",
@@ -124,7 +194,8 @@ def write_report(result: dict, out_md: Path) -> None:
         f"cells (25%, stratified by class and module type; `benchmarks/elpv_split.csv`). Positive class: `{POSITIVE}`.",
         f"Recipe: `toolkit train DATA {' '.join(RECIPE)} --positive-class {POSITIVE}` "
         f"(weights: {result['weights']}); training {result['train_seconds'] / 60:.1f} min, "
-        f"whole benchmark {result['total_seconds'] / 60:.1f} min.",
+        f"whole benchmark {result['total_seconds'] / 60:.1f} min"
+        + (f" ({result['reused']} reused from an earlier invocation)." if result.get("reused") else "."),
         "",
         "| model | test accuracy | balanced acc. | AUC | sensitivity | specificity | size MB | batch-1 ms | parity gate |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -143,6 +214,7 @@ def write_report(result: dict, out_md: Path) -> None:
         f"Target: int8 ONNX and int8 TFLite >= {TARGET_ACCURACY:.1%} test accuracy, passing the gate: "
         + ("**met**." if result["target_met"] else "**not met**."),
         "",
+        *tried_lines(result["tried"]),
     ]
     out_md.write_text("\n".join(lines))
 
@@ -152,35 +224,33 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path("~/.cache/toolkit-elpv").expanduser())
     parser.add_argument("--weights", default="imagenet")
     parser.add_argument("--out", type=Path, default=None, help="run folder (default: CACHE/run)")
+    parser.add_argument("--fresh", action="store_true", help="train again even if the run folder holds a run")
     args = parser.parse_args()
     start = time.perf_counter()
     data = elpv.prepare(args.cache)
     run = args.out or args.cache / "run"
-    shutil.rmtree(run, ignore_errors=True)
-    t0 = time.perf_counter()
-    toolkit(
-        "train",
-        str(data),
-        "--out",
-        str(run),
-        "--weights",
-        args.weights,
-        "--positive-class",
-        POSITIVE,
-        "--cache-dir",
-        str(args.cache / "decoded"),
-        *RECIPE,
-        "--quiet",
-    )
-    train_seconds = time.perf_counter() - t0
-    exported = toolkit("export", str(run), "--quiet", check=False)
-    if exported.returncode not in (0, 1):  # 1: a parity gate failed; that artifact is still scored, marked FAIL
-        raise SystemExit(f"toolkit export failed with exit code {exported.returncode}")
+    if args.fresh:
+        shutil.rmtree(run, ignore_errors=True)
+    reused = []
+    if trained(run):
+        print(f"reusing the finished run {run}", file=sys.stderr, flush=True)
+        reused.append("training")
+    else:
+        train(run, data, args.weights, args.cache)
+    if export_is_current(run):
+        print(f"reusing {run / 'export'} (made from this best.keras)", file=sys.stderr, flush=True)
+        reused.append("export")
+    else:
+        exported = toolkit("export", str(run), "--quiet", check=False)
+        if exported.returncode not in (0, 1):  # 1: a parity gate failed; that artifact is still scored, marked FAIL
+            raise SystemExit(f"toolkit export failed with exit code {exported.returncode}")
     rows = evaluate_artifacts(run, data / "test")
     speed = latencies(run)
     for r in rows:
         r["latency_ms"] = speed.get((r["format"], r["precision"]))
-    int8 = [r for r in rows if r["precision"] == "int8"]
+    int8 = [r for r in rows if r["precision"] == "int8" and r["format"] in ("onnx", "tflite")]
+    store = HERE / "real.json"
+    previous = json.loads(store.read_text()) if store.is_file() else {}
     result = {
         "command": "make bench-real",
         "date": datetime.date.today().isoformat(),
@@ -188,13 +258,15 @@ def main() -> None:
         "weights": "ImageNet-derived file" if Path(args.weights).is_file() else args.weights,
         "recipe": RECIPE,
         "data": {s: sum(1 for _ in (data / s).rglob("*.png")) for s in ("train", "test")},
-        "train_seconds": train_seconds,
+        "train_seconds": json.loads((run / "run.json").read_text())["timings_s"]["total"],
         "artifacts": rows,
         "published": PUBLISHED,
         "target_met": bool(int8) and all(r["accuracy"] >= TARGET_ACCURACY and r["parity_passed"] for r in int8),
         "total_seconds": time.perf_counter() - start,
+        "reused": " and ".join(reused),
     }
-    (HERE / "real.json").write_text(json.dumps(result, indent=2) + "\n")
+    result["tried"] = tried(previous, result)
+    store.write_text(json.dumps(result, indent=2) + "\n")
     write_report(result, HERE / "REAL.md")
     print((HERE / "REAL.md").read_text())
 
