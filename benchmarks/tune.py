@@ -70,7 +70,13 @@ def measure(args: argparse.Namespace) -> dict:
 
 def row(mode: str, r: dict) -> list[str]:
     best, acc = r["best"], r["test_accuracy"]
-    chosen = ", ".join(f"{k} {best['settings'][k]}" for k in SETTINGS if k in best["settings"])
+    settings = best["settings"]
+    shown = [
+        k for k in SETTINGS if k in settings and (settings.get("fine_tune_epochs") or not k.startswith("fine_tune_"))
+    ]
+    chosen = ", ".join(
+        f"{k} {settings[k]:.3g}" if isinstance(settings[k], float) else f"{k} {settings[k]}" for k in shown
+    )
     return [
         f"| {mode} | {r['machine']['cpu']} ({r['machine']['cores']} cores), {r['machine']['date'][:10]} | "
         f"{r['search_s'] / 60:.1f} min | {r['trials']} ({r['fine_tuning_trials']} fine-tuning) | "

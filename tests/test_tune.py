@@ -188,3 +188,30 @@ def test_a_settings_file_with_an_unknown_setting_is_one_line(demo_dir, tmp_path)
     bad.write_text(json.dumps({"settings": {"head": "gap", "learning_rate": 0.1}}))
     result = runner.invoke(app, ["train", str(demo_dir), "--config", str(bad), "--out", str(tmp_path / "r")])
     assert result.exit_code == 2 and "learning_rate" in result.stderr
+
+
+@pytest.mark.slow  # TensorFlow
+def test_one_pass_stores_the_top_and_every_cut_as_separate_passes_would(tmp_path):
+    from tests.conftest import IMAGE_SIZE
+    from toolkit.model import build_classifier, build_feature_extractor, features_part, fine_tune_cut
+    from toolkit.tune.features import cache_base_features, store_paths
+    from toolkit.weights import WeightsRequest
+
+    model, _ = build_classifier(2, IMAGE_SIZE, WeightsRequest("none"), base="tiny")
+    images = np.random.default_rng(0).integers(0, 256, (20, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    made = []
+    paths = store_paths(tmp_path, "tiny", cuts=True)
+    stores = cache_base_features(lambda: made.append(1) or model, lambda: images, len(images), paths, "tiny")
+    assert set(stores) == {None, "block5", "block4"} and made == [1]
+    expected = {None: features_part(model).predict(images.astype(np.float32), verbose=0)}
+    for cut in ("block5", "block4"):
+        extractor = build_feature_extractor(model, "fp32", until=fine_tune_cut(model, cut))
+        expected[cut] = extractor.predict(images.astype(np.float32), verbose=0)
+    for key, want in expected.items():
+        assert stores[key].dtype == np.float16 and stores[key].shape == want.shape
+        np.testing.assert_allclose(np.asarray(stores[key], np.float32), want, rtol=1e-2, atol=1e-2 * np.abs(want).max())
+    paths[None].unlink()  # a lost store is made again alone; the finished ones are reused
+    before = {cut: paths[cut].stat().st_mtime_ns for cut in ("block5", "block4")}
+    cache_base_features(lambda: made.append(1) or model, lambda: images, len(images), paths, "tiny")
+    assert made == [1, 1] and paths[None].is_file()
+    assert {cut: paths[cut].stat().st_mtime_ns for cut in ("block5", "block4")} == before

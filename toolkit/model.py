@@ -308,6 +308,17 @@ def build_feature_extractor(model, precision: str, until: str | None = None):
     return keras.Model(image, x, name=f"features_{precision}" + (f"_to_{until}" if until else ""))
 
 
+def build_tap_extractor(model, layers: list[str | None]):
+    """One fp32 pass of raw pixels with several outputs: the base's output at each of `layers` (None: its top,
+    what `features_part` computes). The tuner stores the top and every cut's features from this single pass."""
+    keras = _keras()
+    base = base_model(model)
+    taps = keras.Model(base.input, [base.output if name is None else base.get_layer(name).output for name in layers])
+    image = keras.Input(tuple(features_part(model).input.shape[1:]), name="image")
+    x = pixel_preprocess(image, base_spec(model).preprocessing, suffix="_float32", dtype="float32")
+    return keras.Model(image, taps(x, training=False), name="features_taps")
+
+
 def _from_cut(model, cut: str):
     """(input tensor at the cut before `cut`, the base's output) through the model's own layers, BN in inference."""
     keras = _keras()

@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
-
-CUT_FEATURES = "features-{base}-{cut}.npy"
 
 
 @dataclasses.dataclass
@@ -41,28 +38,6 @@ def pretrained(model) -> Pretrained:
     spec, base = base_spec(model), base_model(model)
     above = {cut: above_cut(base, layer) for cut, layer in spec.cuts.items()}
     return Pretrained(model, {cut: (part, part.get_weights()) for cut, part in above.items()})
-
-
-def cache_cut_features(classifier: Callable[[], object], images: Callable[[], np.ndarray], count: int,
-                       tune_dir: Path, base: str) -> dict[str, np.ndarray]:  # fmt: skip
-    """Every cut's features of the `count` non-test images (float16, once per base and cut; finished stores reused).
-
-    `classifier` and `images` are called only when a store has to be made.
-    """
-    from toolkit.bases import get_base
-    from toolkit.fileio import atomic_path
-    from toolkit.model import build_feature_extractor
-    from toolkit.train.features import extract_features
-
-    stores = {}
-    for cut, layer in get_base(base).cuts.items():
-        store = tune_dir / CUT_FEATURES.format(base=base, cut=cut)
-        if not store.is_file() or np.load(store, mmap_mode="r").shape[0] != count:
-            extractor = build_feature_extractor(classifier(), "fp32", until=layer)
-            with atomic_path(store) as tmp:
-                extract_features(extractor, images(), tmp, 16, description=f"{base} features at {layer}")
-        stores[cut] = np.load(store, mmap_mode="r")
-    return stores
 
 
 @dataclasses.dataclass

@@ -25,11 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.errors import SearchStopped, TrainingError
-from toolkit.fileio import atomic_path, folder_lock, write_json_atomic
+from toolkit.fileio import folder_lock, write_json_atomic
 from toolkit.progress import phase
 from toolkit.tune.space import OBJECTIVE, SPACE, sample_all, values_of
 
-FEATURES = "features-{base}.npy"  # one store per base searched
 SEARCH = "search.json"
 
 
@@ -89,9 +88,8 @@ def cache_features(config, options: TuneOptions, tune_dir: Path, log: Callable[[
     when the search fine-tunes; finished stores are reused."""
     from toolkit.data.groups import path_groups
     from toolkit.model import build_classifier
-    from toolkit.train.features import extract_features
     from toolkit.train.loop import load_training_data
-    from toolkit.tune.finetune import cache_cut_features
+    from toolkit.tune.features import cache_base_features, store_paths
     from toolkit.weights import WeightsRequest
 
     data = load_training_data(config, Path(config.data.cache_dir or tune_dir / "cache"), log)
@@ -114,15 +112,11 @@ def cache_features(config, options: TuneOptions, tune_dir: Path, log: Callable[[
 
     cached = CachedFeatures({}, labels, in_val, groups, len(data.classes), classifier=classifier)
     for base in bases_of(config, options):
-        store = tune_dir / FEATURES.format(base=base)
-        if not store.is_file() or np.load(store, mmap_mode="r").shape[0] != len(labels):
-            with atomic_path(store) as tmp:
-                extract_features(classifier(base).get_layer("features"), images(), tmp, 16,
-                                 description=f"{base} features")  # fmt: skip
-        cached.features[base] = np.load(store, mmap_mode="r")
+        build = lambda base=base: classifier(base)  # noqa: E731
+        stores = cache_base_features(build, images, len(labels), store_paths(tune_dir, base, options.fine_tune), base)
+        cached.features[base] = stores.pop(None)
         if options.fine_tune:
-            build = lambda base=base: classifier(base)  # noqa: E731
-            cached.cuts[base] = cache_cut_features(build, images, len(labels), tune_dir, base)
+            cached.cuts[base] = stores
     return cached
 
 
