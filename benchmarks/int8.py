@@ -13,7 +13,8 @@ repaired, their interleaved latency cost and the manifest's phase times. `--trai
 the project defaults (`toolkit train DATA`) when it has no best.keras yet, so the bench can be resumed.
 
 Usage: python benchmarks/int8.py NAME RUN TEST_DIR [--train DATA --weights W --positive-class C]
-           [--whole-export FLAGS]   (e.g. elpv ~/.cache/toolkit-elpv/run DATA/test)
+           [--whole-export FLAGS] [--variants minmax,entropy,percentile,fix,fix-strict,float]
+       (e.g. elpv ~/.cache/toolkit-elpv/run DATA/test)
 """
 
 from __future__ import annotations
@@ -32,13 +33,14 @@ sys.path.insert(0, str(HERE))
 
 from real import machine  # noqa: E402  (the same machine line as benchmarks/REAL.md)
 
-VARIANTS = [
-    ("minmax", ["--calibration", "minmax"]),
-    ("entropy", ["--calibration", "entropy"]),
-    ("percentile 99.999", ["--calibration", "percentile"]),
-    ("fix: --int8-max-drop 1", ["--int8-max-drop", "1"]),
-    ("fix, agreement >= 99.5%", ["--int8-max-drop", "1", "--min-agreement", "0.995"]),
-]
+VARIANTS = {  # --variants key: (the row's name, `toolkit export RUN --precision int8` flags)
+    "minmax": ("minmax", ["--calibration", "minmax"]),
+    "entropy": ("entropy", ["--calibration", "entropy"]),
+    "percentile": ("percentile 99.999", ["--calibration", "percentile"]),
+    "fix": ("fix: --int8-max-drop 1", ["--int8-max-drop", "1"]),
+    "fix-strict": ("fix, agreement >= 99.5%", ["--int8-max-drop", "1", "--min-agreement", "0.995"]),
+}
+FLOAT = ("onnx float32", "openvino bf16")  # the float alternatives, scored beside the int8 rows
 LATENCY_RUNS = 20
 
 
@@ -85,7 +87,7 @@ def score(run: Path, entry: dict, test_dir: Path) -> dict:
 
 def exported(run: Path) -> dict[str, dict]:
     manifest = json.loads((run / "export" / "manifest.json").read_text())
-    return {f"{a['format']} {a['precision']}": a for a in manifest["artifacts"]}
+    return {f"{a['format']} {a['precision']}": a for a in manifest["artifacts"] if not a.get("variant")}
 
 
 def train_defaults(run: Path, data: Path, extra: list[str]) -> float | None:
@@ -142,21 +144,31 @@ def whole_export(run: Path, flags: list[str]) -> dict:
     }
 
 
-def measure(run: Path, test_dir: Path) -> dict:
+def measure(run: Path, test_dir: Path, variants: list[str], whole_flags: list[str] | None) -> dict:
+    """Each variant's int8 artifacts exported and scored, then the float ones.
+
+    After a whole export (`whole_flags`), the variant with the same flags is scored from its files, first,
+    before another variant replaces them; the float files come from it too.
+    """
     from toolkit.evaluate import evaluate_model
     from toolkit.runtime import load
 
     sections = {"keras_test_accuracy": evaluate_model(load(run / "best.keras"), test_dir).metrics.accuracy}
+    chosen = sorted((k for k in VARIANTS if k in variants), key=lambda k: VARIANTS[k][1] != whole_flags)
     rows = []
-    for name, flags in VARIANTS:
-        toolkit("export", str(run), "--precision", "int8", "--quiet", *flags)
+    for key in chosen:
+        name, flags = VARIANTS[key]
+        if flags != whole_flags:
+            toolkit("export", str(run), "--precision", "int8", "--quiet", *flags)
         artifacts = exported(run)
         names = [k for k in ("onnx int8", "tflite int8", "openvino int8") if k in artifacts]
         rows += [{"variant": name, **score(run, artifacts[k], test_dir)} for k in names]
-    toolkit("export", str(run), "--format", "onnx", "--precision", "float32", "--quiet")
-    toolkit("export", str(run), "--format", "openvino", "--quiet")
-    artifacts = exported(run)
-    rows += [{"variant": "float", **score(run, artifacts[k], test_dir)} for k in ("onnx float32", "openvino bf16")]
+    if "float" in variants:
+        if whole_flags is None:
+            toolkit("export", str(run), "--format", "onnx", "--precision", "float32", "--quiet")
+            toolkit("export", str(run), "--format", "openvino", "--quiet")
+        artifacts = exported(run)
+        rows += [{"variant": "float", **score(run, artifacts[k], test_dir)} for k in FLOAT if k in artifacts]
     sections["rows"] = rows
     return sections
 
@@ -223,7 +235,13 @@ def main() -> None:
     parser.add_argument("--weights", default="imagenet")
     parser.add_argument("--positive-class", default=None)
     parser.add_argument("--whole-export", default=None, metavar="FLAGS", help="time `export --format all FLAGS`")
+    parser.add_argument("--variants", default=",".join([*VARIANTS, "float"]), help="comma-separated rows to measure")
     args = parser.parse_args()
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = sorted(set(variants) - {*VARIANTS, "float"})
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join([*VARIANTS, 'float'])}")
+    whole_flags = None if args.whole_export is None else shlex.split(args.whole_export)
     store = HERE / "int8.json"
     results = json.loads(store.read_text()) if store.is_file() else {}
     section: dict = {}
@@ -231,9 +249,9 @@ def main() -> None:
         extra = ["--weights", args.weights] + (["--positive-class", args.positive_class] if args.positive_class else [])
         section["train_seconds"] = train_defaults(args.run, args.train, extra)
         section["trained_with"] = "toolkit train DATA " + " ".join(extra[2:] if Path(args.weights).is_file() else extra)
-    if args.whole_export is not None:
-        section["whole_export"] = whole_export(args.run, shlex.split(args.whole_export))
-    section.update(measure(args.run, args.test_dir))
+    if whole_flags is not None:
+        section["whole_export"] = whole_export(args.run, whole_flags)
+    section.update(measure(args.run, args.test_dir, variants, whole_flags))
     section.update(run=str(args.run), date=datetime.date.today().isoformat(), machine=machine())
     results[args.name] = section
     store.write_text(json.dumps(results, indent=2) + "\n")
