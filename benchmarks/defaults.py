@@ -40,7 +40,7 @@ SETS = ("demo", "elpv", "elpv-grades")
 # The defaults before the defaults issue (#37), as flags: what `toolkit train DATA` did then.
 BEFORE = [
     *("--head", "gap+gmp", "--dropout", "0.3", "--no-feature-norm"),
-    *("--monitor", "val_accuracy", "--class-weight", "none"),
+    *("--monitor", "val_accuracy", "--class-weight", "none", "--augment"),
 ]
 RECIPES = {"before": BEFORE, "after": []}
 TARGETS = {  # the issue's: test accuracy, and the smallest recall any class may have

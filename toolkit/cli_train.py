@@ -98,7 +98,12 @@ def train(
         str | None, DataOpt(metavar="REGEX", help="Or a group from each path under DATA_DIR (its first group).")
     ] = TRAIN.group_pattern,
     augment: Annotated[
-        bool, DataOpt("--augment/--no-augment", help="Random flip, shift, zoom, rotation.")
+        bool | None,
+        DataOpt(
+            "--augment/--no-augment",
+            help="Random flip, shift, zoom, rotation (default: auto, off for registered images).",
+            show_default=False,
+        ),
     ] = TRAIN.augment,
     aug_views: Annotated[int, DataOpt(help="Precompute K augmented views (0: fresh each epoch).")] = TRAIN.aug_views,
     cache_dir: Annotated[Path | None, DataOpt(help="Decoded-image cache (default RUN_DIR/cache).")] = TRAIN.cache_dir,

@@ -42,6 +42,7 @@ def test_run_folder_is_complete_and_self_describing(trained_run):
     assert 1 <= run["best_epoch"] <= 3 and run["best_epoch_metrics"]["epoch"] == run["best_epoch"]
     assert run["parameters"]["trainable"] < run["parameters"]["total"]
     assert "tensorflow" in run["versions"] and "keras" in run["versions"]
+    assert run["augmentation"] == {"used": False, "rule": "--no-augment", "registration": None, "threshold": 0.4}
     labels = json.loads((trained_run / "labels.json").read_text())
     calibration = labels.pop("score_calibration")  # its own tests: tests/train/test_calibration.py
     assert calibration["method"] == "temperature"
@@ -419,3 +420,28 @@ def test_class_weights_balance_uneven_classes_and_run_json_records_them(demo_dir
     assert run["class_weights"] == pytest.approx({name: total / (2 * n) for name, n in counts.items()})
     assert run["class_weights"]["malignant"] > 1 > run["class_weights"]["benign"]
     assert json.loads((tmp_path / "auto" / "run.json").read_text())["class_weights"] is None
+
+
+def test_default_augmentation_is_chosen_by_registration_and_recorded(demo_dir, tmp_path):
+    """No --augment/--no-augment: the lesions (anywhere) are augmented, registered cells are not; run.json says why."""
+    from PIL import Image
+
+    from tests.test_registration import registered
+    from toolkit.train import train
+
+    cells = tmp_path / "cells"
+    for split, per_class in (("train", 12), ("test", 4)):
+        for k, name in enumerate(("defective", "functional")):
+            (cells / split / name).mkdir(parents=True)
+            for i, image in enumerate(registered(per_class, size=48, seed=10 * k + (split == "test"))):
+                Image.fromarray(image).save(cells / split / name / f"{i}.png")
+    logged: list[str] = []
+    for data, name in ((cells, "cells"), (demo_dir, "lesions")):
+        train(train_config(data, tmp_path / name, epochs=1, augment=None), log=logged.append, verbose=0)
+    chosen = {
+        name: json.loads((tmp_path / name / "run.json").read_text())["augmentation"] for name in ("cells", "lesions")
+    }
+    assert chosen["cells"]["used"] is False and chosen["cells"]["registration"] > chosen["cells"]["threshold"]
+    assert chosen["lesions"]["used"] is True and chosen["lesions"]["registration"] < chosen["lesions"]["threshold"]
+    assert {chosen["cells"]["rule"], chosen["lesions"]["rule"]} == {"auto"}
+    assert any(line.startswith("augmentation: off (auto: registered images") for line in logged)

@@ -65,7 +65,7 @@ class DataConfig:
     validate_on_test: bool = SplitOptions.validate_on_test  # train/ + test/: validate on test/ as the tutorial does
     groups: str | None = SplitOptions.groups  # CSV path,group: a group never spans two carved splits
     group_pattern: str | None = SplitOptions.group_pattern  # or a regex on the path under DATA_DIR
-    augment: bool = True
+    augment: bool | None = None  # None: auto, off for registered images (toolkit.data.registration)
     aug_views: int = 0
     cache_dir: str | None = None
 
@@ -242,7 +242,7 @@ class TrainConfig:
         d, b = self.data, self.base
         if d.aug_views < 0:
             raise DatasetError("--aug-views must be 0 or more")
-        if d.aug_views and not d.augment:
+        if d.aug_views and d.augment is False:
             raise DatasetError("--aug-views needs augmentation; drop --no-augment")
         if d.aug_views and not b.cache_features:
             raise DatasetError("--aug-views precomputes features; drop --no-cache-features")

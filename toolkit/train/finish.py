@@ -10,6 +10,7 @@ import numpy as np
 from toolkit import __version__
 from toolkit import calibration as cal
 from toolkit.data import DataReport, LoadedDataset
+from toolkit.data.registration import AugmentChoice
 from toolkit.errors import TrainingError
 from toolkit.fileio import write_json_atomic
 from toolkit.keras_io import load_keras_model, predict_in_batches
@@ -44,6 +45,7 @@ class RunFacts:
     precision: str
     parameters: tuple[int, int]  # total, trainable
     replicas: int
+    augmentation: AugmentChoice | None = None  # what the frozen and fine-tuning phases trained with, and why
 
 
 @dataclasses.dataclass
@@ -221,6 +223,7 @@ def write_run_json(ctx: FitContext, facts: RunFacts, result: TrainResult) -> Non
             "skipped": len(report.skipped),
         },
         "parameters": {"total": facts.parameters[0], "trainable": facts.parameters[1]},
+        "augmentation": facts.augmentation.to_json() if facts.augmentation else None,
         "class_weights": None if ctx.class_weight is None else _named(ctx.class_weight, report.classes),
         "strategy": {"name": config.strategy, "replicas": facts.replicas},
         "best_epoch": ctx.state.best_epoch,

@@ -336,10 +336,13 @@ def _start(config, resume, chief, explicit, cluster, log, verbose) -> _Started:
 
 def _train_started(s: _Started, cluster: dict) -> TrainResult:
     from toolkit.data.augment import RandomAffine
+    from toolkit.data.registration import choose_augmentation
     from toolkit.keras_io import count_params
 
     config, ctx, data = s.config, s.ctx, s.data
-    augmenter = RandomAffine(config.optim.seed) if config.data.augment else None
+    augmentation = choose_augmentation(config.data.augment, config.data.aug_views, data.train.images)
+    ctx.log(augmentation.describe())
+    augmenter = RandomAffine(config.optim.seed) if augmentation.used else None
     val_feats = None
     # Every worker computes its own features (its own augmentations): workers sharing
     # one --out must not write one another's feature files.
@@ -351,7 +354,7 @@ def _train_started(s: _Started, cluster: dict) -> TrainResult:
         finetune_phase(ctx, data, augmenter, s.precision, features_dir)
         _next_phase(ctx, "done")
     replicas = ctx.strategy.num_replicas_in_sync
-    facts = RunFacts(data.report, s.weights_info, s.precision, count_params(ctx.model), replicas)
+    facts = RunFacts(data.report, s.weights_info, s.precision, count_params(ctx.model), replicas, augmentation)
     if not ctx.chief:
         # Non-chief workers trained in lockstep; the chief evaluates and writes the run folder.
         return make_result(ctx, facts, None, time.perf_counter() - s.start)
