@@ -28,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from real import machine  # noqa: E402  (the same machine line as benchmarks/REAL.md)
+from toolkit_cli import toolkit as run_toolkit  # noqa: E402
 
 CACHE = Path(os.environ.get("TOOLKIT_BASES_CACHE", Path.home() / ".cache" / "toolkit-bases"))
 RELAXED_INT8 = ["--min-agreement", "0", "--max-accuracy-drop", "1"]
@@ -48,8 +49,8 @@ TARGETS_MS = {"mobilenetv3large": 3.0, "efficientnetv2b0": 8.0}  # the base-netw
 
 
 def toolkit(*args: str) -> subprocess.CompletedProcess:
-    print("$ toolkit " + " ".join(args), file=sys.stderr, flush=True)
-    return subprocess.run([sys.executable, "-m", "toolkit.cli", *args], capture_output=True, text=True)
+    """The CLI with its stderr kept: a failed base's row says why."""
+    return run_toolkit(*args, check=False, capture_stderr=True)
 
 
 def measure(name: str, data: Path) -> dict:

@@ -23,7 +23,6 @@ import datetime
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ sys.path.insert(0, str(HERE))
 
 import elpv  # noqa: E402
 from real import machine  # noqa: E402
+from toolkit_cli import toolkit  # noqa: E402
 
 CACHE = Path(os.environ.get("TOOLKIT_DEFAULTS_CACHE", Path.home() / ".cache" / "toolkit-defaults"))
 ELPV_CACHE = Path(os.environ.get("ELPV_CACHE", Path.home() / ".cache" / "toolkit-elpv"))
@@ -48,15 +48,6 @@ TARGETS = {  # the issue's: test accuracy, and the smallest recall any class may
     "elpv": {"accuracy": 0.84},
     "elpv-grades": {"accuracy": 0.72, "min_recall": 0.30},
 }
-
-
-def toolkit(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """The CLI as a user runs it; its console output passes through to stderr."""
-    print("$ toolkit " + " ".join(args), file=sys.stderr, flush=True)
-    result = subprocess.run([sys.executable, "-m", "toolkit.cli", *args], stdout=subprocess.PIPE, text=True)
-    if check and result.returncode != 0:
-        raise SystemExit(f"toolkit {args[0]} failed with exit code {result.returncode}")
-    return result
 
 
 def data_folder(name: str) -> Path:
@@ -111,7 +102,25 @@ def measure(name: str, recipe: str, weights: str) -> dict:
         "export_s": round(export_s, 1),
         "export_exit": exported.returncode,
         "gates": gates,
+        "augmentation": facts.get("augmentation"),  # used, rule (auto: by registration), score, threshold
     }
+
+
+def augmentation(row: dict) -> str:
+    """on/off and why; rows from before run.json recorded it augmented always (the default then)."""
+    chosen = row.get("augmentation") or run_augmentation(row)
+    if not chosen:
+        return "on (always, then)"
+    state = "on" if chosen["used"] else "off"
+    if chosen["rule"] == "auto" and chosen.get("registration") is not None:
+        return f"{state} (auto: {chosen['registration']:.2f})"
+    return f"{state} ({chosen['rule']})"
+
+
+def run_augmentation(row: dict) -> dict | None:
+    """The run folder's own record, for rows measured by an older copy of this script."""
+    facts = CACHE / "runs" / f"{row['set']}-{row['recipe']}" / "run.json"
+    return json.loads(facts.read_text()).get("augmentation") if facts.is_file() else None
 
 
 def met(row: dict) -> bool:
@@ -128,10 +137,12 @@ def write_report(result: dict) -> None:
         'Weights: the offline ImageNet-derived VGG16 file (docs/training.md "Weights"), 224 px. `before` passes',
         f"`{' '.join(BEFORE)}`, the defaults of earlier versions; `after` passes no flag.",
         "Test splits are held out and scored once per run; validation (carved from train/) chose the epoch.",
+        "Augmentation: what the run trained with; auto decides by the registration score (off at 0.4 and above,",
+        "docs/training.md), the runs before that rule always augmented.",
         "",
-        "| set | recipe | test acc. | balanced | recall per class | best epoch | val acc. there | gap | "
-        "train min | export gates | target |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| set | recipe | augmentation | test acc. | balanced | recall per class | best epoch | val acc. there | "
+        "gap | train min | export gates | target |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in sorted(result["rows"], key=lambda r: (SETS.index(r["set"]), r["recipe"] != "before")):
         recall = ", ".join(f"{k} {v:.0%}" for k, v in row["recall"].items())
@@ -139,7 +150,7 @@ def write_report(result: dict) -> None:
         failed = ", ".join(name for name, ok in row["gates"].items() if not ok)
         gap = row["val_accuracy_at_best"] - row["test_accuracy"]
         lines.append(
-            f"| {row['set']} | {row['recipe']} | {row['test_accuracy']:.1%} | {row['balanced_accuracy']:.1%} | "
+            f"| {row['set']} | {row['recipe']} | {augmentation(row)} | {row['test_accuracy']:.1%} | {row['balanced_accuracy']:.1%} | "
             f"{recall} | {row['best_epoch']} of {row['epochs']} | {row['val_accuracy_at_best']:.1%} | "
             f"{gap:+.1%} | {row['train_s'] / 60:.1f} | {passed}/{len(row['gates'])}{f' ({failed} failed)' if failed else ''} | "
             f"{'met' if met(row) else 'not met'} |"

@@ -27,7 +27,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import elpv  # noqa: E402
+from toolkit_cli import toolkit  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 POSITIVE = "defective"
@@ -112,16 +112,6 @@ TASKS = {
         target_min_recall=0.30,
     ),  # fmt: skip
 }
-
-
-def toolkit(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run the toolkit CLI as a user would; its output passes through."""
-    command = [sys.executable, "-m", "toolkit.cli", *args]
-    print("$ toolkit " + " ".join(args), file=sys.stderr, flush=True)
-    result = subprocess.run(command, stdout=subprocess.PIPE, text=True)
-    if check and result.returncode != 0:
-        raise SystemExit(f"toolkit {args[0]} failed with exit code {result.returncode}")
-    return result
 
 
 RECIPE_FILE = "bench_recipe.json"  # in the run folder: the flags it was trained with, so a changed recipe retrains

@@ -17,7 +17,6 @@ import argparse
 import csv
 import json
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+
+from toolkit_cli import toolkit  # noqa: E402
 
 from toolkit.bench.machine import machine_header  # noqa: E402
 
@@ -32,11 +34,6 @@ TARGET_S = 15 * 60
 TARGET_TRIALS = 20
 SETTINGS = ("head", "dropout", "feature_norm", "lr", "weight_decay", "label_smoothing", "class_weight", "epochs",
             "fine_tune_epochs", "fine_tune_lr", "fine_tune_schedule", "fine_tune_from")  # fmt: skip
-
-
-def toolkit(*args: str) -> None:
-    print("$ toolkit " + " ".join(args), flush=True)
-    subprocess.run([sys.executable, "-m", "toolkit.cli", *args], check=True)
 
 
 def test_accuracy(run: Path) -> float:
