@@ -180,7 +180,9 @@ def bases(json_output: JsonFlag = False) -> None:
 
 
 HEATMAP_HELP = "Grad-CAM as a second output: *_heatmap files (plain files untouched), maps gated against Keras's."
-INT8_MAX_DROP_HELP = "int8: allowed accuracy drop (points); tries each calibration, then keeps worst layers float."
+INT8_MAX_DROP_HELP = (
+    "int8, dynamic: allowed accuracy drop (points); tries each calibration, then keeps worst layers float."
+)
 CALIBRATION_HELP = "int8 activation ranges (ONNX and TFLite)."
 
 

@@ -139,7 +139,8 @@ def int8_fix_line(entry: dict) -> str:
     """What `--int8-max-drop` did for one artifact, in one line."""
     fix = entry["int8_fix"]
     outcome = "passed" if entry["parity"]["passed"] else "still FAILS"
-    line = f"{entry['format']} int8: {outcome} after {len(fix['attempts'])} attempts, calibration {fix['calibration']['method']}"
+    calibrated = f", calibration {fix['calibration']['method']}" if "calibration" in fix else ""  # dynamic: none
+    line = f"{entry['format']} {entry['precision']}: {outcome} after {len(fix['attempts'])} attempts{calibrated}"
     if fix["float_layers"]:
         cost = fix["latency_ms"]["cost"]
         line += f"; {len(fix['float_layers'])} nodes kept in float ({cost:+.1f} ms batch-1): {', '.join(fix['float_layers'])}"

@@ -1,9 +1,10 @@
 """`--int8-max-drop`: make an int8 artifact pass its gate, cheapest remedy first.
 
-What NNCF's accuracy-controlled quantization does for OpenVINO, for both int8
-paths here: first the calibration methods (the user's, then minmax, entropy,
+What NNCF's accuracy-controlled quantization does for OpenVINO, for the ONNX and
+TFLite int8 paths here: first the calibration methods (the user's, then minmax, entropy,
 percentile), since a better range costs nothing at run time; then, on the best of
-those, layers are kept in float. Which ones is measured, as NNCF ranks them: the
+those, layers are kept in float (TFLite dynamic range, which has no calibration: float
+layers only, tflite_dynamic.py). Which ones is measured, as NNCF ranks them: the
 per-layer diagnosis names the noisiest candidates, and each candidate alone is kept
 in float and scored on the images whose decisions are at stake (every flipped image,
 then those whose outputs moved most); candidates that repair no decision are
@@ -210,6 +211,10 @@ def _add_float_layers(ranked, ctx: ExportContext, export_one, entry: dict, attem
 
 def finish_fix(entry: dict, ctx: ExportContext, attempts: list[dict], all_int8: Path | None, image, ranked) -> dict:
     record = {"attempts": attempts, "calibration": dict(ctx.calibration), "float_layers": list(ctx.float_layers)}
+    if not ctx.calibration:  # dynamic range: nothing was calibrated
+        del record["calibration"]
+        for attempt in attempts:
+            attempt.pop("calibration", None)
     if ranked:
         record["ranking"] = ranked
     if ctx.float_layers and all_int8 is not None:

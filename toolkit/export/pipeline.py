@@ -20,7 +20,17 @@ import numpy as np
 from toolkit import __version__
 from toolkit.card import write_model_card
 from toolkit.errors import ExportError
-from toolkit.export import heatmap, onnx_float, onnx_int8, openvino, openvino_int8, tflite, tflite_int8, web
+from toolkit.export import (
+    heatmap,
+    onnx_float,
+    onnx_int8,
+    openvino,
+    openvino_int8,
+    tflite,
+    tflite_dynamic,
+    tflite_int8,
+    web,
+)
 from toolkit.export.base import Calibration, ExportContext, ExportFormat, ExportTarget, Precision
 from toolkit.export.manifest import MANIFEST, converter_versions, open_manifest, record_artifact
 from toolkit.facts import InputSpec, ModelFacts
@@ -36,6 +46,7 @@ REGISTRY: dict[str, ExportFormat] = {
         onnx_float.FORMAT,
         onnx_int8.FORMAT,
         *tflite.FORMATS,
+        tflite_dynamic.FORMAT,
         tflite_int8.FORMAT,
         openvino.FORMAT,
         openvino_int8.FORMAT,
@@ -341,7 +352,9 @@ def _export_or_fix(fmt: ExportFormat, ctx: ExportContext, parity: ParitySet, opt
         return _export_one(fmt, ctx, parity)
     if fmt.fix is not None:  # the format's quantizer restores accuracy itself (NNCF's accuracy control)
         return fmt.fix(fmt, ctx, lambda: _export_one(fmt, ctx, parity), parity, options.int8_max_drop)
-    fix = FixOptions(calibration_order(ctx.calibration, options.calibration_percentile), options.int8_max_float_layers)
+    calibrated = fmt.precision == Precision.int8  # dynamic range has no calibration: float layers only
+    methods = calibration_order(ctx.calibration, options.calibration_percentile) if calibrated else [{}]
+    fix = FixOptions(methods, options.int8_max_float_layers)
     chosen = dict(ctx.calibration)
     try:
         return fix_int8(fmt, ctx, lambda: _export_one(fmt, ctx, parity), parity, fix)

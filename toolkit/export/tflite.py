@@ -1,4 +1,4 @@
-"""TFLite float32, float16 and dynamic-range int8 (full int8: tflite_int8.py).
+"""TFLite float32 and float16 (dynamic-range int8: tflite_dynamic.py; full int8: tflite_int8.py).
 
 Converted with `TFLiteConverter.from_keras_model`: with Keras 3,
 `from_concrete_functions` silently writes a weightless model that outputs NaN.
@@ -42,16 +42,20 @@ def anchored_calibration(images: np.ndarray) -> np.ndarray:
     return anchored
 
 
-def _convert(ctx: ExportContext, dest: Path, configure) -> None:
+def convert_blob(ctx: ExportContext, configure) -> bytes:
+    """The converter's flatbuffer, `configure(tf, converter)` having set its options; a failure is one line."""
     tf, converter = tflite_converter(ctx)
     configure(tf, converter)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            blob = converter.convert()
+            return converter.convert()
     except Exception as exc:
         raise ExportError(f"TFLite conversion failed: {' '.join(str(exc).split())[:200]}") from exc
-    dest.write_bytes(blob)
+
+
+def _convert(ctx: ExportContext, dest: Path, configure) -> None:
+    dest.write_bytes(convert_blob(ctx, configure))
     finish_tflite(ctx, dest)
 
 
@@ -62,10 +66,6 @@ def _float32(tf, converter) -> None:
 def _float16(tf, converter) -> None:
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.target_spec.supported_types = [tf.float16]
-
-
-def _dynamic(tf, converter) -> None:
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
 
 
 def describe_tflite(path: Path) -> dict:
@@ -106,15 +106,6 @@ FORMATS = [
         _simple(_float16),
         describe_tflite,
         "try tflite float32",
-        "tensorflow.lite",
-    ),
-    ExportFormat(
-        "tflite",
-        "dynamic",
-        "model_dynamic.tflite",
-        _simple(_dynamic),
-        describe_tflite,
-        "try tflite float16, or full int8 with more --calib-images",
         "tensorflow.lite",
     ),
 ]
