@@ -172,7 +172,7 @@ def fix_int8(fmt: ExportFormat, ctx: ExportContext, export_one: Callable[[], dic
     shutil.copyfile(ctx.export_dir / fmt.filename, all_int8)
     decide = parity.decide or (lambda probs: probs.argmax(axis=1))
     at_stake = stakes(parity.images, parity.reference, parity.outputs[fmt.key], decide)
-    with phase(f"ranking {fmt.format} int8 layers by their effect on {len(at_stake.images)} decisions"):
+    with phase(f"ranking {fmt.format} {fmt.precision} layers by their effect on {len(at_stake.images)} decisions"):
         with silenced((1, 2)):
             groups = fmt.rank_layers(ctx, parity.diagnosis_images()) if fmt.rank_layers else []
         ranked = rank_by_decisions(fmt, ctx, groups, at_stake, max(RANK_CANDIDATES, fix.max_float_layers))
