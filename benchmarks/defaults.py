@@ -107,20 +107,14 @@ def measure(name: str, recipe: str, weights: str) -> dict:
 
 
 def augmentation(row: dict) -> str:
-    """on/off and why; rows from before run.json recorded it augmented always (the default then)."""
-    chosen = row.get("augmentation") or run_augmentation(row)
+    """on/off and why; rows measured before run.json recorded it augmented always (the default then)."""
+    chosen = row.get("augmentation")
     if not chosen:
         return "on (always, then)"
     state = "on" if chosen["used"] else "off"
     if chosen["rule"] == "auto" and chosen.get("registration") is not None:
         return f"{state} (auto: {chosen['registration']:.2f})"
     return f"{state} ({chosen['rule']})"
-
-
-def run_augmentation(row: dict) -> dict | None:
-    """The run folder's own record, for rows measured by an older copy of this script."""
-    facts = CACHE / "runs" / f"{row['set']}-{row['recipe']}" / "run.json"
-    return json.loads(facts.read_text()).get("augmentation") if facts.is_file() else None
 
 
 def met(row: dict) -> bool:

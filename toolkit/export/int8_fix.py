@@ -75,13 +75,18 @@ def stakes(images: np.ndarray, reference: np.ndarray, candidate: np.ndarray, dec
 def fix_summary(entry: dict, ctx: ExportContext) -> dict:
     parity = entry["parity"]
     return {
-        "calibration": dict(ctx.calibration),
+        **_calibrated(ctx),
         "float_layers": len(ctx.float_layers),
         "top1_agreement": parity["top1_agreement"],
         "flips": parity["flips"],
         "accuracy": parity["accuracy"],
         "passed": parity["passed"],
     }
+
+
+def _calibrated(ctx: ExportContext) -> dict:
+    """The calibration an attempt used; none for dynamic range, which calibrates nothing."""
+    return {"calibration": dict(ctx.calibration)} if ctx.calibration else {}
 
 
 def _score(entry: dict) -> tuple[float, float]:
@@ -210,11 +215,7 @@ def _add_float_layers(ranked, ctx: ExportContext, export_one, entry: dict, attem
 
 
 def finish_fix(entry: dict, ctx: ExportContext, attempts: list[dict], all_int8: Path | None, image, ranked) -> dict:
-    record = {"attempts": attempts, "calibration": dict(ctx.calibration), "float_layers": list(ctx.float_layers)}
-    if not ctx.calibration:  # dynamic range: nothing was calibrated
-        del record["calibration"]
-        for attempt in attempts:
-            attempt.pop("calibration", None)
+    record = {"attempts": attempts, **_calibrated(ctx), "float_layers": list(ctx.float_layers)}
     if ranked:
         record["ranking"] = ranked
     if ctx.float_layers and all_int8 is not None:

@@ -45,19 +45,17 @@ def _name(tensor) -> str:
     return tensor.name.decode() if isinstance(tensor.name, bytes) else tensor.name
 
 
-def _int8_weights(parsed, graph, op) -> list:
-    """The operator's constant int8 inputs with quantization parameters: its dynamically-quantized weights."""
+def _int8_weights(parsed, graph, op) -> list[int]:
+    """Positions among the operator's inputs of its constant, quantized int8 tensors: its dynamically-quantized weights."""
     schema, _ = _schema()
     found = []
-    for index in op.inputs:
-        if index < 0:
+    for position, index in enumerate(op.inputs):
+        tensor = graph.tensors[index] if index >= 0 else None
+        if tensor is None or tensor.type != schema.TensorType.INT8:
             continue
-        tensor = graph.tensors[index]
-        buffer = parsed.buffers[tensor.buffer]
-        quant = tensor.quantization
-        has_data = buffer.data is not None and len(buffer.data) > 0
-        if tensor.type == schema.TensorType.INT8 and has_data and quant is not None and quant.scale is not None:
-            found.append(tensor)
+        data, quant = parsed.buffers[tensor.buffer].data, tensor.quantization
+        if data is not None and len(data) > 0 and quant is not None and quant.scale is not None:
+            found.append(position)
     return found
 
 
@@ -94,10 +92,8 @@ def keep_float(model: bytes, names: Iterable[str], float_model: bytes) -> bytes:
     for name, op in _operators_by_name(graph).items():
         if name not in wanted or name not in twins:
             continue
-        for position, index in enumerate(op.inputs):
-            tensor = graph.tensors[index] if index >= 0 else None
-            if tensor is None or not any(tensor is w for w in _int8_weights(parsed, graph, op)):
-                continue
+        for position in _int8_weights(parsed, graph, op):
+            tensor = graph.tensors[op.inputs[position]]
             twin = source.subgraphs[0].tensors[twins[name].inputs[position]]
             if list(twin.shape) != list(tensor.shape):
                 raise ExportError(f"TFLite operator {name}: its float32 weights have another shape")
