@@ -12,7 +12,7 @@ DEMO_SIZE ?= 224
 # with pip (docs/training.md "Weights"); run.json names the weights actually used.
 WEIGHTS_FLAGS := --weights $(or $(VGG16_WEIGHTS),imagenet)
 
-.PHONY: install system-deps demo test check lint format bench bench-real bench-int8 bench-serve bench-serve-hostile bench-calibration bench-explain bench-tune bench-bases bench-defaults clean-demo
+.PHONY: install system-deps demo test check lint format bench bench-real bench-int8 bench-serve bench-serve-hostile bench-calibration bench-explain bench-tune bench-bases bench-defaults bench-finetune clean-demo
 
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 ORT_WEB := node_modules/onnxruntime-web/dist/ort.wasm.min.js
@@ -112,6 +112,12 @@ bench-bases: $(BIN)/toolkit
 # benchmarks/DEFAULTS.md (~4 h on 2 cores; DEFAULTS_SETS=demo measures one set and replaces its rows).
 bench-defaults: $(BIN)/toolkit
 	ELPV_CACHE=$(ELPV_CACHE) $(BIN)/python benchmarks/defaults.py $(DEFAULTS_SETS) --weights $(or $(VGG16_WEIGHTS),imagenet)
+
+# Fine-tuning in bf16 against float32 (#38): the demo and ELPV binary, each trained twice with the defaults plus
+# fine-tuning of block5 (--base-precision fp32, then bf16): seconds per fine-tuning epoch and test accuracy; writes
+# benchmarks/FINETUNE.md (~50 min on 2 AMX cores; FINETUNE_SETS=demo measures one set and replaces its rows).
+bench-finetune: $(BIN)/toolkit
+	ELPV_CACHE=$(ELPV_CACHE) $(BIN)/python benchmarks/finetune.py $(FINETUNE_SETS) --weights $(or $(VGG16_WEIGHTS),imagenet)
 
 # int8 side by side (calibration methods, the automatic fix with the default and a 99.5% agreement gate, OpenVINO
 # bf16) on the demo run (make demo first) and on ELPV trained with the defaults (`toolkit train DATA`, into

@@ -1,0 +1,176 @@
+"""`make bench-finetune`: fine-tuning in bf16 against float32, per epoch and in test accuracy (#38).
+
+Each set trains twice with the same flags (the defaults plus the fine-tuning recipe below, the offline
+VGG16 weights, 224 px), once with `--base-precision fp32` (frozen passes and fine-tuning in float32)
+and once with `--base-precision bf16` (what `auto` picks on AVX512_BF16 or AMX CPUs: the frozen passes
+in bf16 and the unfrozen blocks under mixed_bfloat16, float32 weights). Records what run.json says
+fine-tuning computed in, the seconds per fine-tuning epoch (its training and validation passes), the
+frozen phase's and the whole run's seconds, and the held-out test accuracy scored once by training;
+writes benchmarks/FINETUNE.md and finetune.json. On a CPU without native bf16 the bf16 row is emulated
+and slower: the table says which instruction sets the machine has.
+
+Sets: demo (`toolkit demo-data`, 200 per class, as `make demo`), elpv (binary: functional or defective,
+downloaded by benchmarks/elpv.py into a cache outside git). Runs live under ~/.cache/toolkit-finetune.
+
+Usage: python benchmarks/finetune.py [SET ...] [--weights imagenet|PATH]
+       python benchmarks/finetune.py --report     (FINETUNE.md again from finetune.json)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import elpv  # noqa: E402
+from toolkit_cli import toolkit  # noqa: E402
+
+CACHE = Path(os.environ.get("TOOLKIT_FINETUNE_CACHE", Path.home() / ".cache" / "toolkit-finetune"))
+ELPV_CACHE = Path(os.environ.get("ELPV_CACHE", Path.home() / ".cache" / "toolkit-elpv"))
+SETS = ("demo", "elpv")
+PRECISIONS = ("fp32", "bf16")
+# The fine-tuning of README's real-data recipe (block5 at 2e-4); the demo's 198 training images need fewer epochs.
+FINE_TUNE = {
+    "demo": ["--fine-tune-epochs", "8", "--fine-tune-lr", "2e-4", "--fine-tune-from", "block5"],
+    "elpv": ["--fine-tune-epochs", "24", "--fine-tune-lr", "2e-4", "--fine-tune-from", "block5"],
+}
+TARGETS = {"epoch_ratio": 0.5, "accuracy_points": 0.5}  # the issue's, on ELPV: bf16 epoch <= 0.5x, within 0.5 point
+
+
+def data_folder(name: str) -> Path:
+    """The set's DATA_DIR (made once)."""
+    if name == "demo":
+        folder = CACHE / "demo-data"
+        if not (folder / "train").is_dir():
+            toolkit("demo-data", str(folder), "--image-size", "224", "--per-class", "200")
+        return folder
+    return elpv.prepare(ELPV_CACHE, "binary")
+
+
+def measure(name: str, precision: str, weights: str) -> dict:
+    """Train one run and read back its facts."""
+    data = data_folder(name)
+    run = CACHE / "runs" / f"{name}-{precision}"
+    shutil.rmtree(run, ignore_errors=True)
+    flags = [*FINE_TUNE[name], "--base-precision", precision]
+    toolkit("train", str(data), "--out", str(run), "--weights", weights, "--quiet", *flags)
+    facts = json.loads((run / "run.json").read_text())
+    test = json.loads((run / "metrics.json").read_text())["test"]
+    timings = facts["timings_s"]
+    return {
+        "set": name,
+        "precision": precision,
+        "flags": flags,
+        "fine_tune_precision": facts["fine_tune_precision"],
+        "fine_tune_epoch_s": round(timings["fine_tune_epoch_s"], 2),
+        "fine_tune_phase_s": round(timings["fine_tune_phase_s"], 1),
+        "total_s": round(timings["total"], 1),
+        "best_epoch": facts["best_epoch"],
+        "test_count": test["count"],
+        "test_accuracy": test["accuracy"],
+        "balanced_accuracy": test["balanced_accuracy"],
+    }
+
+
+def machine() -> dict:
+    from toolkit.bench.machine import machine_header
+
+    m = machine_header(os.cpu_count() or 1)
+    return {k: m[k] for k in ("cpu", "cores", "instruction_sets", "platform", "python", "versions")}
+
+
+def comparisons(rows: list[dict]) -> list[dict]:
+    """bf16 against fp32 per set: the epoch-cost ratio and the test-accuracy difference, against the targets."""
+    out = []
+    for name in SETS:
+        pair = {r["precision"]: r for r in rows if r["set"] == name}
+        if set(pair) != set(PRECISIONS):
+            continue
+        ratio = pair["bf16"]["fine_tune_epoch_s"] / pair["fp32"]["fine_tune_epoch_s"]
+        points = 100 * (pair["bf16"]["test_accuracy"] - pair["fp32"]["test_accuracy"])
+        met = ratio <= TARGETS["epoch_ratio"] and points >= -TARGETS["accuracy_points"]
+        out.append({"set": name, "epoch_ratio": round(ratio, 3), "accuracy_points": round(points, 2), "met": met})
+    return out
+
+
+def write_report(result: dict) -> None:
+    m = result["machine"]
+    lines = [
+        "# Fine-tuning in bf16 against float32",
+        "",
+        f"Written by `{result['command']}` on {result['date']}; machine: {m['cpu']}, {m['cores']} cores "
+        f"({', '.join(m['instruction_sets']) or 'no matrix extensions'}), {m['platform']}, Python {m['python']}.",
+        "Each set trains twice with `toolkit train DATA` plus the flags below and the offline ImageNet-derived",
+        "VGG16 weights at 224 px: `--base-precision fp32` (everything in float32) and `--base-precision bf16` (what",
+        "`auto` picks on AVX512_BF16/AMX: frozen passes in bf16, the unfrozen blocks under mixed_bfloat16 with",
+        "float32 weights). The test split is held out and scored once per run by training.",
+        "",
+        "| set | flags | --base-precision | fine-tuned in | s per fine-tuning epoch | fine-tuning min | "
+        "run min | best epoch | test acc. | balanced |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in sorted(result["rows"], key=lambda r: (SETS.index(r["set"]), PRECISIONS.index(r["precision"]))):
+        lines.append(
+            f"| {row['set']} | `{' '.join(row['flags'][:-2])}` | {row['precision']} | {row['fine_tune_precision']} | "
+            f"{row['fine_tune_epoch_s']:.1f} | {row['fine_tune_phase_s'] / 60:.1f} | {row['total_s'] / 60:.1f} | "
+            f"{row['best_epoch']} | {row['test_accuracy']:.1%} ({row['test_count']}) | {row['balanced_accuracy']:.1%} |"
+        )
+    lines += [
+        "",
+        f"Targets (ELPV, the issue's): a bf16 fine-tuning epoch <= {TARGETS['epoch_ratio']}x a float32 one, test",
+        f"accuracy within {TARGETS['accuracy_points']} point (bf16 no more than that below float32).",
+        "",
+        "| set | bf16 / fp32 per epoch | test accuracy, bf16 - fp32 (points) | targets |",
+        "|---|---|---|---|",
+    ]
+    for c in comparisons(result["rows"]):
+        lines.append(
+            f"| {c['set']} | {c['epoch_ratio']:.2f}x | {c['accuracy_points']:+.1f} | {'met' if c['met'] else 'not met'} |"
+        )
+    lines += [
+        "",
+        "One run per row: a test accuracy moves by a point or more with the seed (HEADS.md), so a difference",
+        "within a point says the precisions tie, not which is better.",
+        "",
+    ]
+    (HERE / "FINETUNE.md").write_text("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sets", nargs="*", default=list(SETS), help=f"any of {', '.join(SETS)} (default: all)")
+    parser.add_argument("--weights", default="imagenet")
+    parser.add_argument("--report", action="store_true", help="rewrite FINETUNE.md from finetune.json")
+    args = parser.parse_args()
+    unknown = sorted(set(args.sets) - set(SETS))
+    if unknown:
+        parser.error(f"unknown set(s) {', '.join(unknown)}; choose from {', '.join(SETS)}")
+    path = HERE / "finetune.json"
+    result = json.loads(path.read_text()) if path.is_file() else {"rows": []}
+    if not args.report:
+        for name in args.sets:
+            for precision in PRECISIONS:
+                row = measure(name, precision, args.weights)
+                result["rows"] = [r for r in result["rows"] if (r["set"], r["precision"]) != (name, precision)]
+                result["rows"].append(row)
+                result.update(
+                    command="make bench-finetune",
+                    date=datetime.date.today().isoformat(),
+                    machine=machine(),
+                )
+                result["comparisons"] = comparisons(result["rows"])
+                path.write_text(json.dumps(result, indent=2) + "\n")  # after every run: a stopped bench keeps its rows
+                write_report(result)
+    write_report(result)
+    print((HERE / "FINETUNE.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
