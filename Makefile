@@ -115,9 +115,11 @@ bench-defaults: $(BIN)/toolkit
 
 # Fine-tuning in bf16 against float32 (#38): the demo and ELPV binary, each trained twice with the defaults plus
 # fine-tuning of block5 (--base-precision fp32, then bf16): seconds per fine-tuning epoch and test accuracy; writes
-# benchmarks/FINETUNE.md (~50 min on 2 AMX cores; FINETUNE_SETS=demo measures one set and replaces its rows).
+# benchmarks/FINETUNE.md (~30 min per seed on 2 AMX cores; FINETUNE_SETS=demo measures one set, FINETUNE_SEEDS=0,1,2
+# repeats each pair; a rerun replaces its rows by set, seed and precision).
+FINETUNE_SEEDS ?= 0
 bench-finetune: $(BIN)/toolkit
-	ELPV_CACHE=$(ELPV_CACHE) $(BIN)/python benchmarks/finetune.py $(FINETUNE_SETS) --weights $(or $(VGG16_WEIGHTS),imagenet)
+	ELPV_CACHE=$(ELPV_CACHE) $(BIN)/python benchmarks/finetune.py $(FINETUNE_SETS) --seeds $(FINETUNE_SEEDS) --weights $(or $(VGG16_WEIGHTS),imagenet)
 
 # int8 side by side (calibration methods, the automatic fix with the default and a 99.5% agreement gate, OpenVINO
 # bf16) on the demo run (make demo first) and on ELPV trained with the defaults (`toolkit train DATA`, into
