@@ -1,6 +1,6 @@
 """`make bench-finetune`: fine-tuning in bf16 against float32, per epoch and in test accuracy (#38).
 
-Each set trains twice with the same flags (the defaults plus the fine-tuning recipe below, the offline
+Each set trains twice per seed with the same flags (the defaults plus the fine-tuning recipe below, the offline
 VGG16 weights, 224 px), once with `--base-precision fp32` (frozen passes and fine-tuning in float32)
 and once with `--base-precision bf16` (what `auto` picks on AVX512_BF16 or AMX CPUs: the frozen passes
 in bf16 and the unfrozen blocks under mixed_bfloat16, float32 weights). Records what run.json says
@@ -30,6 +30,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from statistics import fmean as mean
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -95,10 +96,6 @@ def machine() -> dict:
 
     m = machine_header(os.cpu_count() or 1)
     return {k: m[k] for k in ("cpu", "cores", "instruction_sets", "platform", "python", "versions")}
-
-
-def mean(values: list[float]) -> float:
-    return sum(values) / len(values)
 
 
 def comparisons(rows: list[dict]) -> list[dict]:
