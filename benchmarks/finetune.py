@@ -35,11 +35,10 @@ from statistics import fmean as mean
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import elpv  # noqa: E402
+from defaults import data_folder  # noqa: E402  (the same demo folder and ELPV binary set)
 from toolkit_cli import toolkit  # noqa: E402
 
 CACHE = Path(os.environ.get("TOOLKIT_FINETUNE_CACHE", Path.home() / ".cache" / "toolkit-finetune"))
-ELPV_CACHE = Path(os.environ.get("ELPV_CACHE", Path.home() / ".cache" / "toolkit-elpv"))
 SETS = ("demo", "elpv")
 PRECISIONS = ("fp32", "bf16")
 # The fine-tuning of README's real-data recipe (block5 at 2e-4); the demo's 198 training images need fewer epochs.
@@ -48,16 +47,6 @@ FINE_TUNE = {
     "elpv": ["--fine-tune-epochs", "24", "--fine-tune-lr", "2e-4", "--fine-tune-from", "block5"],
 }
 TARGETS = {"epoch_ratio": 0.5, "accuracy_points": 0.5}  # the issue's, on ELPV: bf16 epoch <= 0.5x, within 0.5 point
-
-
-def data_folder(name: str) -> Path:
-    """The set's DATA_DIR (made once)."""
-    if name == "demo":
-        folder = CACHE / "demo-data"
-        if not (folder / "train").is_dir():
-            toolkit("demo-data", str(folder), "--image-size", "224", "--per-class", "200")
-        return folder
-    return elpv.prepare(ELPV_CACHE, "binary")
 
 
 def measure(name: str, precision: str, seed: int, weights: str) -> dict:
