@@ -258,6 +258,34 @@ def test_each_calibration_method_is_used_and_recorded(trained_run, tmp_path, fmt
         assert any(scales[other][n] < scales["minmax"][n] * 0.99 for n in shared), other
 
 
+def test_onnx_percentile_after_entropy_reads_the_same_histograms_without_running_the_model(
+    exported_run, tmp_path, monkeypatch
+):
+    """One ONNX Runtime histogram collection serves both methods: the second one's ranges equal a fresh one's."""
+    import onnxruntime.quantization.calibrate as ort_calibrate
+
+    from toolkit.export.onnx_calibration import calibrate_ranges
+    from toolkit.run_folder import load_run
+
+    model = exported_run / "export" / "model_float32.onnx"
+    images = np.asarray(load_run(exported_run).load_data().train.images[:12])
+    percentile = {"method": "percentile", "percentile": 99.0, "images": 12}
+    folders = {name: tmp_path / name for name in ("fresh", "entropy", "shared")}
+    for folder in folders.values():
+        folder.mkdir()
+    fresh = calibrate_ranges(model, images, percentile, folders["fresh"], {})
+    histograms: dict = {}
+    entropy = calibrate_ranges(model, images, {"method": "entropy", "images": 12}, folders["entropy"], histograms)
+    assert histograms and entropy.read_text() != fresh.read_text()
+
+    def no_second_run(*args, **kwargs):
+        raise AssertionError("the model ran again")
+
+    monkeypatch.setattr(ort_calibrate, "create_calibrator", no_second_run)
+    shared = calibrate_ranges(model, images, percentile, folders["shared"], histograms)
+    assert shared.read_text() == fresh.read_text()
+
+
 def test_calibration_images_come_from_every_class_of_train(trained_run, monkeypatch):
     import toolkit.export.pipeline as export_module
     from toolkit.run_folder import load_run

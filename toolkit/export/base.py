@@ -68,7 +68,7 @@ class ExportContext:
     calibration: dict = dataclasses.field(default_factory=lambda: {"method": "minmax", "images": 0})
     float_layers: list[str] = dataclasses.field(default_factory=list)  # int8: nodes kept in float (the fix)
     accuracy_control: AccuracyControl | None = None  # OpenVINO int8 under the fix: NNCF restores accuracy itself
-    scratch: dict[str, Path] = dataclasses.field(default_factory=dict)  # shared intermediates
+    scratch: dict[str, Any] = dataclasses.field(default_factory=dict)  # shared intermediates (files, histograms)
     variant: str = ""  # "heatmap": the model has a second output (export/heatmap.py); "" for the plain artifacts
     float_scope: str = ""  # int8: a regex of node names kept in float (a heatmap artifact's map; export/heatmap.py)
     variants: dict[str, ExportContext] = dataclasses.field(default_factory=dict)  # variant -> its context, made once

@@ -61,22 +61,56 @@ def calibrator_options(calibration: dict):
     return CalibrationMethod.MinMax, {}
 
 
-def calibrate_ranges(model: Path, images: np.ndarray, calibration: dict, folder: Path) -> Path:
+def histogram_collector(calibration: dict, histograms: dict | None = None):
+    """ONNX Runtime's histogram collector for an entropy or percentile record, over `histograms` if given.
+
+    Both methods histogram the same values the same way (`collect_value`: 2,048 bins over -t..t, one
+    pass over the calibration images) and differ only in how they read the histogram, so the export
+    collects once and computes the other method's ranges from the same histograms.
+    """
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    _, options = calibrator_options(calibration)
+    collector = HistogramCollector(
+        calibration["method"],
+        symmetric=False,
+        num_bins=options["num_bins"],
+        num_quantized_bins=options.get("num_quantized_bins", 128),
+        percentile=options.get("percentile", 99.999),
+        scenario="same",
+    )
+    if histograms is not None:
+        collector.histogram_dict = histograms
+    return collector
+
+
+def calibrate_ranges(model: Path, images: np.ndarray, calibration: dict, folder: Path, histograms: dict) -> Path:
     """Activation ranges from the calibration images, one batch at a time, saved where quantize_static reads them.
 
     Collecting batch by batch keeps memory flat: the histogram calibrators would otherwise hold every
-    activation of every image at once (about 60 MB per 224 px VGG16 image).
+    activation of every image at once (about 60 MB per 224 px VGG16 image). `histograms` is this model's
+    cache: the first histogram method fills it, and a second one reads it instead of running the model.
     """
-    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+    from onnxruntime.quantization.calibrate import TensorsData, create_calibrator, save_tensors_data
 
     method, options = calibrator_options(calibration)
-    calibrator = create_calibrator(
-        model, None, augmented_model_path=str(folder / "augmented.onnx"), calibrate_method=method, extra_options=options
-    )
-    reader = calibration_reader(images)
-    for batch in range(len(reader)):
-        reader.set_range(batch, batch + 1)
-        calibrator.collect_data(reader)
+    if calibration["method"] != "minmax" and histograms:
+        tensors = TensorsData(method, histogram_collector(calibration, histograms).compute_collection_result())
+    else:
+        calibrator = create_calibrator(
+            model,
+            None,
+            augmented_model_path=str(folder / "augmented.onnx"),
+            calibrate_method=method,
+            extra_options=options,
+        )
+        reader = calibration_reader(images)
+        for batch in range(len(reader)):
+            reader.set_range(batch, batch + 1)
+            calibrator.collect_data(reader)
+        tensors = calibrator.compute_data()
+        if calibration["method"] != "minmax":
+            histograms.update(calibrator.collector.histogram_dict)
     ranges = folder / "ranges.json"
-    save_tensors_data(calibrator.compute_data(), ranges)
+    save_tensors_data(tensors, ranges)
     return ranges

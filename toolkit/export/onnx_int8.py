@@ -48,7 +48,8 @@ def _ranges(ctx: ExportContext, prepared: Path) -> Path:
     folder = prepared.parent / f"ranges-{calibration_key(ctx.calibration)}"
     if not (folder / "ranges.json").is_file():
         folder.mkdir(exist_ok=True)
-        calibrate_ranges(prepared, ctx.calibration_images, ctx.calibration, folder)
+        histograms = ctx.scratch.setdefault("onnx-histograms", {})
+        calibrate_ranges(prepared, ctx.calibration_images, ctx.calibration, folder, histograms)
     return folder / "ranges.json"
 
 

@@ -22,7 +22,7 @@ from toolkit.errors import ExportError
 from toolkit.export.base import ExportContext, ExportFormat, calibration_key, work_dir
 from toolkit.export.heatmap import in_scope
 from toolkit.export.layer_groups import TFLITE_PASS_THROUGH, Node, float_groups
-from toolkit.export.onnx_calibration import calibrator_options
+from toolkit.export.onnx_calibration import histogram_collector
 from toolkit.export.tflite import anchored_calibration, describe_tflite, finish_tflite, tflite_converter
 
 FILENAME = "model_int8.tflite"
@@ -115,21 +115,19 @@ def probe_batches(calibrated: bytes, images: np.ndarray, batch_size: int = PROBE
         yield {i: interpreter.get_tensor(i) for i in tensors}
 
 
-def histogram_ranges(calibrated: bytes, images: np.ndarray, calibration: dict) -> dict[int, tuple[float, float]]:
-    """Entropy or percentile ranges per activation tensor, from histograms collected a batch at a time."""
-    from onnxruntime.quantization.calibrate import HistogramCollector
+def histogram_ranges(
+    calibrated: bytes, images: np.ndarray, calibration: dict, histograms: dict
+) -> dict[int, tuple[float, float]]:
+    """Entropy or percentile ranges per activation tensor, from histograms collected a batch at a time.
 
-    _, options = calibrator_options(calibration)
-    collector = HistogramCollector(
-        calibration["method"],
-        symmetric=False,
-        num_bins=options["num_bins"],
-        num_quantized_bins=options.get("num_quantized_bins", 128),
-        percentile=options.get("percentile", 99.999),
-        scenario="same",
-    )
-    for batch in probe_batches(calibrated, images):
-        collector.collect({str(i): [values.astype(np.float32)] for i, values in batch.items()})
+    `histograms` is this model's cache (onnx_calibration.histogram_collector): the first histogram method
+    fills it, and a second one reads it instead of running the model again.
+    """
+    collector = histogram_collector(calibration, histograms or None)
+    if not histograms:
+        for batch in probe_batches(calibrated, images):
+            collector.collect({str(i): [values.astype(np.float32)] for i, values in batch.items()})
+        histograms.update(collector.histogram_dict)
     return {int(k): (float(v[0]), float(v[1])) for k, v in collector.compute_collection_result().items()}
 
 
@@ -152,7 +150,8 @@ def ranged_model(ctx: ExportContext) -> bytes:
         return calibrated
     cached = work_dir(ctx) / f"tflite-ranges-{calibration_key(ctx.calibration)}.tflite"
     if not cached.is_file():
-        ranges = histogram_ranges(calibrated, ctx.calibration_images, ctx.calibration)
+        histograms = ctx.scratch.setdefault("tflite-histograms", {})
+        ranges = histogram_ranges(calibrated, ctx.calibration_images, ctx.calibration, histograms)
         cached.write_bytes(with_ranges(calibrated, ranges))
     return cached.read_bytes()
 
