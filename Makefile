@@ -124,14 +124,17 @@ bench-finetune: $(BIN)/toolkit
 # int8 side by side (calibration methods, the automatic fix with the default and a 99.5% agreement gate, OpenVINO
 # bf16) on the demo run (make demo first) and on ELPV trained with the defaults (`toolkit train DATA`, into
 # ELPV_CACHE/run-defaults, once): each first times the whole `toolkit export --format all` a user runs (ELPV: with
-# the fix, --int8-max-drop 1). Writes benchmarks/INT8.md (~80 min on 2 cores; INT8_SETS=elpv runs one set).
+# the fix, --int8-max-drop 1). Writes benchmarks/INT8.md (~80 min on 2 cores; INT8_SETS=elpv runs one set;
+# INT8_VARIANTS=fix,float re-measures those rows and keeps the others, dated, from the previous run).
 INT8_SETS ?= demo elpv
+INT8_VARIANTS ?= minmax,entropy,percentile,fix,fix-strict,float
 bench-int8: $(BIN)/toolkit
 	$(if $(filter demo,$(INT8_SETS)),test -f $(DEMO_RUN)/best.keras || { echo "run make demo first"; exit 2; })
-	$(if $(filter demo,$(INT8_SETS)),$(BIN)/python benchmarks/int8.py demo $(DEMO_RUN) $(DEMO_DATA)/test --whole-export "")
+	$(if $(filter demo,$(INT8_SETS)),$(BIN)/python benchmarks/int8.py demo $(DEMO_RUN) $(DEMO_DATA)/test --whole-export "" \
+		--variants $(INT8_VARIANTS))
 	$(if $(filter elpv,$(INT8_SETS)),$(BIN)/python benchmarks/int8.py elpv-defaults $(ELPV_CACHE)/run-defaults \
 		"$$($(BIN)/python benchmarks/elpv.py $(ELPV_CACHE))/test" --train "$$($(BIN)/python benchmarks/elpv.py $(ELPV_CACHE))" \
-		--positive-class defective --weights $(or $(VGG16_WEIGHTS),imagenet) --whole-export="--int8-max-drop 1")
+		--positive-class defective --weights $(or $(VGG16_WEIGHTS),imagenet) --whole-export="--int8-max-drop 1" --variants $(INT8_VARIANTS))
 
 # toolkit serve under 16 concurrent clients (batching on and off) and predict --engine ray against the local
 # engine, on the demo run (make demo first); writes benchmarks/SERVE.md (~5 min, 2 cores).

@@ -187,6 +187,35 @@ def measure(run: Path, test_dir: Path, variants: list[str], whole_flags: list[st
     return sections
 
 
+def merged_rows(previous: dict, section: dict, variants: list[str], whole_flags: list[str] | None) -> list[dict]:
+    """This invocation's rows, dated, and the previous section's rows of the variants it did not measure.
+
+    So `--variants fix` re-measures the fix without re-exporting every calibration (an hour on ELPV); each
+    row keeps the date and machine it was measured on. Ordered as VARIANTS, the whole export's variant first.
+    """
+    names = [name for name, _ in VARIANTS.values()] + ["float"]
+    measured = {VARIANTS[k][0] for k in variants if k in VARIANTS} | ({"float"} & set(variants))
+    fresh = [{**row, "date": section["date"], "machine": section["machine"]} for row in section["rows"]]
+    kept = [
+        {"date": previous.get("date"), "machine": previous.get("machine"), **row}
+        for row in previous.get("rows", [])
+        if row["variant"] not in measured
+    ]
+    first = next((name for name, flags in VARIANTS.values() if flags == whole_flags), None)
+    return sorted(fresh + kept, key=lambda row: (row["variant"] != first, names.index(row["variant"])))
+
+
+def kept_rows_line(r: dict) -> list[str]:
+    """A sentence naming the rows measured by an earlier invocation (their date and machine), if any."""
+    earlier = {}
+    for row in r["rows"]:
+        if (row.get("date"), row.get("machine")) != (r["date"], r["machine"]):
+            earlier.setdefault(f"{row.get('date')}, {row.get('machine')}", []).append(row["variant"])
+    return [
+        f"Rows kept from an earlier invocation ({when}): {'; '.join(dict.fromkeys(v))}." for when, v in earlier.items()
+    ] + ([""] if earlier else [])
+
+
 def short_names(layers: list[str]) -> str:
     """The float layers by their Keras layer names: a TFLite group is named by its fused tensors
     (`classifier_1/head_1/hidden_1/MatMul;...`, Keras scopes end in _N), an ONNX node by its path
@@ -246,6 +275,7 @@ def write_markdown(results: dict, dest: Path) -> None:
             + (f" Trained by `{r['trained_with']}`." if r.get("trained_with") else ""),
             "",
             *whole_export_lines(r.get("whole_export")),
+            *kept_rows_line(r),
             "| variant | artifact | val agreement | val acc. (Keras) | test acc. | max diff | batch-1 ms | float layers | gate |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
@@ -288,6 +318,7 @@ def main() -> None:
         section["whole_export"] = whole_export(args.run, whole_flags, args.reuse_export)
     section.update(measure(args.run, args.test_dir, variants, whole_flags))
     section.update(run=str(args.run), date=datetime.date.today().isoformat(), machine=machine())
+    section["rows"] = merged_rows(results.get(args.name, {}), section, variants, whole_flags)
     results[args.name] = section
     store.write_text(json.dumps(results, indent=2) + "\n")
     write_markdown(results, HERE / "INT8.md")
