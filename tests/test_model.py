@@ -142,3 +142,24 @@ def test_every_head_counts_the_flops_its_graph_has_and_standardises_its_inputs(h
     assert norm is not None and not norm.trainable
     assert norm.input.shape[-1] == {"flatten": 7 * 7 * 64, "gap": 64}.get(head, 128)
     assert feature_norm(build_head((7, 7, 64), 3, head, 0.3)) is None
+
+
+def test_fine_tuning_trains_the_unfrozen_blocks_and_keeps_the_heads_batch_norm_statistics():
+    """The head's BatchNormalization stays in inference mode while the base fine-tunes: a training-mode pass moves
+    no statistic of it (in training mode they trailed the base's changing features: ELPV's validation swung)."""
+    from toolkit.model import build_classifier, fine_tuned_base_layers, head_part, unfreeze_for_fine_tuning
+
+    model, _ = build_classifier(2, 32, weights="none", head="mlp", base="vgg16")
+    norm = head_part(model).get_layer("hidden_norm")
+    x = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3)).astype(np.float32)
+    model(x, training=True)
+    moved = [w.numpy().copy() for w in norm.weights]  # before fine-tuning, a training pass updates them
+    model(x, training=True)
+    assert any(not np.array_equal(a, w.numpy()) for a, w in zip(moved, norm.weights))
+    unfreeze_for_fine_tuning(model, "block5")
+    before = [w.numpy().copy() for w in norm.weights]
+    model(x, training=True)
+    assert all(np.array_equal(a, w.numpy()) for a, w in zip(before, norm.weights))
+    trainable = {id(w) for w in model.trainable_weights}
+    assert all(id(w) in trainable for layer in fine_tuned_base_layers(model, "block5") for w in layer.weights)
+    assert not any(id(w) in trainable for w in norm.weights)

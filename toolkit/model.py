@@ -268,7 +268,22 @@ def unfreeze_for_fine_tuning(model, cut: str) -> int:
             layer.trainable = False
     for layer in base.layers:
         layer.trainable = id(layer) in trainable
+    freeze_head_statistics(head_part(model))
     return len(trainable)
+
+
+def freeze_head_statistics(head) -> None:
+    """Keep the head's BatchNormalization in inference mode while the base fine-tunes (Keras's guide).
+
+    In training mode its moving statistics trail the base's changing features by a couple of
+    epochs, so the checkpoint's validation score would judge a model normalised with stale
+    statistics (on ELPV it swung by tens of points between epochs); frozen, it is a fixed affine
+    map that the Dense layers around it adapt to.
+    """
+    keras = _keras()
+    for layer in head.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
 
 
 def _base_in(model, precision: str):

@@ -56,12 +56,14 @@ def fine_tune_fold(values: dict, step: FineTuneStep, head, rows: tuple[np.ndarra
     """Train the base above the trial's cut with `head` on the training rows; the held-out rows' probabilities."""
     import keras
 
+    from toolkit.model import freeze_head_statistics
     from toolkit.train.config import TrainConfig
     from toolkit.train.fit import compile_model, cosine_schedule
 
     train, held = rows
     cut, epochs, lr = values["fine_tune_from"], int(values["fine_tune_epochs"]), float(values["fine_tune_lr"])
     above = step.base.reset(cut)
+    freeze_head_statistics(head)  # as `toolkit train` fine-tunes (model.unfreeze_for_fine_tuning)
     inputs = keras.Input(tuple(step.features.shape[1:]), name="cut_features")
     upper = keras.Model(inputs, head(above(inputs, training=False)), name=f"from_{cut}")
     config = TrainConfig.from_flat(**{k: values[k] for k in ("weight_decay", "label_smoothing")})
