@@ -91,8 +91,9 @@ def section(result: dict) -> list[str]:
         f"Written by `{result['command']}` on {result['date']}; machine: {result['machine']}.",
         f"Data: {result['data']['train']} training cells (validation carved from them), {result['data']['test']} "
         f"test cells. Recipe: `toolkit train DATA {' '.join(result['recipe'])}` (weights: {result['weights']}); "
-        f"training {result['train_seconds'] / 60:.1f} min, this invocation {result['total_seconds'] / 60:.1f} min"
-        f"{reused}.",
+        f"training {result['train_seconds'] / 60:.1f} min"
+        + (f"; export `{result['export']}` {result['export_seconds'] / 60:.1f} min" if result.get("export") else "")
+        + f"; this invocation {result['total_seconds'] / 60:.1f} min{reused}.",
         "",
         *_artifact_rows(result),
         "",
