@@ -106,7 +106,7 @@ def write_report(results: dict, order: list[str], out_md: Path) -> None:
     lines = [
         "# Real data: ELPV solar cells",
         "",
-        "`make bench-real` (benchmarks/real.py): the README recipe trained on the ELPV cells (Deitsch et al., "
+        "`make bench-real` (benchmarks/real.py): the bench's recipe (`RECIPE` in real.py) trained on the ELPV cells (Deitsch et al., "
         "Solar Energy 2019; CC BY-NC-SA 4.0, downloaded into a cache, never committed), every artifact exported "
         "behind its parity gate and scored on the held-out test cells. The per-cell split is the paper's "
         "(`benchmarks/elpv_split.csv`); the module split keeps each 60-cell module on one side "
