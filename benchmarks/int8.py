@@ -209,8 +209,9 @@ def kept_rows_line(r: dict) -> list[str]:
     """A sentence naming the rows measured by an earlier invocation (their date and machine), if any."""
     earlier = {}
     for row in r["rows"]:
-        if (row.get("date"), row.get("machine")) != (r["date"], r["machine"]):
-            earlier.setdefault(f"{row.get('date')}, {row.get('machine')}", []).append(row["variant"])
+        when = (row.get("date", r["date"]), row.get("machine", r["machine"]))  # undated rows: the section's run
+        if when != (r["date"], r["machine"]):
+            earlier.setdefault(", ".join(when), []).append(row["variant"])
     return [
         f"Rows kept from an earlier invocation ({when}): {'; '.join(dict.fromkeys(v))}." for when, v in earlier.items()
     ] + ([""] if earlier else [])
