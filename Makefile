@@ -60,10 +60,11 @@ bench: $(BIN)/toolkit
 	$(BIN)/python benchmarks/train_modes.py $(DEMO_DATA) $(or $(VGG16_WEIGHTS),imagenet) --epochs $(DEMO_EPOCHS)
 	$(BIN)/python benchmarks/write_results.py $(DEMO_RUN) make bench VGG16_WEIGHTS=...
 
-# Real images (ELPV solar cells, downloaded with pip into ELPV_CACHE, never into git): trains the README recipe,
-# exports and scores every artifact on the held-out test split, for each task: cell (the paper's per-cell split),
-# module (each 60-cell module on one side: the honest figure), grades (the 4-level task); writes benchmarks/REAL.md.
-# Resumable (rerun to continue; finished runs and exports are reused). ~60-120 min per task on 2 cores.
+# Real images (ELPV solar cells, downloaded with pip into ELPV_CACHE, never into git): trains the bench's recipe
+# (RECIPE in benchmarks/real.py), exports with --int8-max-drop 1 and scores every artifact on the held-out test split,
+# for each task: cell (the paper's per-cell split), module (each 60-cell module on one side: the honest figure),
+# grades (the 4-level task); writes benchmarks/REAL.md. Resumable (rerun to continue; finished runs and exports are
+# reused). About 25 min per task on a 2-core AMX Xeon (training 6, export 12).
 ELPV_CACHE ?= $(HOME)/.cache/toolkit-elpv
 REAL_TASKS ?= cell,module,grades
 bench-real: $(BIN)/toolkit
