@@ -129,7 +129,7 @@ def test_int8_ir_is_nncf_quantized_gated_and_runs_in_int8(exported_run):
     assert np.abs(classifier.predict_arrays(arrays.images) - reference).max() < 0.05
 
 
-def test_int8_ir_fix_is_nncf_accuracy_control_within_the_budget(vgg16_run, tmp_path):
+def test_int8_ir_fix_is_nncf_accuracy_control_within_the_budget(vgg16_run, tmp_path, monkeypatch):
     """A failing OpenVINO int8 gate under --int8-max-drop: NNCF reverts layers until validation accuracy holds.
 
     On the VGG16 run: with a razor-thin operating point, int8 noise costs it validation accuracy, which
@@ -147,7 +147,18 @@ def test_int8_ir_fix_is_nncf_accuracy_control_within_the_budget(vgg16_run, tmp_p
     strict = ParityOverrides(min_agreement=1.0)
     base = dict(format="openvino", precisions=["int8"], calib_images=1, overrides=strict)
     assert export_run(run, ExportOptions(**base)).failed, "the strict gate must fail without the fix"
-    report = export_run(run, ExportOptions(**base, int8_max_drop=0))
+    import nncf
+
+    restorer = []
+    real = nncf.quantize_with_accuracy_control
+
+    def recorded(*args, **kwargs):
+        restorer.append(kwargs["advanced_accuracy_restorer_parameters"].max_num_iterations)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(nncf, "quantize_with_accuracy_control", recorded)
+    report = export_run(run, ExportOptions(**base, int8_max_drop=0, int8_max_float_layers=3))
+    assert restorer == [3]  # --int8-max-float-layers bounds the groups NNCF may revert
     (entry,) = report.manifest["artifacts"]
     fix = entry["int8_fix"]
     assert [a.get("method") for a in fix["attempts"]] == [None, "nncf.quantize_with_accuracy_control"]

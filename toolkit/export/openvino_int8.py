@@ -85,6 +85,8 @@ def _quantize(ctx: ExportContext, model, control: AccuracyControl | None):
     calibration = _dataset(ctx.calibration_images)
     if control is None:
         return nncf.quantize(model, calibration, advanced_parameters=advanced, **common)
+    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+
     return nncf.quantize_with_accuracy_control(
         model,
         calibration,
@@ -93,6 +95,10 @@ def _quantize(ctx: ExportContext, model, control: AccuracyControl | None):
         max_drop=control.max_drop,
         drop_type=nncf.DropType.ABSOLUTE,
         advanced_quantization_parameters=advanced,
+        # the float budget: without it NNCF may revert every layer (an "int8" IR all in float; ELPV module split)
+        advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
+            max_num_iterations=control.max_float_layers
+        ),
         **common,
     )
 
@@ -163,8 +169,12 @@ def _copy_ir(xml: Path, dest: Path) -> Path:
     return dest
 
 
-def fix_with_accuracy_control(fmt: ExportFormat, ctx: ExportContext, export_one, parity, max_drop: float) -> dict:
+def fix_with_accuracy_control(
+    fmt: ExportFormat, ctx: ExportContext, export_one, parity, max_drop: float, max_float_layers: int
+) -> dict:
     """All-int8 first; if its gate fails, NNCF's accuracy control within `max_drop` points, gated again.
+
+    NNCF reverts at most `max_float_layers` layer groups (its iterations; `--int8-max-float-layers`).
 
     The entry's `int8_fix` names the layers NNCF reverted to float and their batch-1
     cost, timed interleaved against the all-int8 IR (`int8_fix.finish_fix`).
@@ -176,7 +186,9 @@ def fix_with_accuracy_control(fmt: ExportFormat, ctx: ExportContext, export_one,
     all_int8 = _copy_ir(ctx.export_dir / FILENAME, work_dir(ctx) / f"all-int8-{FILENAME}")
     validation = parity.parts.get("validation", np.ones(len(parity.images), bool))
     decide = parity.decide or (lambda probs: probs.argmax(axis=1))
-    ctx.accuracy_control = AccuracyControl(parity.images[validation], parity.labels[validation], decide, max_drop / 100)
+    ctx.accuracy_control = AccuracyControl(
+        parity.images[validation], parity.labels[validation], decide, max_drop / 100, max_float_layers
+    )
     try:
         with phase(f"NNCF accuracy control on {int(validation.sum())} validation images (max drop {max_drop:g})"):
             entry = export_one()

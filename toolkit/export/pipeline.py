@@ -351,7 +351,14 @@ def _export_or_fix(fmt: ExportFormat, ctx: ExportContext, parity: ParitySet, opt
     if options.int8_max_drop is None or (fmt.rank_layers is None and fmt.fix is None):
         return _export_one(fmt, ctx, parity)
     if fmt.fix is not None:  # the format's quantizer restores accuracy itself (NNCF's accuracy control)
-        return fmt.fix(fmt, ctx, lambda: _export_one(fmt, ctx, parity), parity, options.int8_max_drop)
+        return fmt.fix(
+            fmt,
+            ctx,
+            lambda: _export_one(fmt, ctx, parity),
+            parity,
+            options.int8_max_drop,
+            options.int8_max_float_layers,
+        )
     calibrated = fmt.precision == Precision.int8  # dynamic range has no calibration: float layers only
     methods = calibration_order(ctx.calibration, options.calibration_percentile) if calibrated else [{}]
     fix = FixOptions(methods, options.int8_max_float_layers)
