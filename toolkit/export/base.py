@@ -50,7 +50,7 @@ class AccuracyControl:
     labels: np.ndarray
     decide: Callable[[np.ndarray], np.ndarray]  # probabilities -> class index (the operating point)
     max_drop: float  # accuracy, as a fraction (0.01 = one point)
-    max_float_layers: int = 10  # `--int8-max-float-layers`: NNCF reverts at most this many layer groups
+    max_float_layers: int  # `--int8-max-float-layers`: NNCF reverts at most this many layer groups
 
 
 @dataclasses.dataclass

@@ -6,6 +6,7 @@ int8 path (tflite_int8, which takes entropy and percentile ranges the same way).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -62,12 +63,7 @@ def calibrator_options(calibration: dict):
 
 
 def histogram_collector(calibration: dict, histograms: dict | None = None):
-    """ONNX Runtime's histogram collector for an entropy or percentile record, over `histograms` if given.
-
-    Both methods histogram the same values the same way (`collect_value`: 2,048 bins over -t..t, one
-    pass over the calibration images) and differ only in how they read the histogram, so the export
-    collects once and computes the other method's ranges from the same histograms.
-    """
+    """ONNX Runtime's histogram collector for an entropy or percentile record, over `histograms` if given."""
     from onnxruntime.quantization.calibrate import HistogramCollector
 
     _, options = calibrator_options(calibration)
@@ -84,19 +80,33 @@ def histogram_collector(calibration: dict, histograms: dict | None = None):
     return collector
 
 
+def histogram_thresholds(calibration: dict, histograms: dict, collect: Callable) -> dict:
+    """Entropy or percentile thresholds per tensor, from `histograms`: one model's cache, filled on first use.
+
+    Both methods histogram the same values the same way (`collect_value`: 2,048 bins over -t..t, one
+    pass over the calibration images) and differ only in how they read the histogram, so a model's
+    activations are collected once (`collect(collector)` feeds them to a fresh collector) and the
+    other method's thresholds cost no model run. Shared by the ONNX and TFLite int8 paths.
+    """
+    if not histograms:
+        collector = histogram_collector(calibration)
+        collect(collector)
+        histograms.update(collector.histogram_dict)
+    return histogram_collector(calibration, histograms).compute_collection_result()
+
+
 def calibrate_ranges(model: Path, images: np.ndarray, calibration: dict, folder: Path, histograms: dict) -> Path:
     """Activation ranges from the calibration images, one batch at a time, saved where quantize_static reads them.
 
     Collecting batch by batch keeps memory flat: the histogram calibrators would otherwise hold every
     activation of every image at once (about 60 MB per 224 px VGG16 image). `histograms` is this model's
-    cache: the first histogram method fills it, and a second one reads it instead of running the model.
+    cache for the histogram methods (`histogram_thresholds`).
     """
     from onnxruntime.quantization.calibrate import TensorsData, create_calibrator, save_tensors_data
 
     method, options = calibrator_options(calibration)
-    if calibration["method"] != "minmax" and histograms:
-        tensors = TensorsData(method, histogram_collector(calibration, histograms).compute_collection_result())
-    else:
+
+    def collected(collector=None):
         calibrator = create_calibrator(
             model,
             None,
@@ -104,13 +114,18 @@ def calibrate_ranges(model: Path, images: np.ndarray, calibration: dict, folder:
             calibrate_method=method,
             extra_options=options,
         )
+        if collector is not None:  # a histogram calibrator fills the given collector instead of its own
+            calibrator.collector = collector
         reader = calibration_reader(images)
         for batch in range(len(reader)):
             reader.set_range(batch, batch + 1)
             calibrator.collect_data(reader)
-        tensors = calibrator.compute_data()
-        if calibration["method"] != "minmax":
-            histograms.update(calibrator.collector.histogram_dict)
+        return calibrator
+
+    if calibration["method"] == "minmax":
+        tensors = collected().compute_data()
+    else:
+        tensors = TensorsData(method, histogram_thresholds(calibration, histograms, collected))
     ranges = folder / "ranges.json"
     save_tensors_data(tensors, ranges)
     return ranges

@@ -22,7 +22,7 @@ from toolkit.errors import ExportError
 from toolkit.export.base import ExportContext, ExportFormat, calibration_key, work_dir
 from toolkit.export.heatmap import in_scope
 from toolkit.export.layer_groups import TFLITE_PASS_THROUGH, Node, float_groups
-from toolkit.export.onnx_calibration import histogram_collector
+from toolkit.export.onnx_calibration import histogram_thresholds
 from toolkit.export.tflite import anchored_calibration, describe_tflite, finish_tflite, tflite_converter
 
 FILENAME = "model_int8.tflite"
@@ -118,17 +118,15 @@ def probe_batches(calibrated: bytes, images: np.ndarray, batch_size: int = PROBE
 def histogram_ranges(
     calibrated: bytes, images: np.ndarray, calibration: dict, histograms: dict
 ) -> dict[int, tuple[float, float]]:
-    """Entropy or percentile ranges per activation tensor, from histograms collected a batch at a time.
+    """Entropy or percentile ranges per activation tensor, from histograms collected a batch at a time
+    (once per model: `histograms` is its cache, onnx_calibration.histogram_thresholds)."""
 
-    `histograms` is this model's cache (onnx_calibration.histogram_collector): the first histogram method
-    fills it, and a second one reads it instead of running the model again.
-    """
-    collector = histogram_collector(calibration, histograms or None)
-    if not histograms:
+    def collect(collector) -> None:
         for batch in probe_batches(calibrated, images):
             collector.collect({str(i): [values.astype(np.float32)] for i, values in batch.items()})
-        histograms.update(collector.histogram_dict)
-    return {int(k): (float(v[0]), float(v[1])) for k, v in collector.compute_collection_result().items()}
+
+    thresholds = histogram_thresholds(calibration, histograms, collect)
+    return {int(k): (float(v[0]), float(v[1])) for k, v in thresholds.items()}
 
 
 def with_ranges(calibrated: bytes, ranges: dict[int, tuple[float, float]]) -> bytes:
