@@ -135,6 +135,9 @@ def test_every_base_trains_fine_tunes_exports_and_predicts_what_keras_predicts(n
     every model file exported (max |diff| gates at their defaults; int8's agreement relaxed, as in
     conftest), the facts naming the base, the runtime agreeing with Keras."""
     import json
+    from collections import Counter
+
+    import openvino
 
     from tests.conftest import train_config
     from toolkit.export import ExportOptions, export_run
@@ -164,6 +167,12 @@ def test_every_base_trains_fine_tunes_exports_and_predicts_what_keras_predicts(n
         clf = load(out / "export" / file, device="cpu")
         assert clf.info.base == name
         np.testing.assert_allclose(clf.predict_arrays(images), expected, atol=8e-2 if "bf16" in file else 1e-4)
+    for file in ("model_bf16.xml", "model_int8.xml"):  # from TF, NHWC: no stray Results, no layout shuffles but
+        # the input's and, at a 1 x 1 feature map, one before the head's reshape (the ONNX route left dozens)
+        ops = Counter(op.get_type_name() for op in openvino.Core().read_model(str(out / "export" / file)).get_ops())
+        # ConvNeXt's 18 blocks each turn a depthwise convolution (NCHW in OpenVINO) into channel-last Dense layers
+        shuffles = 2 * 18 + 2 if name == "convnexttiny" else 2
+        assert ops["Result"] == 1 and ops["Transpose"] <= shuffles, (file, ops["Result"], ops["Transpose"])
 
 
 def test_toolkit_bases_lists_the_public_bases_from_their_records():

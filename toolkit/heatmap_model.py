@@ -57,6 +57,13 @@ def _activation(layer) -> str:
     return getattr(layer.activation, "__name__", str(layer.activation))
 
 
+def _identity(classes: int):
+    """A constant K x K identity: `ops.eye` traces to MatrixDiagV3, which OpenVINO's TF frontend cannot convert."""
+    import numpy as np
+
+    return np.eye(classes, dtype="float32")
+
+
 def _grad_cam_layer():
     import keras
 
@@ -85,7 +92,7 @@ def _grad_cam_layer():
         def _backward(self, outputs: list, probs):
             """d log p_c / d (pooled vector), for every class c: N x K x D."""
             classes = probs.shape[-1]
-            g = ops.expand_dims(ops.eye(classes, dtype=probs.dtype), 0) - ops.expand_dims(probs, 1)
+            g = ops.expand_dims(ops.cast(_identity(classes), probs.dtype), 0) - ops.expand_dims(probs, 1)
             for layer, out in zip(reversed(self.chain), reversed(outputs)):
                 kind = type(layer).__name__
                 if kind == "Dense":

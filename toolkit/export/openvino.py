@@ -3,9 +3,9 @@
 The shipping answer when an int8 gate fails on a CPU with AVX512-BF16 or AMX:
 measured on this project's EPYC, the bf16 IR ran the ELPV model in about half
 of ONNX Runtime's fp32 time with probabilities within 1e-2 (README "int8 on real
-data"). The IR is converted from the float32 ONNX model (the same graph every
-ONNX artifact comes from), its weights stored as float16 (half the file; the CPU
-plugin computes in bf16 either way), and it carries the toolkit's metadata and
+data"). The IR is converted from the Keras model's TensorFlow graph (`float_ir`),
+its weights stored as float16 (half the file; the CPU plugin computes in bf16
+either way), and it carries the toolkit's metadata and
 the bf16 precision hint in its `rt_info`, so `openvino.Core().compile_model`
 runs it in bf16 without being told. A CPU without native bf16 runs the same IR
 in f32: correct, just not faster.
@@ -20,8 +20,8 @@ from pathlib import Path
 
 from toolkit.errors import ExportError
 from toolkit.export.base import ExportContext, ExportFormat, variant_filename
-from toolkit.export.onnx_float import onnx_metadata
-from toolkit.export.onnx_int8 import float_onnx
+from toolkit.export.onnx_float import INPUT_NAME, OUTPUT_NAME, onnx_metadata
+from toolkit.facts import HEATMAP_OUTPUT
 from toolkit.fileio import TEMP_MARK, sha256_file
 from toolkit.runtime.digest import openvino_digest
 
@@ -44,8 +44,28 @@ def import_openvino():
 
 
 def float_ir(ctx: ExportContext):
-    """The float32 ONNX model (the graph every ONNX artifact comes from) as an in-memory OpenVINO model."""
-    return import_openvino().convert_model(str(float_onnx(ctx)))
+    """The Keras model's traced TensorFlow graph as an in-memory OpenVINO model.
+
+    Converted from TensorFlow, not from the float32 ONNX file: OpenVINO's TF frontend
+    reads the NHWC graph and sinks its layout changes, while tf2onnx's NCHW rewrite left
+    92 Transposes in MobileNetV3Large's IR (around every squeeze-excite block) that cost
+    more than its convolutions: 7.5 ms against 1.7 ms at batch 1 in bf16 on a 2-core AMX
+    Xeon (2026-12-07). The input is `image` with an open batch, the outputs `probs` and,
+    for a heatmap model, `heatmap`, as in the ONNX files.
+    """
+    import tensorflow as tf
+
+    model = ctx.model
+    spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name=INPUT_NAME)
+    traced = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
+    # `output`: only the function's own outputs; without it the frontend also made a Result of every
+    # custom-gradient activation (swish's IdentityN: 55 in EfficientNetV2B0), which kept its Transposes.
+    ir = import_openvino().convert_model(traced, output=[tensor.name for tensor in traced.outputs])
+    ir.inputs[0].get_tensor().set_names({INPUT_NAME})
+    for output in ir.outputs:
+        rank = len(output.get_partial_shape())
+        output.get_tensor().set_names({HEATMAP_OUTPUT if rank == 4 and len(ir.outputs) > 1 else OUTPUT_NAME})
+    return ir
 
 
 def convert_bf16(ctx: ExportContext, dest: Path) -> None:

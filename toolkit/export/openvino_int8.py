@@ -4,8 +4,8 @@ ONNX Runtime's QDQ file is not an OpenVINO int8 model (OpenVINO 2026.4's CPU plu
 could not compile it on an AMX Xeon: "No suitable implementations"); peers that ship
 int8 for Intel CPUs (Ultralytics `format=openvino int8=True`, Optimum Intel) run
 NNCF on the OpenVINO model instead, which inserts FakeQuantize nodes that the CPU
-plugin fuses into VNNI/AMX int8 kernels. Here NNCF quantizes the float IR converted
-from the float32 ONNX model on the export's stratified training calibration images,
+plugin fuses into VNNI/AMX int8 kernels. Here NNCF quantizes the float IR (converted
+from the Keras model's TF graph, `openvino.float_ir`) on the export's stratified training calibration images,
 its activation range estimator chosen by `--calibration` (minmax -> MINMAX, entropy ->
 HISTOGRAM, percentile -> MEAN_QUANTILE). The IR carries the toolkit's record in
 `rt_info` as the bf16 IR does.
