@@ -245,7 +245,10 @@ notes column), the ops between them run on TFLite's reference int8 kernels, and 
 slower than float32. The probe table says which: this LiteRT's XNNPACK does not take int8 HARD_SWISH
 (the MobileNetV3s have one after most convolutions) nor int8 GELU (ConvNeXt's), while squeeze-excite,
 swish and hard-sigmoid stay inside. An int8 artifact slower than its float32 file is measured here, not assumed; `toolkit bench`'s
-recommendation picks per run. OpenVINO's float32 IR is not among the exported files (bf16 and int8 are)."""
+recommendation picks per run. OpenVINO's float32 IR is not among the exported files (bf16 and int8 are).
+OpenVINO takes hard-swish and squeeze-excite in its int8 kernels (AMX here) once its IR is converted from
+TensorFlow (NHWC; d9b7046): converted from the ONNX file, MobileNetV3Large's IR carried 92 Transposes
+and its int8 took 7.9 ms at batch 1 on this machine kind (2026-12-07), slower than TFLite float32."""
 
 
 def main() -> int:

@@ -223,7 +223,8 @@ def machine() -> str:
     from toolkit.bench.machine import machine_header
 
     m = machine_header(os.cpu_count() or 1)
-    return f"{m['cpu']}, {m['cores']} cores, {m['platform']}, Python {m['python']}"
+    isa = "/".join(m["instruction_sets"]) or "no AVX2"  # the model name alone does not say AMX or AVX2-only
+    return f"{m['cpu']} ({isa}), {m['cores']} cores, {m['platform']}, Python {m['python']}"
 
 
 def targets(task: Task, rows: list[dict]) -> dict[str, bool]:
