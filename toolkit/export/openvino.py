@@ -49,7 +49,7 @@ def float_ir(ctx: ExportContext):
     Converted from TensorFlow, not from the float32 ONNX file: OpenVINO's TF frontend
     reads the NHWC graph and sinks its layout changes, while tf2onnx's NCHW rewrite left
     92 Transposes in MobileNetV3Large's IR (around every squeeze-excite block) that cost
-    more than its convolutions: 7.5 ms against 1.7 ms at batch 1 in bf16 on a 2-core AMX
+    more than its convolutions: 7.5 ms against 1.8 ms at batch 1 in bf16 on a 2-core AMX
     Xeon (2026-12-07). The input is `image` with an open batch, the outputs `probs` and,
     for a heatmap model, `heatmap`, as in the ONNX files.
     """
