@@ -286,6 +286,34 @@ def test_onnx_percentile_after_entropy_reads_the_same_histograms_without_running
     assert shared.read_text() == fresh.read_text()
 
 
+def test_entropy_search_reads_a_histogram_merged_back_to_its_bin_count(monkeypatch):
+    """ONNX Runtime adds bins when a later image reaches further than the first (a quiet first image: many
+    times 2,048); its entropy search is quadratic in them, so it gets the histogram merged back, counts kept."""
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    from toolkit.export.onnx_calibration import bounded_histogram, histogram_collector, histogram_thresholds
+
+    rng = np.random.default_rng(0)
+    collector = histogram_collector({"method": "entropy", "images": 2})
+    collector.collect_value({"t": rng.normal(0, 0.01, 1_000).astype(np.float32)})
+    collector.collect_value({"t": rng.normal(0, 1.0, 100_000).astype(np.float32)})
+    grown = collector.histogram_dict["t"]
+    assert len(grown[0]) > 20 * 2048  # what ONNX Runtime's merge does
+    counts, edges, *_ = bounded_histogram(grown, 2048)
+    assert 2048 <= len(counts) < 2 * 2048 + 2 and counts.sum() == grown[0].sum() and len(edges) == len(counts) + 1
+    assert edges[len(counts) // 2] == pytest.approx(0.0, abs=1e-6) and edges[0] == pytest.approx(-edges[-1])
+    assert edges[0] <= grown[1][0] and np.argmax(counts) in (len(counts) // 2 - 1, len(counts) // 2)
+    searched = []
+
+    def spy(self, histogram, num_quantized_bins):
+        searched.append(len(histogram[0]))
+        return histogram[1][0], histogram[1][-1]
+
+    monkeypatch.setattr(HistogramCollector, "get_entropy_threshold", spy)
+    histogram_thresholds({"method": "entropy", "images": 2}, {"t": grown}, collect=None)
+    assert searched == [len(counts)]
+
+
 def test_calibration_images_come_from_every_class_of_train(trained_run, monkeypatch):
     import toolkit.export.pipeline as export_module
     from toolkit.run_folder import load_run

@@ -92,7 +92,31 @@ def histogram_thresholds(calibration: dict, histograms: dict, collect: Callable)
         collector = histogram_collector(calibration)
         collect(collector)
         histograms.update(collector.histogram_dict)
+    if calibration["method"] == "entropy":
+        bins = calibrator_options(calibration)[1]["num_bins"]
+        histograms = {name: bounded_histogram(histogram, bins) for name, histogram in histograms.items()}
     return histogram_collector(calibration, histograms).compute_collection_result()
+
+
+def bounded_histogram(histogram: tuple, num_bins: int) -> tuple:
+    """`histogram` (ONNX Runtime's: counts, edges, min, max, threshold) merged back to fewer than 2 x `num_bins` bins.
+
+    ONNX Runtime's collector keeps the first batch's bin width and adds bins when a later batch
+    reaches further (`merge_histogram`), so a tensor whose first image is quiet ends with many
+    times `num_bins` bins; its entropy search is quadratic in them, in Python, and ran for over
+    18 minutes on one ELPV grades export. Merging whole groups of adjacent bins, padded evenly on
+    both sides, keeps the histogram symmetric about zero, as the search assumes.
+    """
+    counts, edges, low, high, threshold = histogram
+    factor = len(counts) // num_bins  # floor: never coarser than `num_bins` over the range (fewer than twice as many)
+    if factor <= 1:
+        return histogram
+    pad = (-len(counts) // 2) % factor  # per side, so each half is whole groups
+    width = edges[1] - edges[0]
+    counts = np.pad(counts, pad).reshape(-1, factor).sum(axis=1)
+    half = (len(counts) // 2) * factor * width
+    edges = np.linspace(-half, half, len(counts) + 1).astype(edges.dtype)
+    return counts, edges, low, high, np.array(half, dtype=edges.dtype)
 
 
 def calibrate_ranges(model: Path, images: np.ndarray, calibration: dict, folder: Path, histograms: dict) -> Path:
