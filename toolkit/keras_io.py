@@ -60,14 +60,25 @@ def inference_function(model):
     import numpy as np
     import tensorflow as tf
 
-    signature = [tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)]
-    forward = tf.function(lambda x: model(x, training=False), input_signature=signature)
+    forward = traced_forward(model)
 
     def run(batch):
         out = forward(tf.constant(np.asarray(batch, dtype=np.float32)))
         return tuple(o.numpy() for o in out) if isinstance(out, list | tuple) else out.numpy()  # several outputs
 
     return run
+
+
+def traced_forward(model, input_name: str | None = None):
+    """`model(x, training=False)` as one `tf.function` over a float32 batch of any size (an open batch dimension).
+
+    What `inference_function` runs and what OpenVINO's converter reads (export/openvino.py), so both see
+    the same graph; `input_name` names the input tensor of a traced graph.
+    """
+    import tensorflow as tf
+
+    signature = [tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name=input_name)]
+    return tf.function(lambda x: model(x, training=False), input_signature=signature)
 
 
 def predict_in_batches(model, images, batch_size: int = 32):

@@ -107,7 +107,7 @@ def bounded_histogram(histogram: tuple, num_bins: int) -> tuple:
     18 minutes on one ELPV grades export. Merging whole groups of adjacent bins, padded evenly on
     both sides, keeps the histogram symmetric about zero, as the search assumes.
     """
-    counts, edges, low, high, threshold = histogram
+    counts, edges, low, high, _ = histogram
     factor = len(counts) // num_bins  # floor: never coarser than `num_bins` over the range (fewer than twice as many)
     if factor <= 1:
         return histogram

@@ -64,14 +64,22 @@ def _rename_output(model, index: int, new_name: str) -> None:
     model.graph.output[index].name = new_name
 
 
+def output_name(index: int, rank: int, outputs: int) -> str | None:
+    """`probs` for the N x K output; `heatmap` for a heatmap model's N x h x w x K one (export/heatmap.py).
+
+    The one naming rule of the ONNX files and the OpenVINO IRs (export/openvino.py).
+    """
+    if rank == 4 and outputs > 1:
+        return HEATMAP_OUTPUT
+    return OUTPUT_NAME if index == 0 or rank == 2 else None
+
+
 def _name_outputs(model) -> None:
-    """`probs` for the N x K output; `heatmap` for a heatmap model's N x h x w x K one (export/heatmap.py)."""
-    for index, value in enumerate(model.graph.output):
-        rank = len(value.type.tensor_type.shape.dim)
-        if rank == 4 and len(model.graph.output) > 1:
-            _rename_output(model, index, HEATMAP_OUTPUT)
-        elif index == 0 or rank == 2:
-            _rename_output(model, index, OUTPUT_NAME)
+    outputs = model.graph.output
+    for index, value in enumerate(outputs):
+        name = output_name(index, len(value.type.tensor_type.shape.dim), len(outputs))
+        if name is not None:
+            _rename_output(model, index, name)
 
 
 def _name_batch_dim(model) -> None:

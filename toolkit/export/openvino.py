@@ -20,8 +20,7 @@ from pathlib import Path
 
 from toolkit.errors import ExportError
 from toolkit.export.base import ExportContext, ExportFormat, variant_filename
-from toolkit.export.onnx_float import INPUT_NAME, OUTPUT_NAME, onnx_metadata
-from toolkit.facts import HEATMAP_OUTPUT
+from toolkit.export.onnx_float import INPUT_NAME, onnx_metadata, output_name
 from toolkit.fileio import TEMP_MARK, sha256_file
 from toolkit.runtime.digest import openvino_digest
 
@@ -44,27 +43,33 @@ def import_openvino():
 
 
 def float_ir(ctx: ExportContext):
-    """The Keras model's traced TensorFlow graph as an in-memory OpenVINO model.
+    """The Keras model's traced TensorFlow graph as an in-memory OpenVINO model (a copy each call).
 
     Converted from TensorFlow, not from the float32 ONNX file: OpenVINO's TF frontend
     reads the NHWC graph and sinks its layout changes, while tf2onnx's NCHW rewrite left
     92 Transposes in MobileNetV3Large's IR (around every squeeze-excite block) that cost
     more than its convolutions: 7.5 ms against 1.8 ms at batch 1 in bf16 on a 2-core AMX
     Xeon (2026-12-07). The input is `image` with an open batch, the outputs `probs` and,
-    for a heatmap model, `heatmap`, as in the ONNX files.
+    for a heatmap model, `heatmap`, as in the ONNX files. Converted once per context (the
+    bf16 IR, the int8 IR and NNCF's accuracy control each take a clone, which they annotate).
     """
-    import tensorflow as tf
+    if "openvino-float" not in ctx.scratch:
+        ctx.scratch["openvino-float"] = _convert_from_tf(ctx.model)
+    return ctx.scratch["openvino-float"].clone()
 
-    model = ctx.model
-    spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name=INPUT_NAME)
-    traced = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
+
+def _convert_from_tf(model):
+    from toolkit.keras_io import traced_forward
+
+    traced = traced_forward(model, INPUT_NAME).get_concrete_function()
     # `output`: only the function's own outputs; without it the frontend also made a Result of every
     # custom-gradient activation (swish's IdentityN: 55 in EfficientNetV2B0), which kept its Transposes.
     ir = import_openvino().convert_model(traced, output=[tensor.name for tensor in traced.outputs])
     ir.inputs[0].get_tensor().set_names({INPUT_NAME})
-    for output in ir.outputs:
-        rank = len(output.get_partial_shape())
-        output.get_tensor().set_names({HEATMAP_OUTPUT if rank == 4 and len(ir.outputs) > 1 else OUTPUT_NAME})
+    for index, output in enumerate(ir.outputs):
+        name = output_name(index, len(output.get_partial_shape()), len(ir.outputs))
+        if name is not None:
+            output.get_tensor().set_names({name})
     return ir
 
 
