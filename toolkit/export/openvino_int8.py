@@ -28,6 +28,7 @@ import numpy as np
 from toolkit.errors import ExportError
 from toolkit.export.base import AccuracyControl, ExportContext, ExportFormat, work_dir
 from toolkit.export.int8_fix import finish_fix, fix_summary
+from toolkit.export.onnx_float import OUTPUT_NAME
 from toolkit.export.openvino import describe_ir, float_ir, save_ir
 from toolkit.progress import phase
 
@@ -67,6 +68,26 @@ def _validation_fn(decide: Callable[[np.ndarray], np.ndarray]):
     return validate
 
 
+def map_only_ops(model) -> list[str]:
+    """The IR's ops that feed only the heatmap output, not `probs`: a heatmap artifact keeps them float.
+
+    The name pattern (`float_scope`) is not enough here: OpenVINO's TensorFlow frontend renames the ops
+    it creates while moving Transposes (the map's gap+gmp split became "Transpose_1958", an Add), and
+    NNCF quantised their inputs: every map of the demo run moved (p95 difference 1.0, AMX Xeon). Which
+    ops belong to the map is a fact of the graph, not of names: those the probabilities do not depend on.
+    """
+    probs = [r for r in model.get_results() if OUTPUT_NAME in r.input_value(0).get_names()]
+    needed, stack = set(), [r.input_value(0).get_node() for r in probs]
+    while stack:
+        node = stack.pop()
+        if node.get_friendly_name() not in needed:
+            needed.add(node.get_friendly_name())
+            stack.extend(value.get_node() for value in node.input_values())
+    skip = ("Constant", "Result", "Parameter")
+    return [op.get_friendly_name() for op in model.get_ordered_ops()
+            if op.get_type_name() not in skip and op.get_friendly_name() not in needed]  # fmt: skip
+
+
 def _quantize(ctx: ExportContext, model, control: AccuracyControl | None):
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
@@ -81,7 +102,8 @@ def _quantize(ctx: ExportContext, model, control: AccuracyControl | None):
     }
     if ctx.float_layers or ctx.float_scope:  # the fix's float layers; a heatmap artifact's map (export/heatmap.py)
         patterns = [ctx.float_scope] if ctx.float_scope else []
-        common["ignored_scope"] = nncf.IgnoredScope(names=list(ctx.float_layers), patterns=patterns, validate=False)
+        names = list(ctx.float_layers) + (map_only_ops(model) if ctx.float_scope else [])
+        common["ignored_scope"] = nncf.IgnoredScope(names=names, patterns=patterns, validate=False)
     calibration = _dataset(ctx.calibration_images)
     if control is None:
         return nncf.quantize(model, calibration, advanced_parameters=advanced, **common)
