@@ -5,7 +5,11 @@ alpha_k = mean over positions of d score_c / d A_k, and the map is ReLU(sum_k al
 toolkit's heads the gradient needs no autodiff: the head is pooling (or Flatten) followed by a chain of
 Dense, BatchNormalization and Dropout layers, whose gradients are closed-form in forward ops:
 
-- the score is log p_c: d log p_c / d logits = onehot(c) - p (the softmax layer's own rule);
+- the score is the label's logit against the mean logit, z_c - mean_k z_k (softmax ignores a shift of every
+  logit, so this is the logit made well-defined): d score / d logits = onehot(c) - 1/K, a constant. For two
+  labels it is d log p_c / d logits (onehot(c) - p) divided by 2(1 - p_c): the same map once scaled to its
+  peak. Not log p_c itself: its gradient vanishes with 1 - p_c, and an int8 artifact rounds a confident
+  probability to 1, so its maps were all zero (the demo run: 12-28 of 150 images, AMX Xeon, 2026-12-07);
 - Dense: g @ kernel^T, through a ReLU only where its output is positive;
 - BatchNormalization in inference: g * gamma / sqrt(variance + epsilon); Dropout: g;
 - global average pooling spreads g_k / HW over the positions; global max pooling puts g_k on the
@@ -57,11 +61,11 @@ def _activation(layer) -> str:
     return getattr(layer.activation, "__name__", str(layer.activation))
 
 
-def _identity(classes: int):
-    """A constant K x K identity: `ops.eye` traces to MatrixDiagV3, which OpenVINO's TF frontend cannot convert."""
+def _centred_identity(classes: int):
+    """onehot(c) - 1/K for every c, a constant K x K (`ops.eye` traces to MatrixDiagV3, which OpenVINO lacks)."""
     import numpy as np
 
-    return np.eye(classes, dtype="float32")
+    return np.eye(classes, dtype="float32") - np.float32(1.0 / classes)
 
 
 def _grad_cam_layer():
@@ -90,9 +94,9 @@ def _grad_cam_layer():
             return chosen[0] if len(chosen) == 1 else ops.concatenate(chosen, axis=-1)
 
         def _backward(self, outputs: list, probs):
-            """d log p_c / d (pooled vector), for every class c: N x K x D."""
+            """d (z_c - mean z) / d (pooled vector), for every class c: N x K x D (1 x K x D for a linear chain)."""
             classes = probs.shape[-1]
-            g = ops.expand_dims(ops.cast(_identity(classes), probs.dtype), 0) - ops.expand_dims(probs, 1)
+            g = ops.expand_dims(ops.cast(_centred_identity(classes), probs.dtype), 0)
             for layer, out in zip(reversed(self.chain), reversed(outputs)):
                 kind = type(layer).__name__
                 if kind == "Dense":
@@ -146,7 +150,8 @@ def heatmap_record(model) -> dict:
         "method": "grad-cam",
         "grid": [int(shape[1]), int(shape[2])],
         "layout": "N x grid height x grid width x labels, one unnormalised map per label, in label order",
-        "source": "the base's last feature map; channel weights: the gradient of log p(label), in closed form",
+        "source": "the base's last feature map; channel weights: the gradient of the label's logit minus the mean "
+        "logit, in closed form",
     }
 
 
