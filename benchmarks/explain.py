@@ -143,7 +143,8 @@ def main() -> None:
     lines = [
         "# Does the heatmap point at the lesion?",
         "",
-        f"`make bench-explain` on {m['cpu']} ({m['cores']} cores), {m['date'][:10]}: Grad-CAM (`toolkit explain`) of a "
+        f"`make bench-explain` on {m['cpu']} ({'/'.join(m['instruction_sets']) or 'no AVX2'}; {m['cores']} cores), "
+        f"{m['date'][:10]}: Grad-CAM (`toolkit explain`; the score is the label's logit minus the mean logit) of a "
         f"demo run ({report['base']}, {report['head']} head, offline VGG16 weights, trained with the defaults) on the "
         f"{measured[0]['summary']['images']} demo test images, from the Keras model and from each heatmap artifact "
         "(`toolkit export RUN --heatmap`, the map computed inside the file and read through the TF-free runtime); "

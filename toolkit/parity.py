@@ -65,11 +65,9 @@ class ParityOverrides:
 CONFIDENCE = 0.95
 # Heatmap artifacts (`toolkit export --heatmap`): the bound on the 95th percentile, over the parity images, of the
 # largest per-cell difference between the artifact's Grad-CAM map and the Keras model's, both scaled to their own
-# peak (`toolkit.runtime.heatmap.agreement`). Measured on the demo run: benchmarks/EXPLAIN.md. bf16 as int8: on a
-# CPU that computes in bf16 (AMX Xeon) the demo's maps differ by 0.23-0.34 (an 8-bit mantissa in the base's
-# convolutions moves its last feature map by ~1%, and Grad-CAM's weighted sum of 512 channels cancels); the 0.03
-# measured first came from a CPU without bf16, which runs the bf16 IR in f32.
-MAX_MAP_DIFF = {"float32": 0.01, "float16": 0.1, "bf16": 0.35, "dynamic": 0.25, "int8": 0.35}
+# peak (`toolkit.runtime.heatmap.agreement`). Measured on the demo run: benchmarks/EXPLAIN.md (bf16: 0.088 on a CPU
+# that computes in bf16, AMX Xeon; int8 and dynamic fail there, 0.43-0.55: the maps move with the base's int8 noise).
+MAX_MAP_DIFF = {"float32": 0.01, "float16": 0.1, "bf16": 0.15, "dynamic": 0.25, "int8": 0.35}
 DECISION_RULE = (
     "max |diff| must not exceed its bound on any image; a minimum agreement fails only when the one-sided "
     "95% Clopper-Pearson upper bound of the agreement is below it, and a maximum accuracy drop only when the "
