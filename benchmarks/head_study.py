@@ -7,7 +7,7 @@ K augmented views, validation, test: `extract`) and then trains many small heads
 last epoch, best val_accuracy, best val_loss, val_loss smoothed over 3 epochs, best val_accuracy
 with ties to the lower val_loss. The heads are the toolkit's own (`model.build_head`, feature_norm as `train` sets it).
 
-Usage: python benchmarks/head_study.py extract DATA_DIR OUT [--views 3]
+Usage: python benchmarks/head_study.py extract DATA_DIR OUT [--views 3] [--weights FILE]
        python benchmarks/head_study.py heads OUT [CONFIG ...] [--task binary|grades] [--seeds 2] [--clean]
 """
 
@@ -36,7 +36,7 @@ CONFIGS = {
 }
 
 
-def extract(data_dir: str, out: Path, views: int) -> None:
+def extract(data_dir: str, out: Path, views: int, weights: str = "imagenet") -> None:
     from toolkit.data import SplitOptions, load_dataset
     from toolkit.data.augment import RandomAffine
     from toolkit.model import build_classifier, features_part
@@ -45,7 +45,7 @@ def extract(data_dir: str, out: Path, views: int) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     data = load_dataset(data_dir, 224, SplitOptions(), out / "cache")
-    model, _ = build_classifier(len(data.classes), 224, WeightsRequest("imagenet"), "gap+gmp", 0.3)
+    model, _ = build_classifier(len(data.classes), 224, WeightsRequest(weights), "gap+gmp", 0.3)
     features = features_part(model)
     shape = tuple(features.output.shape[1:])
     plain, augmented = compile_forward(features), compile_forward(features, RandomAffine(0))
@@ -81,16 +81,28 @@ def _curve(keras, data, seed, kind="gap+gmp", norm=True, epochs=10, lr=1e-3, sch
     model.compile(keras.optimizers.Adam(rate), "categorical_crossentropy", metrics=["accuracy"])
     counts = np.bincount(ytr, minlength=k)
     weights = {i: (len(ytr) / (k * c)) ** cw for i, c in enumerate(counts)} if cw else None
-    rng, rows = np.random.default_rng(seed), []
+    rng, rows, adjusted = np.random.default_rng(seed), [], {tau: [] for tau in TAUS}
     for epoch in range(epochs):
         x = views[rng.integers(0, len(views)), np.arange(len(ytr))]  # one stored view per image and epoch
         logs = model.fit(x, np.eye(k)[ytr], batch_size=32, epochs=1, verbose=0,
                          validation_data=(xv, np.eye(k)[yv]), class_weight=weights).history  # fmt: skip
-        pred = model.predict(xt, verbose=0, batch_size=256).argmax(1)
-        recalls = [(pred[yt == c] == c).mean() for c in range(k)]
+        probs = model.predict(xt, verbose=0, batch_size=256)
         rows.append((epoch + 1, logs["loss"][0], logs["val_loss"][0], logs["val_accuracy"][0],
-                     (pred == yt).mean(), np.mean(recalls), min(recalls)))  # fmt: skip
-    return np.array(rows)
+                     *_scores(probs.argmax(1), yt, k)))  # fmt: skip
+        for tau in TAUS:  # post-hoc logit adjustment by the training prior (Menon et al. 2021)
+            adjusted[tau].append(
+                _scores((np.log(probs + 1e-12) - tau * np.log(counts / counts.sum())).argmax(1), yt, k)
+            )
+    return np.array(rows), {tau: np.array(v) for tau, v in adjusted.items()}
+
+
+TAUS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def _scores(pred: np.ndarray, y: np.ndarray, k: int) -> tuple[float, float, float]:
+    """(accuracy, balanced accuracy, smallest per-class recall)."""
+    recalls = [(pred[y == c] == c).mean() for c in range(k)]
+    return (pred == y).mean(), float(np.mean(recalls)), min(recalls)
 
 
 def _rules(r: np.ndarray) -> dict[str, int]:
@@ -120,15 +132,18 @@ def heads(out: Path, task: str, seeds: int, clean: bool, names: list[str]) -> No
     for name in names or list(CONFIGS):
         chosen: dict[str, list] = {}
         for seed in range(seeds):
-            r = _curve(keras, data, seed, **CONFIGS[name])
+            r, adjusted = _curve(keras, data, seed, **CONFIGS[name])
             for rule, i in _rules(r).items():
                 chosen.setdefault(rule, []).append(r[i])
+                for tau, a in adjusted.items():
+                    chosen.setdefault(f"{rule} tau {tau}", []).append(np.r_[r[i][:4], a[i]])
         cells = [
-            f"{rule}: test {np.mean([x[4] for x in v]):.3f} bal {np.mean([x[5] for x in v]):.3f} "
+            f"{rule:24s}: test {np.mean([x[4] for x in v]):.3f} bal {np.mean([x[5] for x in v]):.3f} "
             f"min recall {np.mean([x[6] for x in v]):.2f} val {np.mean([x[3] for x in v]):.3f}"
             for rule, v in chosen.items()
         ]
-        print(f"{task} {name:14s} | " + " | ".join(cells), flush=True)
+        for cell in cells:
+            print(f"{task} {name:14s} | {cell}", flush=True)
 
 
 def main() -> None:
@@ -138,6 +153,7 @@ def main() -> None:
     e.add_argument("data_dir")
     e.add_argument("out", type=Path)
     e.add_argument("--views", type=int, default=3)
+    e.add_argument("--weights", default="imagenet", help="imagenet (the resolver) or a weights file")
     h = sub.add_parser("heads")
     h.add_argument("out", type=Path)
     h.add_argument("--task", choices=("binary", "grades"), default="binary")
@@ -146,7 +162,7 @@ def main() -> None:
     h.add_argument("configs", nargs="*", help=f"any of: {', '.join(CONFIGS)} (default: all)")
     args = parser.parse_args()
     if args.command == "extract":
-        extract(args.data_dir, args.out, args.views)
+        extract(args.data_dir, args.out, args.views, args.weights)
     else:
         heads(args.out, args.task, args.seeds, args.clean, args.configs)
 
