@@ -66,17 +66,26 @@ def test_the_fix_turns_a_failing_int8_gate_into_a_pass_and_says_what_it_cost(nea
     assert entry["parity"]["passed"] and entry["parity"]["thresholds"]["max_accuracy_drop"] == 0.0
     methods = [a["calibration"]["method"] for a in fix["attempts"]]
     assert methods[:3] == ["minmax", "entropy", "percentile"]  # calibrations before any float layer
-    assert all(a["float_layers"] == 0 for a in fix["attempts"][:3])
-    assert len(fix["attempts"]) > 3 and fix["float_layers"]  # no calibration alone was enough here
-    trials = fix["attempts"][3:]
+    assert all(a["float_layers"] == 0 and "float_head" not in a for a in fix["attempts"][:3])
+    head = fix["attempts"][3]  # no calibration alone was enough here; next, the whole head in float
+    assert head["float_head"] and head["float_layers"] == 0
+    if head["passed"]:  # the tiny head's own noise was what flipped the near-ties
+        assert fix["float_head"] and fix["float_layers"] == [] and len(fix["attempts"]) == 4
+    else:
+        _assert_layers_were_added_as_ranked(fix)
+    assert set(fix["latency_ms"]) == {"all_int8", "with_float_layers", "cost", "timing"}
+    assert fix["latency_ms"]["timing"] == "interleaved"
+
+
+def _assert_layers_were_added_as_ranked(fix: dict) -> None:
+    assert fix["float_layers"] and not fix["float_head"]
+    trials = fix["attempts"][4:]
     kept = [a["float_layers"] for a in trials if a["kept"]]
     assert kept == sorted(kept) and kept[-1] == len(fix["float_layers"])  # layers are added, never silently
     flips = [a["flips"] for a in trials if a["kept"]]
     assert all(later <= earlier for earlier, later in zip(flips, flips[1:]))  # every kept layer helped
     ranked = {name for r in fix["ranking"] for name in r["layers"]}
     assert set(fix["float_layers"]) <= ranked  # only layers the decision ranking found useful
-    assert set(fix["latency_ms"]) == {"all_int8", "with_float_layers", "cost", "timing"}
-    assert fix["latency_ms"]["timing"] == "interleaved"
 
 
 def _plant_outlier_channel(run, layer: str, following: str, factor: float = 1000.0) -> None:
@@ -96,7 +105,6 @@ def _plant_outlier_channel(run, layer: str, following: str, factor: float = 1000
 
     from toolkit.keras_io import load_keras_model
     from toolkit.model import base_model
-    from toolkit.run_folder import load_run
 
     model = load_keras_model(run / "best.keras")
     vgg = base_model(model)
@@ -110,6 +118,20 @@ def _plant_outlier_channel(run, layer: str, following: str, factor: float = 1000
     next_kernel, next_bias = vgg.get_layer(following).get_weights()
     next_kernel[:, :, k, :] /= factor
     vgg.get_layer(following).set_weights([next_kernel, next_bias])
+    _spread_decisions(run, model)
+
+
+def _spread_decisions(run, model, shared_shift: float = 0.0) -> None:
+    """Centre and spread the logits (standard deviation 4), put the operating point in the widest gap of the middle
+    half of the scores, and save: the decisions are split and far from ties (see _plant_outlier_channel).
+
+    `shared_shift`: then add one image-dependent value of up to that size to every logit: softmax does not change
+    (it ignores a shift shared by all logits), but one int8 range for the logits must span it.
+    """
+    import numpy as np
+
+    from toolkit.run_folder import load_run
+
     data = load_run(run).load_data()
     images = np.concatenate([np.asarray(data.val.images), np.asarray(data.train.images)])
     features = np.asarray(model.get_layer("features").predict(images, verbose=0)).reshape(len(images), -1)
@@ -118,7 +140,11 @@ def _plant_outlier_channel(run, layer: str, following: str, factor: float = 1000
     logits = features @ weights + biases
     margin = logits[:, 1] - logits[:, 0]
     biases = biases + np.array([1, -1]) * margin.mean() / 2
-    dense.set_weights([weights * 4 / margin.std(), biases * 4 / margin.std()])
+    weights, biases = weights * 4 / margin.std(), biases * 4 / margin.std()
+    if shared_shift:
+        direction = np.random.default_rng(1).normal(size=(weights.shape[0], 1)).astype(weights.dtype)
+        weights = weights + direction * shared_shift / np.abs(features @ direction).max()
+    dense.set_weights([weights, biases])
     model.save(run / "best.keras")
     scores = np.sort(np.asarray(model.predict(images, verbose=0))[:, 1])
     middle = scores[len(scores) // 4 : 3 * len(scores) // 4 + 1]
@@ -171,3 +197,26 @@ def test_a_layer_made_hard_to_quantize_is_ranked_first_and_its_figures_are_consi
     assert all(r["own_sqnr_db"] >= r["model_sqnr_db"] - 0.5 for r in finite), finite  # own noise <= total drift
     fused = [r for r in report["layers"] if r["fused"] == "Relu"]
     assert fused and all(r["own_sqnr_db"] > 10 for r in fused if "block3" not in r["tensor"])  # not ReLU's mass
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "tflite"])
+def test_a_head_int8_cannot_range_is_kept_float_whole_before_any_layer_is_ranked(near_tie_run, tmp_path, fmt):
+    """Logits sharing a shift of up to 1,000 (softmax unchanged): every calibration crushes their differences;
+    the whole head in float, tried right after the calibrations, passes with nothing ranked."""
+    from toolkit.keras_io import load_keras_model
+
+    run = tmp_path / "run"
+    shutil.copytree(near_tie_run, run)
+    _spread_decisions(run, load_keras_model(run / "best.keras"), shared_shift=1000.0)
+    fixed = CliRunner().invoke(
+        app,
+        ["export", str(run), "--format", fmt, "--precision", "int8", "--calib-images", "8"]
+        + ["--int8-max-drop", "0", "--int8-max-float-layers", "4"],
+    )
+    assert fixed.exit_code == 0, fixed.output
+    (entry,) = json.loads((run / "export" / "manifest.json").read_text())["artifacts"]
+    fix = entry["int8_fix"]
+    assert [a["passed"] for a in fix["attempts"]] == [False, False, False, True], fix["attempts"]
+    assert fix["attempts"][-1]["float_head"] and fix["float_head"] and fix["float_layers"] == []
+    assert "ranking" not in fix and entry["parity"]["passed"]
+    assert "the head kept in float" in fixed.output

@@ -141,10 +141,10 @@ def int8_fix_line(entry: dict) -> str:
     outcome = "passed" if entry["parity"]["passed"] else "still FAILS"
     calibrated = f", calibration {fix['calibration']['method']}" if "calibration" in fix else ""  # dynamic: none
     line = f"{entry['format']} {entry['precision']}: {outcome} after {len(fix['attempts'])} attempts{calibrated}"
-    if fix["float_layers"]:
-        cost = fix["latency_ms"]["cost"]
-        line += f"; {len(fix['float_layers'])} nodes kept in float ({cost:+.1f} ms batch-1): {', '.join(fix['float_layers'])}"
-    return line
+    cost = f"{fix['latency_ms']['cost']:+.1f} ms batch-1" if "latency_ms" in fix else ""
+    head = f"; the head kept in float ({cost})" if fix.get("float_head") else ""
+    nodes = f"; {len(fix['float_layers'])} nodes kept in float ({cost}): {', '.join(fix['float_layers'])}"
+    return line + head + (nodes if fix["float_layers"] else "")
 
 
 def print_quant_report(path: Path, worst: int = 5) -> None:

@@ -101,7 +101,7 @@ FORMAT = ExportFormat(
     filename=FILENAME,
     convert=convert_int8,
     describe_io=describe_onnx,
-    advice="--int8-max-drop 1 (other calibrations, then float layers), or ship openvino bf16 or onnx float32",
+    advice="--int8-max-drop 1 (other calibrations, the head in float, then float layers), or ship openvino bf16 or onnx float32",
     converter="onnxruntime.quantization",
     rank_layers=_rank_layers,
 )

@@ -247,7 +247,7 @@ FORMAT = ExportFormat(
     FILENAME,
     convert_int8,
     describe_tflite,
-    "--int8-max-drop 1 (other calibrations, then float layers), or tflite dynamic or float16",
+    "--int8-max-drop 1 (other calibrations, the head in float, then float layers), or tflite dynamic or float16",
     "tensorflow.lite",
     rank_layers=_rank_layers,
 )
