@@ -67,11 +67,12 @@ def test_the_fix_turns_a_failing_int8_gate_into_a_pass_and_says_what_it_cost(nea
     methods = [a["calibration"]["method"] for a in fix["attempts"]]
     assert methods[:3] == ["minmax", "entropy", "percentile"]  # calibrations before any float layer
     assert all(a["float_layers"] == 0 and "float_head" not in a for a in fix["attempts"][:3])
-    head = fix["attempts"][3]  # no calibration alone was enough here; next, the whole head in float
-    assert head["float_head"] and head["float_layers"] == 0
-    if head["passed"]:  # the tiny head's own noise was what flipped the near-ties
-        assert fix["float_head"] and fix["float_layers"] == [] and len(fix["attempts"]) == 4
+    heads = [a for a in fix["attempts"][3:6] if a.get("float_head")]  # next, the head in float per calibration
+    assert heads and heads == fix["attempts"][3 : 3 + len(heads)] and all(a["float_layers"] == 0 for a in heads)
+    if heads[-1]["passed"]:  # the tiny head's own noise was what flipped the near-ties
+        assert fix["float_head"] and fix["float_layers"] == [] and len(fix["attempts"]) == 3 + len(heads)
     else:
+        assert len(heads) == 3
         _assert_layers_were_added_as_ranked(fix)
     assert set(fix["latency_ms"]) == {"all_int8", "with_float_layers", "cost", "timing"}
     assert fix["latency_ms"]["timing"] == "interleaved"
@@ -79,7 +80,7 @@ def test_the_fix_turns_a_failing_int8_gate_into_a_pass_and_says_what_it_cost(nea
 
 def _assert_layers_were_added_as_ranked(fix: dict) -> None:
     assert fix["float_layers"] and not fix["float_head"]
-    trials = fix["attempts"][4:]
+    trials = fix["attempts"][6:]
     kept = [a["float_layers"] for a in trials if a["kept"]]
     assert kept == sorted(kept) and kept[-1] == len(fix["float_layers"])  # layers are added, never silently
     flips = [a["flips"] for a in trials if a["kept"]]
@@ -216,7 +217,9 @@ def test_a_head_int8_cannot_range_is_kept_float_whole_before_any_layer_is_ranked
     assert fixed.exit_code == 0, fixed.output
     (entry,) = json.loads((run / "export" / "manifest.json").read_text())["artifacts"]
     fix = entry["int8_fix"]
-    assert [a["passed"] for a in fix["attempts"]] == [False, False, False, True], fix["attempts"]
-    assert fix["attempts"][-1]["float_head"] and fix["float_head"] and fix["float_layers"] == []
+    calibrations, heads = fix["attempts"][:3], fix["attempts"][3:]
+    assert not any(a["passed"] or a.get("float_head") for a in calibrations), calibrations
+    assert 1 <= len(heads) <= 3 and all(a["float_head"] for a in heads) and heads[-1]["passed"], heads
+    assert fix["float_head"] and fix["float_layers"] == []
     assert "ranking" not in fix and entry["parity"]["passed"]
     assert "the head kept in float" in fixed.output
