@@ -156,6 +156,18 @@ def _spread_decisions(run, model, shared_shift: float = 0.0) -> None:
     (run / "labels.json").write_text(json.dumps(payload))
 
 
+def _export_with_the_fix(run, fmt: str) -> tuple[str, dict]:
+    """`toolkit export RUN --format FMT --precision int8` under `--int8-max-drop 0`: (its output, its entry)."""
+    fixed = CliRunner().invoke(
+        app,
+        ["export", str(run), "--format", fmt, "--precision", "int8", "--calib-images", "8"]
+        + ["--int8-max-drop", "0", "--int8-max-float-layers", "4"],
+    )
+    assert fixed.exit_code == 0, fixed.output
+    (entry,) = json.loads((run / "export" / "manifest.json").read_text())["artifacts"]
+    return fixed.output, entry
+
+
 @pytest.fixture(scope="module")
 def planted_run(near_tie_run, tmp_path_factory):
     run = tmp_path_factory.mktemp("planted") / "run"
@@ -169,13 +181,7 @@ def test_the_planted_layer_group_alone_in_float_brings_int8_through_the_gate(pla
     """Every calibration fails on the planted model; keeping block3's stretch (to block4_conv1) float passes."""
     run = tmp_path / "run"
     shutil.copytree(planted_run, run)
-    fixed = CliRunner().invoke(
-        app,
-        ["export", str(run), "--format", fmt, "--precision", "int8", "--calib-images", "8"]
-        + ["--int8-max-drop", "0", "--int8-max-float-layers", "4"],
-    )
-    assert fixed.exit_code == 0, fixed.output
-    (entry,) = json.loads((run / "export" / "manifest.json").read_text())["artifacts"]
+    output, entry = _export_with_the_fix(run, fmt)
     fix = entry["int8_fix"]
     assert [a["passed"] for a in fix["attempts"][:3]] == [False] * 3  # no calibration holds the planted range
     assert entry["parity"]["passed"] and entry["parity"]["flips"] == 0
@@ -209,17 +215,11 @@ def test_a_head_int8_cannot_range_is_kept_float_whole_before_any_layer_is_ranked
     run = tmp_path / "run"
     shutil.copytree(near_tie_run, run)
     _spread_decisions(run, load_keras_model(run / "best.keras"), shared_shift=1000.0)
-    fixed = CliRunner().invoke(
-        app,
-        ["export", str(run), "--format", fmt, "--precision", "int8", "--calib-images", "8"]
-        + ["--int8-max-drop", "0", "--int8-max-float-layers", "4"],
-    )
-    assert fixed.exit_code == 0, fixed.output
-    (entry,) = json.loads((run / "export" / "manifest.json").read_text())["artifacts"]
+    output, entry = _export_with_the_fix(run, fmt)
     fix = entry["int8_fix"]
     calibrations, heads = fix["attempts"][:3], fix["attempts"][3:]
     assert not any(a["passed"] or a.get("float_head") for a in calibrations), calibrations
     assert 1 <= len(heads) <= 3 and all(a["float_head"] for a in heads) and heads[-1]["passed"], heads
     assert fix["float_head"] and fix["float_layers"] == []
     assert "ranking" not in fix and entry["parity"]["passed"]
-    assert "the head kept in float" in fixed.output
+    assert "the head kept in float" in output

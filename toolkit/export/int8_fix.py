@@ -169,6 +169,7 @@ def fix_int8(fmt: ExportFormat, ctx: ExportContext, export_one: Callable[[], dic
     `parity` is the export's ParitySet; `parity.outputs[fmt.key]` holds the last artifact's outputs on it.
     """
     attempts, best = [], None
+    all_int8 = work_dir(ctx) / f"all-int8-{fmt.filename}"  # the best calibration's file: the latency baseline
     for record in fix.methods:
         ctx.calibration, ctx.float_layers = record, []
         entry = export_one()
@@ -177,18 +178,16 @@ def fix_int8(fmt: ExportFormat, ctx: ExportContext, export_one: Callable[[], dic
             return finish_fix(entry, ctx, attempts, None, parity.images[0], [])
         if best is None or _score(entry) > _score(best[1]):
             best = (record, entry)
-    record, entry = best
-    ctx.calibration = record
-    if record is not fix.methods[-1]:
-        entry = export_one()  # the best calibration's artifact again, to rank its layers
-    all_int8 = work_dir(ctx) / f"all-int8-{fmt.filename}"
-    shutil.copyfile(ctx.export_dir / fmt.filename, all_int8)
-    if not ctx.float_scope:  # a heatmap artifact's scope is its map's; the fix does not run there
+            shutil.copyfile(ctx.export_dir / fmt.filename, all_int8)
+    tried_head = not ctx.float_scope  # a heatmap artifact's scope is its map's; the fix does not run there
+    if tried_head:
         head = _head_in_float(ctx, export_one, attempts, fix.methods)
         if head is not None:
             return finish_fix(head, ctx, attempts, all_int8, parity.images[0], [])
-        ctx.calibration = record
-        entry = export_one()  # the best calibration's all-int8 artifact again: the ranking starts from it
+    record, entry = best
+    ctx.calibration = record
+    if tried_head or record is not fix.methods[-1]:
+        entry = export_one()  # the best calibration's all-int8 artifact again (on disk and in parity.outputs)
     decide = parity.decide or (lambda probs: probs.argmax(axis=1))
     at_stake = stakes(parity.images, parity.reference, parity.outputs[fmt.key], decide)
     with phase(f"ranking {fmt.format} {fmt.precision} layers by their effect on {len(at_stake.images)} decisions"):
