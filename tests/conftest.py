@@ -21,7 +21,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # one core per xdist worker (make tes
         os.environ.setdefault(_var, "1")
 
 IMAGE_SIZE = 32
-HEATMAP_SIZE = 64  # the tiny base's feature grid at 64 px: 2 x 2, enough for a map to point somewhere
+HEATMAP_SIZE = 64  # the tiny base's Grad-CAM grid at 64 px (block5_conv1): 4 x 4, enough for a map to point somewhere
 
 
 @pytest.fixture(scope="session")

@@ -39,6 +39,11 @@ def test_each_record_matches_the_network_it_builds(name):
         above = {id(layer) for layer in above_cut(base, layer_name).layers[1:]}  # [0]: the replay's own input
         assert above and below.isdisjoint(above) and below | above == everything, cut
     assert spec.default_cut == next(iter(spec.cuts))
+    last = base.layers[-1]
+    if spec.cam_layer:  # Grad-CAM's map is the input of the base's last max pooling (toolkit.heatmap_model)
+        assert type(last).__name__ == "MaxPooling2D" and last.input is base.get_layer(spec.cam_layer).output
+    else:
+        assert "Pooling" not in type(last).__name__
 
 
 def test_a_layer_inside_a_residual_block_is_refused_as_a_cut():

@@ -47,11 +47,11 @@ def test_the_runtime_reads_the_maps_each_artifact_carries(heatmap_run):
     files = validation_files(heatmap_run)
     for entry in _artifacts(heatmap_run):
         classifier = load(heatmap_run / "export" / entry["path"])
-        assert classifier.has_heatmap and classifier.info.heatmap["grid"] == [2, 2]
+        assert classifier.has_heatmap and classifier.info.heatmap["grid"] == [4, 4]
         pixels = np.stack([classifier.preprocess(f) for f in files])
         probs, maps = classifier.heatmap_arrays(pixels, batch_size=4)
         keras_probs, keras_maps = keras_heatmaps(model, pixels)
-        assert maps.shape == (len(files), 2, 2, len(classifier.labels))
+        assert maps.shape == (len(files), 4, 4, len(classifier.labels))
         np.testing.assert_allclose(probs, classifier.predict_arrays(pixels), atol=1e-6)  # the same graph's output
         if entry["precision"] == "float32":
             np.testing.assert_allclose(maps, keras_maps, rtol=1e-3, atol=1e-4 * keras_maps.max())

@@ -7,7 +7,7 @@ import pytest
 
 from toolkit.errors import ModelError
 
-SIZE = 64  # the tiny base's grid at 64 px: 2 x 2
+SIZE = 64  # the tiny base's Grad-CAM grid at 64 px (block5_conv1, before its last pooling): 4 x 4
 
 
 def tape_grad_cam(model, pixels: np.ndarray) -> np.ndarray:
@@ -15,9 +15,13 @@ def tape_grad_cam(model, pixels: np.ndarray) -> np.ndarray:
     import keras
     import tensorflow as tf
 
+    from toolkit.bases import get_base
     from toolkit.model import features_part, head_part
 
-    activations = features_part(model)(tf.constant(pixels, tf.float32), training=False)
+    features = features_part(model)
+    base = features.layers[-1]  # the tiny base: its record's cam_layer feeds its last layer, a max pooling
+    below = keras.Model(base.input, base.get_layer(get_base("tiny").cam_layer).output)
+    activations = below(features.layers[1](tf.constant(pixels, tf.float32)), training=False)
     head = head_part(model)
     last = head.layers[-1]  # the softmax Dense: its logits, taken apart from its activation
     penultimate = keras.Model(head.inputs, last.input)
@@ -25,7 +29,8 @@ def tape_grad_cam(model, pixels: np.ndarray) -> np.ndarray:
     for c in range(model.output_shape[-1]):
         with tf.GradientTape() as tape:
             tape.watch(activations)
-            logits = tf.matmul(penultimate(activations, training=False), last.kernel) + last.bias
+            pooled = base.layers[-1](activations)
+            logits = tf.matmul(penultimate(pooled, training=False), last.kernel) + last.bias
             score = logits[:, c] - tf.reduce_mean(logits, axis=-1)  # z_c - mean z: the logits' shift cancels
         weights = tf.reduce_mean(tape.gradient(score, activations), axis=(1, 2), keepdims=True)
         maps.append(tf.nn.relu(tf.reduce_sum(weights * activations, axis=-1)).numpy())
@@ -58,7 +63,7 @@ def test_the_in_graph_map_is_grad_cam_for_every_head(head, normalize):
     pixels = rng.integers(0, 256, (4, SIZE, SIZE, 3)).astype(np.uint8)
     probs, maps = keras_heatmaps(model, pixels)
     oracle = tape_grad_cam(model, pixels)
-    assert maps.shape == (4, 2, 2, 3)
+    assert maps.shape == (4, 4, 4, 3)
     np.testing.assert_allclose(probs, model.predict(pixels.astype(np.float32), verbose=0), atol=1e-6)
     scale = oracle.max(axis=(1, 2)) + 1e-30
     assert (scale > 1e-6).sum() >= len(pixels)  # maps with a peak to compare, saturated probabilities too

@@ -14,7 +14,11 @@ Dense, BatchNormalization and Dropout layers, whose gradients are closed-form in
 - BatchNormalization in inference: g * gamma / sqrt(variance + epsilon); Dropout: g;
 - global average pooling spreads g_k / HW over the positions; global max pooling puts g_k on the
   maximum's position; either way the mean over positions, alpha_k, is g_k / HW (gap+gmp: the sum);
-- Flatten: g reshaped to H x W x C, averaged over positions.
+- Flatten: g reshaped to H x W x C, averaged over positions;
+- the base's own last max pooling, where its record names the map before it (`BaseSpec.cam_layer`: VGG's
+  last convolution, 14 x 14 at 224 px instead of the pooled 7 x 7, as Grad-CAM takes the last convolutional
+  layer): each window's gradient goes to one position, so the mean over the finer grid is the pooled
+  mean times (pooled positions / positions). The same channel weights on a map with twice the resolution.
 
 So the heatmap is matmuls, multiplies and comparisons that ONNX, TFLite, OpenVINO and onnxruntime-web
 all run, and it is exactly the Grad-CAM that `toolkit.explain.grad_cam` takes with a GradientTape (the
@@ -68,6 +72,16 @@ def _centred_identity(classes: int):
     return np.eye(classes, dtype="float32") - np.float32(1.0 / classes)
 
 
+def _pooled(ops, pooling: str, a):
+    """The head's pooling (or Flatten) of the feature map `a`, as the head computes it."""
+    if pooling == "flatten":
+        return ops.reshape(a, (-1, a.shape[1] * a.shape[2] * a.shape[3]))
+    parts = {"gap": [ops.mean(a, axis=(1, 2))], "gmp": [ops.max(a, axis=(1, 2))]}
+    parts["gap+gmp"] = parts["gap"] + parts["gmp"]
+    chosen = parts[pooling]
+    return chosen[0] if len(chosen) == 1 else ops.concatenate(chosen, axis=-1)
+
+
 def _grad_cam_layer():
     import keras
 
@@ -84,14 +98,6 @@ def _grad_cam_layer():
                     raise ModelError(f"no heatmap for this head: {layer.name} has activation {_activation(layer)}")
             if _activation(self.chain[-1]) != "softmax":
                 raise ModelError("no heatmap for this head: its last layer is not a softmax Dense")
-
-        def _pooled(self, a):
-            if self.pooling == "flatten":
-                return ops.reshape(a, (-1, a.shape[1] * a.shape[2] * a.shape[3]))
-            parts = {"gap": [ops.mean(a, axis=(1, 2))], "gmp": [ops.max(a, axis=(1, 2))]}
-            parts["gap+gmp"] = parts["gap"] + parts["gmp"]
-            chosen = parts[self.pooling]
-            return chosen[0] if len(chosen) == 1 else ops.concatenate(chosen, axis=-1)
 
         def _backward(self, outputs: list, probs):
             """d (z_c - mean z) / d (pooled vector), for every class c: N x K x D (1 x K x D for a linear chain)."""
@@ -117,41 +123,78 @@ def _grad_cam_layer():
                 g = g[..., :c] + g[..., c:]
             return g / float(h * w)
 
-        def call(self, a):
-            x, outputs = self._pooled(a), []
+        def call(self, maps):
+            """(the map Grad-CAM weighs, the head's input): the same tensor, or the input of the base's last
+            max pooling; its gradient routes each window's to one position, so its mean over positions is the
+            pooled map's times (pooled positions / positions): the same channel weights, rescaled."""
+            cam_map, a = maps
+            x, outputs = _pooled(ops, self.pooling, a), []
             for layer in self.chain:
                 x = layer(x, training=False)
                 outputs.append(x)
             alpha = self._channel_weights(self._backward(outputs, x), a)
-            h, w, c = a.shape[1], a.shape[2], a.shape[3]
-            cam = ops.matmul(ops.reshape(a, (-1, h * w, c)), ops.transpose(alpha, (0, 2, 1)))
+            h, w, c = cam_map.shape[1], cam_map.shape[2], cam_map.shape[3]
+            alpha = alpha * float(a.shape[1] * a.shape[2] / (h * w))
+            cam = ops.matmul(ops.reshape(cam_map, (-1, h * w, c)), ops.transpose(alpha, (0, 2, 1)))
             return ops.reshape(ops.relu(cam), (-1, h, w, alpha.shape[1]))
 
     return GradCam
+
+
+def _cam_layer(features):
+    """(the nested base, its record's `cam_layer`) when the base is the features' last layer and names one."""
+    import keras
+
+    from toolkit.bases.spec import REGISTRY
+
+    base = features.layers[-1]
+    if not isinstance(base, keras.Model):
+        return None, None
+    spec = next((s for s in REGISTRY.values() if s.layer_name == base.name), None)
+    return base, (spec.cam_layer if spec else None)
+
+
+def cam_features(model, image):
+    """(the map Grad-CAM weighs, the head's input) of `image`: the base's record names the first when the
+    base ends in a max pooling of it (VGG's last convolution: twice the grid); otherwise both are the output."""
+    import keras
+
+    features = features_part(model)
+    base, cam_layer = _cam_layer(features)
+    if cam_layer is None:
+        feature_map = features(image, training=False)
+        return feature_map, feature_map
+    tapped = keras.Model(base.input, [base.get_layer(cam_layer).output, base.output], name=f"{base.name}_cam")
+    x = image
+    for layer in features.layers[1:-1]:  # the preprocessing before the base
+        x = layer(x)
+    return tuple(tapped(x, training=False))
 
 
 def heatmap_model(model):
     """The classifier with two outputs: `probs` (the same graph as the model's) and `heatmap` (Grad-CAM)."""
     import keras
 
-    features, head = features_part(model), head_part(model)
+    head = head_part(model)
     image = keras.Input(tuple(model.input_shape[1:]), name="image")
-    feature_map = features(image, training=False)
+    cam_map, feature_map = cam_features(model, image)
     probs = head(feature_map, training=False)
-    cam = _grad_cam_layer()(head)(feature_map)
+    cam = _grad_cam_layer()(head)((cam_map, feature_map))
     return keras.Model(image, [probs, cam], name="classifier_with_heatmap")
 
 
 def heatmap_record(model) -> dict:
     """What the facts record says about the heatmap output (`ModelFacts.extra["heatmap"]`)."""
-    shape = features_part(model).output.shape
+    features = features_part(model)
+    base, cam_layer = _cam_layer(features)
+    shape = (base.get_layer(cam_layer) if cam_layer else features).output.shape
     return {
         "output": HEATMAP_OUTPUT,
         "method": "grad-cam",
         "grid": [int(shape[1]), int(shape[2])],
         "layout": "N x grid height x grid width x labels, one unnormalised map per label, in label order",
-        "source": "the base's last feature map; channel weights: the gradient of the label's logit minus the mean "
-        "logit, in closed form",
+        "source": f"the base's {cam_layer or 'output'} feature map; channel weights: the gradient of the label's "
+        "logit minus the mean logit, in closed form",
     }
 
 

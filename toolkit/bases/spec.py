@@ -45,6 +45,10 @@ class BaseSpec:
     (`--fine-tune-from`, the first one is the default) to the last frozen layer: a
     block boundary that a single tensor crosses (tests/test_bases.py checks it on the
     built graph), so cached fine-tuning trains the graph above it on that layer's output.
+    `cam_layer` is the feature map Grad-CAM weighs when the base ends in a max pooling of it
+    (VGG's last convolution before `block5_pool`: twice the grid, 14 x 14 at 224 px, where the
+    pooled 7 x 7 map put the demo's peaks in the lesion on 79% of test images and this one on 83%);
+    None: the base's output, already its last convolutional activation.
     """
 
     name: str
@@ -57,6 +61,7 @@ class BaseSpec:
     keras_weights_file: str | None  # Keras's ImageNet no-top file (None: no pretrained weights)
     offline_weights: bool = False  # the resolver has an offline source (VGG16's derived file)
     imagenet_top1: float | None = None  # published ImageNet top-1, for `toolkit bases` (not measured here)
+    cam_layer: str | None = None  # Grad-CAM's feature map, when not the base's output (see above)
     test_only: bool = False
     description: str = ""
 
