@@ -20,6 +20,7 @@ from toolkit.keras_io import IMAGENET_BGR_MEAN
 from toolkit.weights import WeightsInfo, WeightsRequest, imagenet_base
 
 FEATURE_NORM = "feature_norm"  # the head's standardisation layer (build_head)
+HEAD_LAYER = "head"  # the classifier's head sub-model (build_head): int8 files can keep it float by this name
 OUTPUT_LAYER = "probs"  # the head's last layer: Dense + softmax (temperature scaling divides its weights)
 IMAGENET_RGB_MEAN, IMAGENET_RGB_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # torch mode, on 0..1
 
@@ -146,7 +147,7 @@ def build_head(feature_shape: tuple[int, ...], num_classes: int, head: str, drop
     if head != "flatten":
         x = keras.layers.Dropout(dropout, name="dropout")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", name=OUTPUT_LAYER, dtype="float32")(x)
-    return keras.Model(inputs, outputs, name="head")
+    return keras.Model(inputs, outputs, name=HEAD_LAYER)
 
 
 def build_classifier(
@@ -181,7 +182,7 @@ def features_part(model):
 
 
 def head_part(model):
-    return model.get_layer("head")
+    return model.get_layer(HEAD_LAYER)
 
 
 def fold_temperature(model, temperature: float) -> None:

@@ -6,12 +6,14 @@ its own name (`model_float32_heatmap.onnx`, `web-float32-heatmap/`), with the fa
 the maps are (`ModelFacts.heatmap`). The plain artifacts stay single-output, so MediaPipe Tasks and apps
 built on them are unaffected. The automatic int8 fix is not applied to heatmap artifacts: they are
 explanations beside a shipped model, gated like it on their probabilities and on their maps' agreement
-with the Keras model's (`toolkit.runtime.heatmap.agreement`). In the int8 ones the Grad-CAM layer stays
-float (`float_scope`): its gradient terms and products span ranges one int8 scale cannot hold. The base
-is quantised as in the plain file: keeping its last block float too was measured on the demo run and
-moved the maps' p95 difference from Keras by 0.01-0.06 (ONNX int8 0.415 -> 0.352, TFLite int8 0.726 ->
-0.731, OpenVINO int8 0.311 -> 0.297) and no lesion hit rate up, for about 15% of VGG16's compute in float:
-the blocks below move the map (docs/export.md). Measured: benchmarks/EXPLAIN.md.
+with the Keras model's (`toolkit.runtime.heatmap.agreement`). In the int8 and dynamic ones the Grad-CAM
+layer and the head stay float (`MAP_SCOPE`): the layer's gradient terms and products span ranges one int8
+scale cannot hold, and the channel weights are the head's gradient, switched by its hidden ReLU, so the
+head's int8 activations moved the maps most: on the demo run (mlp head, AMX Xeon, 2026-12-07) the p95
+map difference from Keras went from 0.43 to 0.23 (ONNX int8), 0.59 to 0.28 (TFLite int8) and 0.58 to 0.22
+(TFLite dynamic), inside their bounds, for a head of 0.5 M multiply-adds beside VGG16's 15 G. The base is
+quantised as in the plain file: keeping its last block float too moved the maps by 0.01-0.06 and no
+lesion hit rate up, for about 15% of VGG16's compute in float (docs/export.md, benchmarks/EXPLAIN.md).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 
 from toolkit.export.base import ExportContext, ExportFormat, variant_filename, work_dir
 from toolkit.facts import HEATMAP_OUTPUT
+from toolkit.model import HEAD_LAYER
 
 VARIANT = "heatmap"
 
@@ -35,6 +38,9 @@ def float_scope(layers: Iterable[str] = (HEATMAP_OUTPUT,)) -> str:
     and OpenVINO keep those names, so one pattern selects the same layers in each.
     """
     return rf".*/({'|'.join(re.escape(name) for name in layers)})(_\d+)?/.*"
+
+
+MAP_SCOPE = float_scope((HEATMAP_OUTPUT, HEAD_LAYER))  # what a quantised heatmap artifact keeps float
 
 
 def in_scope(names: Iterable[str], pattern: str) -> list[str]:
@@ -58,7 +64,7 @@ def heatmap_context(ctx: ExportContext) -> ExportContext:
             variant=VARIANT,
             scratch={"work": work},
             variants={},
-            float_scope=float_scope(),
+            float_scope=MAP_SCOPE,
         )
     variant = ctx.variants[VARIANT]
     variant.calibration = ctx.calibration  # the user's int8 calibration, as the plain artifacts use it

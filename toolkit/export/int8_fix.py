@@ -32,13 +32,14 @@ import numpy as np
 
 from toolkit.export.base import Calibration, ExportContext, ExportFormat, work_dir
 from toolkit.export.heatmap import float_scope
+from toolkit.model import HEAD_LAYER
 from toolkit.progress import phase
 from toolkit.quiet import silenced
 
 LATENCY_RUNS = 10
 RANK_CANDIDATES = 12  # at least this many of the noisiest layers are scored by their effect on decisions
 RANK_IMAGES = 64  # the images a candidate is scored on: every flip first, then the largest output changes
-HEAD_SCOPE = float_scope(("head",))  # every op of the classifier's head (`model.build_head` names it "head")
+HEAD_SCOPE = float_scope((HEAD_LAYER,))  # every op of the classifier's head (`model.build_head`)
 
 
 @dataclasses.dataclass
