@@ -1,6 +1,6 @@
 """`toolkit explain`: where in the image the decision came from, as a heatmap over the image.
 
-Grad-CAM (Selvaraju et al. 2017) on the base's last feature map, for the class each image is
+Grad-CAM (Selvaraju et al. 2017) on the base's last convolutional map, for the class each image is
 reported as (the operating point included). From a heatmap artifact (`toolkit export RUN --heatmap`:
 ONNX, TFLite, OpenVINO) the maps are the file's own second output, through the TF-free runtime; from a
 `.keras` file they come from the same graph built in Keras (`toolkit.heatmap_model`), so both paths
