@@ -163,7 +163,9 @@ def main() -> None:
             else "."
         )
         + (" No heatmap artifact was exported." if not artifacts else "")
-        + " Examples (Keras): explain_examples.png.",
+        + " Examples (Keras): the map over the image, its peak marked, hit or miss.",
+        "",
+        "![Keras Grad-CAM overlays on demo test images](explain_examples.png)",
         "",
     ]
     (here / "EXPLAIN.md").write_text("\n".join(lines))
