@@ -97,7 +97,14 @@ LAYERS = [
     ),
     (
         "model",
-        ["toolkit.model", "toolkit.heatmap_model", "toolkit.weights", "toolkit.run_folder", "toolkit.bases.catalog"],
+        [
+            "toolkit.model",
+            "toolkit.heatmap_model",
+            "toolkit.tta",
+            "toolkit.weights",
+            "toolkit.run_folder",
+            "toolkit.bases.catalog",
+        ],
     ),
     ("runtime", ["toolkit.runtime*"]),
     (

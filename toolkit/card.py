@@ -202,6 +202,8 @@ def render(card: dict, user: dict[str, str]) -> str:
     if cal:
         text = f"temperature {cal['temperature']:.3f}, fitted on validation" if cal.get("temperature") else "none"
         lines += ["", f"Score calibration: {text}."]
+    if card["model"]["recipe"].get("tta"):
+        lines += ["", "Test-time augmentation: the model averages 4 flipped views of each image (4x the compute)."]
     if card["artifacts"]:
         lines += ["", "## Artifacts", "", "| format | precision | size MB | gate | agreement | accuracy | ECE | batch-1 ms |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip

@@ -154,6 +154,13 @@ TrainScoreCalibration = Annotated[
     ScoreCalibration,
     DecideOpt(help="temperature: fit one temperature on validation and fold it into the last layer."),
 ]
+TrainTta = Annotated[
+    bool,
+    DecideOpt(
+        "--tta/--no-tta",
+        help="Test-time augmentation in the model: average 4 flipped views of each image (4x compute; docs/training.md).",
+    ),
+]
 TrainOut = Annotated[Path | None, RunOpt(help="Run folder (default models/<timestamp>).")]
 TrainSettingsFile = Annotated[
     Path | None, RunOpt("--config", help="Settings from a file (toolkit tune's best.json); typed options win.")
@@ -201,6 +208,7 @@ def train(
     positive_class: TrainPositiveClass = TRAIN.positive_class,
     operating_point: TrainOperatingPoint = TRAIN.operating_point,
     score_calibration: TrainScoreCalibration = TRAIN.score_calibration,
+    tta: TrainTta = TRAIN.tta,
     out: TrainOut = None,
     settings_file: TrainSettingsFile = None,
     strategy: TrainStrategy = TRAIN.strategy,

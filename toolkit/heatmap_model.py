@@ -32,6 +32,7 @@ from __future__ import annotations
 from toolkit.errors import ModelError
 from toolkit.facts import HEATMAP_OUTPUT
 from toolkit.model import features_part, head_part
+from toolkit.tta import has_tta
 
 POOLING = ("Flatten", "GlobalAveragePooling2D", "GlobalMaxPooling2D", "Concatenate")
 CHAIN = ("Dense", "BatchNormalization", "Dropout")
@@ -178,7 +179,8 @@ def heatmap_model(model):
     head = head_part(model)
     image = keras.Input(tuple(model.input_shape[1:]), name="image")
     cam_map, feature_map = cam_features(model, image)
-    probs = head(feature_map, training=False)
+    # a model averaging flipped views (toolkit.tta) keeps its probabilities; the map explains the image as it is
+    probs = model(image, training=False) if has_tta(model) else head(feature_map, training=False)
     cam = _grad_cam_layer()(head)((cam_map, feature_map))
     return keras.Model(image, [probs, cam], name="classifier_with_heatmap")
 

@@ -39,6 +39,7 @@ from toolkit.parity import MAX_MAP_DIFF, ParityOverrides, compare_outputs, thres
 from toolkit.progress import phase
 from toolkit.quiet import silenced
 from toolkit.run_folder import RunFolder, load_run
+from toolkit.tta import tta_record
 
 REGISTRY: dict[str, ExportFormat] = {
     f.key: f
@@ -288,7 +289,7 @@ def _export_locked(run: RunFolder, formats: list[ExportFormat], options: ExportO
     remove_stale_temporaries(export_dir)
     source_sha = sha256_file(run.best)
     decision = run.decision.to_json() if run.decision else None
-    facts = model_facts(run, source_sha)
+    facts = model_facts(run, source_sha, tta_record(model))
     manifest = open_manifest(export_dir, source_sha, facts)
     ctx = ExportContext(
         model=model,
@@ -328,8 +329,8 @@ def _export_locked(run: RunFolder, formats: list[ExportFormat], options: ExportO
     return ExportReport(manifest, failed, export_dir / MANIFEST, diagnosis)
 
 
-def model_facts(run: RunFolder, source_sha: str) -> ModelFacts:
-    """The one record every artifact of this export carries (and its manifest entry repeats)."""
+def model_facts(run: RunFolder, source_sha: str, tta: list[str] | None = None) -> ModelFacts:
+    """The one record every artifact of this export carries (and its manifest entry repeats); `tta`: toolkit.tta."""
     from toolkit.bases import get_base
 
     return ModelFacts(
@@ -341,6 +342,7 @@ def model_facts(run: RunFolder, source_sha: str) -> ModelFacts:
         base=run.base,
         source_sha256=source_sha,
         score_calibration=run.score_calibration,
+        extra={"tta": tta} if tta else {},
     )
 
 

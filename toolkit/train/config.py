@@ -120,6 +120,7 @@ class DecisionConfig:
     operating_point: str | None = None  # "sensitivity=0.95", "specificity=0.9" or "threshold=0.3"
     # temperature: fitted on validation after training and folded into the last layer (toolkit.calibration)
     score_calibration: ScoreCalibration = ScoreCalibration.temperature
+    tta: bool = False  # --tta: the saved model averages four flipped views of each image (toolkit.tta)
 
 
 # The command line's (and config.json's) flat names -> (group, field): one table, read both ways.
@@ -158,6 +159,7 @@ FLAT_NAMES: dict[str, tuple[str, str]] = {
     "positive_class": ("decision", "positive_class"),
     "operating_point": ("decision", "operating_point"),
     "score_calibration": ("decision", "score_calibration"),
+    "tta": ("decision", "tta"),
 }
 RUN_FIELDS = ("out", "strategy")  # how and where the run goes, outside the groups
 

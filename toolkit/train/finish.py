@@ -32,6 +32,7 @@ from toolkit.run_folder import (
 )
 from toolkit.train.config import TrainConfig, TrainResult
 from toolkit.train.fit import FitContext
+from toolkit.tta import has_tta, with_tta
 from toolkit.versions import TRAINING_PACKAGES, package_versions
 from toolkit.weights import WeightsInfo
 
@@ -94,9 +95,9 @@ def final_metrics(ctx: FitContext, data: LoadedDataset, val_features=None) -> Ev
     best_path = ctx.run_dir / BEST
     if not best_path.is_file():
         raise TrainingError("no epoch produced a usable model (the monitored value was never finite)")
-    best = load_keras_model(best_path)
+    best = _with_views(ctx, load_keras_model(best_path))
     batch, classes = ctx.config.optim.batch_size, data.classes
-    if val_features is not None:
+    if val_features is not None and not has_tta(best):  # cached features are one view of each image
         val_probs = predict_in_batches(head_part(best), val_features, batch)
     else:
         val_probs = predict_in_batches(best, data.val.images, batch)
@@ -121,6 +122,15 @@ def final_metrics(ctx: FitContext, data: LoadedDataset, val_features=None) -> Ev
     write_history_csv(ctx.history, ctx.run_dir / HISTORY)
     plot_curves(ctx.history, ctx.run_dir / CURVES)
     return Evaluation(val, test, decision, calibration)
+
+
+def _with_views(ctx: FitContext, best):
+    """With `--tta`, best.keras averaged over the flipped views (toolkit.tta), written anew before any metric."""
+    if not ctx.config.decision.tta or has_tta(best):
+        return best
+    best = with_tta(best)
+    save_model_atomic(best, ctx.run_dir / BEST)
+    return best
 
 
 def _calibrate(ctx: FitContext, best, val_probs: np.ndarray, labels: np.ndarray) -> float | None:
