@@ -146,13 +146,15 @@ def _cam_layer(features):
     """(the nested base, its record's `cam_layer`) when the base is the features' last layer and names one."""
     import keras
 
-    from toolkit.bases.spec import REGISTRY
+    from toolkit.bases import spec_for_layer
 
     base = features.layers[-1]
     if not isinstance(base, keras.Model):
         return None, None
-    spec = next((s for s in REGISTRY.values() if s.layer_name == base.name), None)
-    return base, (spec.cam_layer if spec else None)
+    try:
+        return base, spec_for_layer(base.name).cam_layer
+    except ModelError:  # a base the registry does not know: its output is the map
+        return base, None
 
 
 def cam_features(model, image):
