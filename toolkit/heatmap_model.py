@@ -32,7 +32,7 @@ from __future__ import annotations
 from toolkit.errors import ModelError
 from toolkit.facts import HEATMAP_OUTPUT
 from toolkit.model import features_part, head_part
-from toolkit.tta import has_tta
+from toolkit.tta import first_view, has_tta, mean_over_views, view_batch
 
 POOLING = ("Flatten", "GlobalAveragePooling2D", "GlobalMaxPooling2D", "Concatenate")
 CHAIN = ("Dense", "BatchNormalization", "Dropout")
@@ -180,9 +180,11 @@ def heatmap_model(model):
 
     head = head_part(model)
     image = keras.Input(tuple(model.input_shape[1:]), name="image")
-    cam_map, feature_map = cam_features(model, image)
-    # a model averaging flipped views (toolkit.tta) keeps its probabilities; the map explains the image as it is
-    probs = model(image, training=False) if has_tta(model) else head(feature_map, training=False)
+    tta = has_tta(model)  # its probabilities average flipped views (toolkit.tta); the map explains the image as it is
+    cam_map, feature_map = cam_features(model, view_batch(image) if tta else image)
+    probs = head(feature_map, training=False)
+    if tta:
+        probs, cam_map, feature_map = mean_over_views(probs), first_view(cam_map), first_view(feature_map)
     cam = _grad_cam_layer()(head)((cam_map, feature_map))
     return keras.Model(image, [probs, cam], name="classifier_with_heatmap")
 

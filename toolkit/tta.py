@@ -34,18 +34,40 @@ def _views(image) -> list:
     return [image, flip(image, axis=2), flip(image, axis=1), flip(flip(image, axis=1), axis=2)]
 
 
+def view_batch(image):
+    """N images -> 4N, view by view: one pass of the network sees every view."""
+    import keras
+
+    return keras.ops.concatenate(_views(image), axis=0)
+
+
+def _per_view(x):
+    import keras
+
+    return keras.ops.reshape(x, (len(VIEWS), -1, *x.shape[1:]))
+
+
+def mean_over_views(x):
+    """The mean over the views of a `view_batch` result (4N x ... -> N x ...)."""
+    import keras
+
+    return keras.ops.mean(_per_view(x), axis=0)
+
+
+def first_view(x):
+    """The rows of a `view_batch` result that belong to the image as it is."""
+    return _per_view(x)[0]
+
+
 def with_tta(model):
     """The classifier averaging its probabilities over VIEWS; a model that already does is returned as it is."""
     import keras
 
     if has_tta(model):
         return model
-    ops = keras.ops
     image = keras.Input(tuple(model.input_shape[1:]), name="image")
-    batch = ops.concatenate(_views(image), axis=0)  # one pass: N images become 4N, view by view
-    probs = head_part(model)(features_part(model)(batch, training=False), training=False)
-    per_view = ops.reshape(probs, (len(VIEWS), -1, probs.shape[-1]))
-    return keras.Model(image, ops.mean(per_view, axis=0), name=TTA_MODEL)
+    probs = head_part(model)(features_part(model)(view_batch(image), training=False), training=False)
+    return keras.Model(image, mean_over_views(probs), name=TTA_MODEL)
 
 
 def tta_record(model) -> list[str] | None:
